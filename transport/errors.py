@@ -1,0 +1,92 @@
+"""One error hierarchy for everything a transport caller may see.
+
+`retryable` tells the client stack whether another attempt (same or other port) can succeed;
+STALE and UNAUTHORIZED never can, so they are raised at once and never retried.
+"""
+
+from __future__ import annotations
+
+
+class TransportError(Exception):
+    """Root of every error raised by `transport`."""
+
+    retryable: bool = True
+
+
+class ConfigError(TransportError, ValueError):
+    """Bad argument or geometry given by the caller."""
+
+    retryable = False
+
+
+class RingError(TransportError):
+    """Shared-memory ring problem (bad segment, wrong magic/version, geometry mismatch)."""
+
+    retryable = False
+
+
+class RingFullError(RingError):
+    """`block` policy: no FREE slot became available before the timeout."""
+
+    retryable = True
+
+
+class PayloadTooLargeError(RingError, ValueError):
+    """The payload does not fit in one slot."""
+
+
+class ProtocolError(TransportError):
+    """A wire message could not be decoded (bad magic, wrong size, unknown type, bad field)."""
+
+
+class StaleSlotError(TransportError):
+    """The descriptor's generation no longer matches the slot: the payload is gone. Never retried."""
+
+    retryable = False
+
+
+class UnauthorizedError(TransportError):
+    """The request's secret does not match the ring's. Never retried."""
+
+    retryable = False
+
+
+class NotReadyError(TransportError):
+    """The slot is not READY (being written, or already consumed at this generation)."""
+
+
+class BusyError(TransportError):
+    """Another reader holds the slot right now; retry later."""
+
+
+class ServerError(TransportError):
+    """The server answered ERROR(message) or BAD_REQUEST."""
+
+
+class ConnectionLostError(TransportError):
+    """The endpoint was reset, closed or cancelled mid-read."""
+
+
+class ReadTimeoutError(TransportError, TimeoutError):
+    """One read step did not finish within the read timeout."""
+
+
+class TruncatedError(TransportError):
+    """A message arrived with the wrong size or a checksum mismatch."""
+
+
+class InDoubtError(TransportError):
+    """COMMIT was sent but neither COMMITTED nor a RESOLVE answer arrived: the read may or may not
+    have been committed. Reported, never silently retried (a retry could duplicate)."""
+
+    retryable = False
+
+
+class AttemptsExhaustedError(TransportError):
+    """Every attempt failed; `causes` holds the per-attempt errors."""
+
+    retryable = False
+
+    def __init__(self, message: str, causes: list[BaseException] | None = None) -> None:
+        super().__init__(message)
+        self.causes = list(causes or [])
