@@ -1,0 +1,30 @@
+"""Shared test setup: UCX environment for every process, and a guard against leaked segments."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("UCX_NET_DEVICES", "lo")
+os.environ.setdefault("UCX_TCP_CM_REUSEADDR", "y")
+os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+
+SHM = Path("/dev/shm")
+
+
+def _segments() -> set[str]:
+    return {p.name for p in SHM.glob("slotwire-*")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments() -> Iterator[None]:
+    """Fail a test that leaves a `slotwire-*` segment it created in /dev/shm."""
+    before = _segments()
+    yield
+    leaked = _segments() - before
+    for name in leaked:
+        (SHM / name).unlink(missing_ok=True)
+    assert not leaked, f"test leaked shared-memory segments: {sorted(leaked)}"
