@@ -15,8 +15,14 @@ os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
 SHM = Path("/dev/shm")
 
 
+# Segments are named `slotwire-<SLOTWIRE_SHM_TAG>-...`; spawned children inherit the tag, so each xdist
+# worker checks only the segments its own tests (and their child processes) created.
+TAG = f"t{os.getpid()}"
+os.environ["SLOTWIRE_SHM_TAG"] = TAG
+
+
 def _segments() -> set[str]:
-    return {p.name for p in SHM.glob("slotwire-*")}
+    return {p.name for p in SHM.glob(f"slotwire-{TAG}-*")}
 
 
 @pytest.fixture(autouse=True)
