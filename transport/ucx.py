@@ -1,0 +1,76 @@
+"""The one place that configures UCX for this process.
+
+Progress mode, measured on this 2-core machine (ucxx 0.52, two endpoints in one process,
+4 KiB request/reply; `/tmp` probe recorded in docs/decisions.md):
+
+| mode | RTT | idle CPU |
+|---|---|---|
+| blocking | 38 us | 100 % (its arm loop spins) |
+| polling | 38 us | 100 % |
+| thread | 92 us | 100 % |
+| thread + python futures | 106 us | 2 % |
+
+A producer, a server and several consumers share 2 cores in the harness, so an idle process must
+not burn a core: the default is `thread` with python futures (`SLOTWIRE_PROGRESS_MODE` overrides
+it, e.g. `polling` for a dedicated box where small-payload latency matters more than idle CPU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+DEFAULT_ENV = {
+    # UCX picked TCP over loopback for every lane; keep it off the machine's other addresses.
+    "UCX_NET_DEVICES": "lo",
+    # Re-listening on a just-closed port (server restart) needs address reuse.
+    "UCX_TCP_CM_REUSEADDR": "y",
+    "UCX_WARN_UNUSED_ENV_VARS": "n",
+}
+
+PROGRESS_MODES = ("thread", "polling", "blocking")
+
+_initialised_loop: asyncio.AbstractEventLoop | None = None
+
+
+def setup_env() -> None:
+    """Set UCX defaults before ucxx is imported (user-set values win)."""
+    for key, value in DEFAULT_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def progress_mode() -> tuple[str, bool]:
+    """(progress_mode, enable_python_future) from `SLOTWIRE_PROGRESS_MODE` (default thread+futures)."""
+    mode = os.environ.get("SLOTWIRE_PROGRESS_MODE", "thread")
+    if mode not in PROGRESS_MODES:
+        raise ValueError(f"SLOTWIRE_PROGRESS_MODE={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
+    return mode, mode == "thread"
+
+
+def init_in_loop() -> None:
+    """Initialise ucxx once per process, from inside the running loop.
+
+    Python futures only work when ucxx is initialised inside the loop that awaits them.
+    """
+    global _initialised_loop
+    loop = asyncio.get_running_loop()
+    if _initialised_loop is loop:
+        return
+    if _initialised_loop is not None:
+        raise RuntimeError("ucxx is already initialised for another event loop in this process")
+    setup_env()
+    import ucxx
+
+    mode, futures = progress_mode()
+    ucxx.init(progress_mode=mode, enable_python_future=futures)
+    _initialised_loop = loop
+
+
+def reset_after_loop() -> None:
+    """Forget the loop once it is closed so a later loop can initialise ucxx again."""
+    global _initialised_loop
+    if _initialised_loop is not None:
+        import ucxx
+
+        ucxx.reset()
+        _initialised_loop = None
