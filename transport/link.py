@@ -76,4 +76,4 @@ class UcxLink:
 
     @property
     def closed(self) -> bool:
-        return self._aborted or self.endpoint.closed()
+        return self._aborted or bool(self.endpoint.closed)
