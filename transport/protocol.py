@@ -1,0 +1,1014 @@
+"""Wire protocol: fixed-size frames <-> typed values, and sans-IO state machines for one read.
+
+Nothing here touches a socket, UCX or asyncio (the model is h11 / wsproto): the server and client
+modules do the I/O and feed the outcomes to `ServerRead` / `ClientRead`, which say what comes next.
+
+Frames
+------
+Every control message is one `FRAME_SIZE` (128) byte frame, so a receiver always posts a 128-byte
+buffer. UCX `recv` reports no length and accepts a shorter message silently, so the last 4 bytes are a
+trailer magic: receive into a zeroed buffer (a fresh one per message) and `decode` reports a short
+message as a missing trailer. Layout, little-endian::
+
+    0  magic b"SWv1"   4  type u8   5  code u8   6  flags u16   8  slot u32   12 pad u32
+    16 generation u64  24 token u64  32 nbytes u64  40 checksum u64  48 secret 16 bytes
+    64 message (utf-8, <= 48 bytes, zero padded)  112 reserved (12)  124 trailer b"1vWS"
+
+Pad and reserved bytes are written as zeros and ignored on receipt. `code` is a `Status` in STATUS
+and COMMITTED frames, a `Resolution` in RESOLVED frames and 0 elsewhere. Client -> server frames carry
+the ring's secret; server -> client frames echo the (slot, generation, token) they answer, so a late
+reply meant for an earlier read is recognised instead of trusted.
+
+Commit protocol (one read attempt, token = the attempt's fencing token)::
+
+    client REQUEST(slot, gen, token, secret)  -> server ring CAS READY(gen) -> READING(token)
+    server STATUS(OK, nbytes, checksum)       -> PAYLOAD (nbytes raw bytes; skipped when nbytes == 0)
+    client verifies checksum, COMMIT(token)   -> server ring CAS READING(token) -> FREE, logs the commit
+    server COMMITTED(OK)                      -> client hands the payload to its caller
+    COMMITTED lost: client RESOLVE(slot, gen, token) on another endpoint -> RESOLVED(resolution)
+
+Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
+secret) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
+
+Driving the machines (every await bounded by the caller's timeouts)::
+
+    # server: one CommitLog per server process; one ServerRead per request received on an endpoint
+    srv = ServerRead(ring.secret, commit_log, protocol, slots=ring.slots)
+    action = srv.on_request(buf)              # buf: a fresh zeroed 128-byte buffer received into
+    while not isinstance(action, (Done, Close)):
+        try:
+            match a := action:
+                case BeginRead():             # begin_read_legacy(slot, lease) if action.legacy
+                    code, info = ring.begin_read(a.slot, a.generation, a.token, lease)
+                    action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
+                case SendFrame():   await send(a.data);                      action = srv.on_sent()
+                case SendPayload(): await send(ring.payload_view(a.slot, a.nbytes)); action = srv.on_sent()
+                case AwaitCommit(): await recv(buf2 := zeroed 128 bytes);    action = srv.on_commit(buf2)
+                case Finalise():    ok = ring.commit_read | release_read | finalise_legacy (by a.kind)
+                                    action = srv.on_finalised(ok)            # no await in between
+                case Fence():       ring.release_read(a.slot, a.generation, a.token)
+                                    info = ring.info(a.slot)                 # no await in between
+                                    action = srv.on_fenced(info.generation, info.state,
+                                                           info.last_commit_token)
+        except Exception as exc:              # reset, timeout, cancel
+            action = srv.on_error(repr(exc))  # Finalise("release") if a slot is held, else Close
+    # Done: wait for the next request on this endpoint. Close: close it.
+    # finally (cancelled): if srv.holds_slot: ring.release_read(srv.slot, srv.generation, srv.token)
+
+    # client: one ClientRead, with a fresh new_token(), per attempt
+    cr = ClientRead(d.slot, d.generation, new_token(), d.secret, d.nbytes, d.checksum, protocol)
+    try:
+        await send(encode(cr.request_frame()))
+        await recv(buf); n = cr.on_status(buf)      # raises the mapped error -> FAILED
+        if n: await recv(out[:n])
+        commit = cr.on_payload(checksum(out[:n]))   # TruncatedError -> FAILED
+        if commit is None: return out               # single-chunk: DONE
+        await send(encode(commit)); await recv(buf); cr.on_committed(buf)
+        return out                                  # DONE
+    except TransportError raised by cr: pass        # the machine has moved already
+    except Exception as exc: cr.on_error(exc)       # FAILED before COMMIT, IN_DOUBT after
+    if cr.state is FAILED: raise cr.error           # not committed: retry if cr.error.retryable
+    for each other endpoint, while time is left:    # IN_DOUBT
+        try: await send(encode(cr.resolve_frame())); await recv(buf); cr.on_resolved(buf); return out
+        except ...: as above
+        if cr.state is FAILED: raise cr.error       # NOT_COMMITTED: read again
+        if cr.resolution is Resolution.UNKNOWN: break
+    raise cr.error                                  # InDoubtError: report it, never retry
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets as _secrets
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Final, Literal, TypeAlias
+
+from transport.errors import (
+    BusyError,
+    ConfigError,
+    ConnectionLostError,
+    InDoubtError,
+    NotReadyError,
+    ProtocolError,
+    ReadTimeoutError,
+    ServerError,
+    StaleSlotError,
+    TransportError,
+    TruncatedError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "FRAME_SIZE",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "MESSAGE_SIZE",
+    "PROTOCOLS",
+    "SECRET_SIZE",
+    "TRAILER",
+    "AwaitCommit",
+    "BeginRead",
+    "ClientRead",
+    "ClientState",
+    "Close",
+    "CommitLog",
+    "Done",
+    "Fence",
+    "Finalise",
+    "Frame",
+    "MsgType",
+    "Resolution",
+    "SendFrame",
+    "SendPayload",
+    "ServerAction",
+    "ServerRead",
+    "ServerState",
+    "Status",
+    "commit",
+    "committed",
+    "decode",
+    "encode",
+    "legacy_request",
+    "new_token",
+    "request",
+    "resolve",
+    "resolved",
+    "secret_matches",
+    "status",
+]
+
+FRAME_SIZE: Final = 128
+MAGIC: Final = b"SWv1"
+TRAILER: Final = b"1vWS"
+SECRET_SIZE: Final = 16
+MESSAGE_SIZE: Final = 48
+MAX_PAYLOAD: Final = 1 << 31
+PROTOCOLS: Final = ("commit", "single-chunk")
+
+Protocol: TypeAlias = Literal["commit", "single-chunk"]
+FrameLike: TypeAlias = "Frame | bytes | bytearray | memoryview"
+
+_FRAME = struct.Struct("<4sBBHI4xQQQQ16s48s12x4s")
+assert _FRAME.size == FRAME_SIZE
+_NO_SECRET: Final = bytes(SECRET_SIZE)
+_U32: Final = (1 << 32) - 1
+_U64: Final = (1 << 64) - 1
+
+
+class MsgType(IntEnum):
+    REQUEST = 1
+    STATUS = 2
+    COMMIT = 3
+    COMMITTED = 4
+    RESOLVE = 5
+    RESOLVED = 6
+    LEGACY_REQUEST = 7
+
+
+class Status(IntEnum):
+    """STATUS / COMMITTED codes. OK..BUSY have the values of `transport.ring.ReadCode`."""
+
+    OK = 0
+    STALE = 1
+    NOT_READY = 2
+    BUSY = 3
+    UNAUTHORIZED = 4
+    BAD_REQUEST = 5
+    ERROR = 6
+
+
+class Resolution(IntEnum):
+    COMMITTED = 0
+    NOT_COMMITTED = 1
+    UNKNOWN = 2
+
+
+# type -> {code value: typed code}; one dict lookup both validates and types the code.
+_CODES: Final[dict[int, dict[int, int]]] = {
+    MsgType.REQUEST: {0: 0},
+    MsgType.STATUS: {int(s): s for s in Status},
+    MsgType.COMMIT: {0: 0},
+    MsgType.COMMITTED: {int(s): s for s in Status},
+    MsgType.RESOLVE: {0: 0},
+    MsgType.RESOLVED: {int(r): r for r in Resolution},
+    MsgType.LEGACY_REQUEST: {0: 0},
+}
+_TYPES: Final[dict[int, MsgType]] = {int(t): t for t in MsgType}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded control message. Build them with the helpers below (`request`, `status`, ...)."""
+
+    type: MsgType
+    code: int = 0
+    slot: int = 0
+    generation: int = 0
+    token: int = 0
+    nbytes: int = 0
+    checksum: int = 0
+    secret: bytes = _NO_SECRET
+    message: str = ""
+    flags: int = 0
+
+
+# -- encode / decode ---------------------------------------------------------------------------------
+
+
+def encode(frame: Frame) -> bytes:
+    """`frame` as exactly FRAME_SIZE bytes; ProtocolError names the first field out of range."""
+    codes = _CODES.get(frame.type)
+    if codes is None:
+        raise ProtocolError(f"encode: unknown message type {frame.type!r}")
+    if frame.code not in codes:
+        raise ProtocolError(f"encode: code {frame.code!r} not valid for {MsgType(frame.type).name}")
+    if not isinstance(frame.secret, bytes) or len(frame.secret) != SECRET_SIZE:
+        raise ProtocolError(f"encode: secret must be {SECRET_SIZE} bytes")
+    message = _message_bytes(frame.message)
+    if type(frame.nbytes) is int and frame.nbytes > MAX_PAYLOAD:
+        raise ProtocolError(f"encode: nbytes {frame.nbytes} over MAX_PAYLOAD {MAX_PAYLOAD}")
+    try:
+        return _FRAME.pack(
+            MAGIC,
+            frame.type,
+            frame.code,
+            frame.flags,
+            frame.slot,
+            frame.generation,
+            frame.token,
+            frame.nbytes,
+            frame.checksum,
+            frame.secret,
+            message,
+            TRAILER,
+        )
+    except struct.error:
+        raise ProtocolError(f"encode: {_bad_field(frame)}") from None
+
+
+def _message_bytes(message: str) -> bytes:
+    if not message:
+        return b""
+    try:
+        raw = message.encode("utf-8")
+    except (UnicodeEncodeError, AttributeError):
+        raise ProtocolError("encode: message is not encodable as utf-8") from None
+    if len(raw) > MESSAGE_SIZE:
+        raise ProtocolError(f"encode: message is {len(raw)} bytes of utf-8, at most {MESSAGE_SIZE}")
+    if b"\0" in raw:
+        raise ProtocolError("encode: message contains a NUL character")
+    return raw
+
+
+def _bad_field(frame: Frame) -> str:
+    """Slow path of `encode`: which integer field did struct refuse."""
+    for name, limit in (
+        ("type", 0xFF),
+        ("code", 0xFF),
+        ("flags", 0xFFFF),
+        ("slot", _U32),
+        ("generation", _U64),
+        ("token", _U64),
+        ("nbytes", MAX_PAYLOAD),
+        ("checksum", _U64),
+    ):
+        value = getattr(frame, name)
+        if not isinstance(value, int) or not 0 <= value <= limit:
+            return f"{name}={value!r} out of range 0..{limit}"
+    return "bad field"  # pragma: no cover - every packed integer is checked above
+
+
+def decode(buf: FrameLike) -> Frame:
+    """Parse one received frame; raises ProtocolError (and nothing else) naming what is wrong."""
+    if isinstance(buf, Frame):
+        return buf
+    try:
+        magic, mtype, code, flags, slot, gen, token, nbytes, csum, secret, msg, trailer = _FRAME.unpack(buf)
+    except struct.error:
+        raise ProtocolError(f"wrong size: {_size(buf)} bytes, a frame is exactly {FRAME_SIZE}") from None
+    except (TypeError, ValueError, BufferError):
+        raise ProtocolError(f"not a contiguous bytes-like frame: {type(buf).__name__}") from None
+    if magic != MAGIC:
+        hint = " (empty buffer: nothing or a very short message arrived)" if not any(magic) else ""
+        raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}{hint}")
+    if trailer != TRAILER:
+        raise ProtocolError("missing trailer magic: truncated (short) message")
+    typed = _TYPES.get(mtype)
+    if typed is None:
+        raise ProtocolError(f"unknown message type {mtype}")
+    typed_code = _CODES[typed].get(code)
+    if typed_code is None:
+        raise ProtocolError(f"code {code} not valid for {typed.name}")
+    if nbytes > MAX_PAYLOAD:
+        raise ProtocolError(f"nbytes {nbytes} over MAX_PAYLOAD {MAX_PAYLOAD}")
+    text = ""
+    if msg[0]:
+        raw = msg.rstrip(b"\0")
+        if b"\0" in raw:
+            raise ProtocolError("message has a NUL byte before its end")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("message is not valid utf-8") from None
+    return Frame(typed, typed_code, slot, gen, token, nbytes, csum, secret, text, flags)
+
+
+def _size(buf: object) -> str:
+    try:
+        return str(memoryview(buf).nbytes)  # type: ignore[arg-type]
+    except Exception:
+        return "?"
+
+
+# -- constructors -------------------------------------------------------------------------------------
+
+
+def new_token() -> int:
+    """A random non-zero 64-bit fencing token for one read attempt (0 means "no token")."""
+    return _secrets.randbits(64) or 1
+
+
+def _secret(secret: bytes | str) -> bytes:
+    """The ring secret as 16 bytes; descriptors carry it as hex."""
+    raw = bytes.fromhex(secret) if isinstance(secret, str) else bytes(secret)
+    if len(raw) != SECRET_SIZE:
+        raise ConfigError(f"secret must be {SECRET_SIZE} bytes, got {len(raw)}")
+    return raw
+
+
+def clip_message(text: str) -> str:
+    """`text` cut to MESSAGE_SIZE bytes of utf-8 on a character boundary, NULs removed."""
+    raw = text.replace("\0", "").encode("utf-8", "replace")[:MESSAGE_SIZE]
+    return raw.decode("utf-8", "ignore")
+
+
+def request(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
+    return Frame(MsgType.REQUEST, 0, slot, generation, token, secret=_secret(secret))
+
+
+def legacy_request(slot: int, secret: bytes | str) -> Frame:
+    return Frame(MsgType.LEGACY_REQUEST, 0, slot, secret=_secret(secret))
+
+
+def status(
+    code: Status,
+    *,
+    slot: int = 0,
+    generation: int = 0,
+    token: int = 0,
+    nbytes: int = 0,
+    checksum: int = 0,
+    message: str = "",
+) -> Frame:
+    """A STATUS reply; `message` is clipped to fit (an ERROR carries a short reason)."""
+    return Frame(
+        MsgType.STATUS, code, slot, generation, token, nbytes, checksum, message=clip_message(message)
+    )
+
+
+def commit(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
+    return Frame(MsgType.COMMIT, 0, slot, generation, token, secret=_secret(secret))
+
+
+def committed(slot: int, generation: int, token: int, code: Status = Status.OK, message: str = "") -> Frame:
+    """The answer to COMMIT: OK = committed; any other code = refused, the read did NOT commit."""
+    return Frame(MsgType.COMMITTED, code, slot, generation, token, message=clip_message(message))
+
+
+def resolve(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
+    return Frame(MsgType.RESOLVE, 0, slot, generation, token, secret=_secret(secret))
+
+
+def resolved(resolution: Resolution, slot: int, generation: int, token: int) -> Frame:
+    return Frame(MsgType.RESOLVED, resolution, slot, generation, token)
+
+
+def secret_matches(frame: Frame, secret: bytes | str) -> bool:
+    """Constant-time comparison of the frame's secret with the ring's (bytes or hex)."""
+    try:
+        expected = _secret(secret)
+    except (ConfigError, ValueError, TypeError):
+        return False
+    return hmac.compare_digest(frame.secret, expected)
+
+
+# -- commit log -------------------------------------------------------------------------------------
+
+# transport.ring.SlotState values, kept here so this module imports neither the ring nor numpy.
+_RING_FREE: Final = 0
+_RING_READY: Final = 2
+_RING_READING: Final = 3
+
+
+class CommitLog:
+    """Bounded memory of which token committed which (slot, generation), for RESOLVE.
+
+    Soundness rule: NOT_COMMITTED is only ever answered when no commit of that read can have happened
+    and none can happen later; when in doubt the answer is UNKNOWN. `lookup` relies on two facts:
+
+    * commits of one slot happen in generation order (a generation is committed, the slot is FREE, the
+      next write bumps the generation), so FIFO eviction evicts a slot's generations oldest first;
+    * `observe(slot, g)` is called when this process saw (slot, g) uncommitted (READY or READING):
+      any later commit of g or of a newer generation goes through this process, hence this log.
+
+    So an absent (slot, g) was never committed iff g is at or after the slot's oldest observed
+    generation ("horizon": before it the server may have been another process) and newer than every
+    evicted generation of that slot. The caller must also make sure the token can no longer commit
+    (`ServerRead` fences it in the ring first); otherwise a COMMIT still in flight would falsify the
+    answer. Memory: `capacity` entries plus two ints per slot seen. One log per server process (and one
+    server process per ring at a time), shared by all its handlers; `record` must run right after the
+    ring commit with no await in between.
+    """
+
+    def __init__(self, capacity: int = 65536) -> None:
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ConfigError(f"commit log capacity={capacity!r}: must be a positive integer")
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._evicted: dict[int, int] = {}  # slot -> newest evicted generation
+        self._horizon: dict[int, int] = {}  # slot -> oldest generation observed uncommitted
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, slot: int, generation: int, token: int) -> None:
+        """`token` committed (slot, generation); evicts the oldest entry when full."""
+        key = (slot, generation)
+        self._entries[key] = token
+        self._entries.move_to_end(key)
+        self.observe(slot, generation)  # it was READING, hence uncommitted, just before
+        while len(self._entries) > self.capacity:
+            (old_slot, old_gen), _ = self._entries.popitem(last=False)
+            if old_gen > self._evicted.get(old_slot, -1):
+                self._evicted[old_slot] = old_gen
+
+    def observe(self, slot: int, generation: int) -> None:
+        """(slot, generation) was READY or READING (uncommitted) in this process just now."""
+        if generation < self._horizon.get(slot, generation + 1):
+            self._horizon[slot] = generation
+
+    def lookup(self, slot: int, generation: int, token: int) -> Resolution:
+        """COMMITTED if `token` committed it; NOT_COMMITTED if another token did, or if the log covers
+        (slot, generation) and has no commit for it; UNKNOWN when the log cannot know."""
+        committer = self._entries.get((slot, generation))
+        if committer is not None:
+            return Resolution.COMMITTED if committer == token else Resolution.NOT_COMMITTED
+        if generation <= self._evicted.get(slot, -1):
+            return Resolution.UNKNOWN
+        if generation < self._horizon.get(slot, generation + 1):
+            return Resolution.UNKNOWN
+        return Resolution.NOT_COMMITTED
+
+
+# -- server state machine ---------------------------------------------------------------------------
+
+
+class ServerState(StrEnum):
+    IDLE = "idle"  # waiting for on_request
+    BEGIN_READ = "begin_read"  # BeginRead issued: waiting for on_begin_read
+    FENCE = "fence"  # Fence issued: waiting for on_fenced
+    SEND_STATUS = "send_status"  # SendFrame(STATUS) issued: waiting for on_sent
+    SEND_PAYLOAD = "send_payload"  # SendPayload issued: waiting for on_sent
+    AWAIT_COMMIT = "await_commit"  # waiting for on_commit
+    FINALISE = "finalise"  # Finalise issued: waiting for on_finalised
+    SEND_REPLY = "send_reply"  # COMMITTED / RESOLVED / error STATUS issued: waiting for on_sent
+    DONE = "done"  # read over, the endpoint can serve the next request
+    CLOSED = "closed"  # read over, close the endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class BeginRead:
+    """Call `ring.begin_read(slot, generation, token, lease)` (`begin_read_legacy(slot, lease)` if
+    `legacy`), then `on_begin_read(code, info.generation, info.nbytes, info.checksum)`."""
+
+    slot: int
+    generation: int
+    token: int
+    legacy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame:
+    """Send `data` (the encoded `frame`: STATUS, COMMITTED or RESOLVED), then `on_sent()`."""
+
+    frame: Frame
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendPayload:
+    """Send `ring.payload_view(slot, nbytes)` (no copy), then `on_sent()`."""
+
+    slot: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitCommit:
+    """Receive one frame (bounded by the step timeout), then `on_commit(buf)`; timeout -> `on_error`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finalise:
+    """`kind` "commit" -> `ring.commit_read`, "release" -> `ring.release_read` (both with slot,
+    generation, token), "legacy" -> `ring.finalise_legacy(slot)`; then `on_finalised(result)`.
+    No await between the ring call and `on_finalised` (the commit log must see commits atomically)."""
+
+    kind: Literal["commit", "release", "legacy"]
+    slot: int
+    generation: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """RESOLVE: `ring.release_read(slot, generation, token)` (a read `token` still holds is released, so
+    a COMMIT still in flight can no longer commit), `info = ring.info(slot)`, then
+    `on_fenced(info.generation, info.state, info.last_commit_token)`, all without an await."""
+
+    slot: int
+    generation: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The read is over and the endpoint is healthy: wait for the next request on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The read is over; close (or abort) the endpoint."""
+
+    reason: str
+
+
+ServerAction: TypeAlias = BeginRead | SendFrame | SendPayload | AwaitCommit | Finalise | Fence | Done | Close
+
+_DONE: Final = Done()
+
+
+class ServerRead:
+    """Server side of one read attempt (or one RESOLVE), from the request frame to Done/Close.
+
+    Every `on_*` method returns the next `ServerAction`; the driver performs it and reports back.
+    Calling an `on_*` method the current state does not expect raises ProtocolError (a driver bug).
+    `on_error(reason)` is valid in any state: it returns Finalise("release") if the read still holds
+    its slot (then `on_finalised` -> Close), else Close. Malformed requests get STATUS(BAD_REQUEST),
+    a wrong secret STATUS(UNAUTHORIZED), then Close. `holds_slot` says whether a release is owed (for a
+    driver's `finally` after cancellation).
+
+    `log` is the server-wide CommitLog; `slots` (the ring's slot count) lets requests for slots out
+    of range be answered BAD_REQUEST instead of reaching the ring.
+    """
+
+    def __init__(
+        self,
+        secret: bytes | str,
+        log: CommitLog,
+        protocol: Protocol = "commit",
+        slots: int | None = None,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        self.protocol: Protocol = protocol
+        self.log = log
+        self.state = ServerState.IDLE
+        self.request: Frame | None = None
+        self.slot = 0
+        self.generation = 0
+        self.token = 0
+        self.nbytes = 0
+        self.checksum = 0
+        self.holds_slot = False
+        self.committed = False  # the ring commit (or legacy finalise) succeeded
+        self.resolution: Resolution | None = None
+        self.reason = ""  # why the endpoint is closed, or the last error/refusal
+        self._secret = _secret(secret)
+        self._slots = slots
+        self._then: ServerAction = _DONE  # what follows the frame being sent
+        self._finalising: Literal["commit", "release", "legacy"] = "release"
+        self._after_release: Frame | Close = Close("")
+
+    @property
+    def key(self) -> str:
+        return f"{self.slot}:{self.generation}"
+
+    def _expect(self, *states: ServerState) -> None:
+        if self.state not in states:
+            raise ProtocolError(f"server read: event not valid in state {self.state.value}")
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def on_request(self, msg: FrameLike) -> ServerAction:
+        """The first frame received on the endpoint for this attempt (raw buffer or decoded Frame)."""
+        self._expect(ServerState.IDLE)
+        try:
+            frame = decode(msg)
+        except ProtocolError as exc:
+            return self._reject(Status.BAD_REQUEST, str(exc))
+        self.request = frame
+        self.slot, self.generation, self.token = frame.slot, frame.generation, frame.token
+        if not secret_matches(frame, self._secret):
+            return self._reject(Status.UNAUTHORIZED, "bad secret")
+        allowed = (
+            (MsgType.REQUEST, MsgType.RESOLVE) if self.protocol == "commit" else (MsgType.LEGACY_REQUEST,)
+        )
+        if frame.type not in allowed:
+            return self._reject(Status.BAD_REQUEST, f"{frame.type.name} not a {self.protocol} request")
+        if self._slots is not None and frame.slot >= self._slots:
+            return self._reject(Status.BAD_REQUEST, f"slot {frame.slot} out of range")
+        if frame.type is MsgType.LEGACY_REQUEST:
+            self.generation = self.token = 0
+            self.state = ServerState.BEGIN_READ
+            return BeginRead(frame.slot, 0, 0, legacy=True)
+        if frame.token == 0:
+            return self._reject(Status.BAD_REQUEST, "token 0 is reserved")
+        if frame.type is MsgType.RESOLVE:
+            self.state = ServerState.FENCE
+            return Fence(frame.slot, frame.generation, frame.token)
+        self.state = ServerState.BEGIN_READ
+        return BeginRead(frame.slot, frame.generation, frame.token, legacy=False)
+
+    def on_begin_read(self, code: int, generation: int, nbytes: int, checksum: int) -> ServerAction:
+        """The ring's answer: a ReadCode (same values as Status OK..BUSY) and the slot's info."""
+        self._expect(ServerState.BEGIN_READ)
+        if code not in (Status.OK, Status.STALE, Status.NOT_READY, Status.BUSY):
+            raise ProtocolError(f"server read: {code!r} is not a ring ReadCode")
+        legacy = self.protocol == "single-chunk"
+        if legacy:
+            self.generation = generation
+        if code != Status.OK:
+            return self._reply(self._status(Status(code)), _DONE)
+        self.nbytes, self.checksum = nbytes, checksum
+        if not 0 <= nbytes <= MAX_PAYLOAD:
+            message = f"slot holds {nbytes} bytes, over MAX_PAYLOAD"
+            return self._reject(Status.ERROR, message) if legacy else self._refuse(Status.ERROR, message)
+        if not legacy:
+            self.holds_slot = True
+            self.log.observe(self.slot, self.generation)
+        self.state = ServerState.SEND_STATUS
+        ok = status(
+            Status.OK,
+            slot=self.slot,
+            generation=self.generation,
+            token=self.token,
+            nbytes=nbytes,
+            checksum=checksum,
+        )
+        return SendFrame(ok, encode(ok))
+
+    def on_sent(self) -> ServerAction:
+        """The frame or payload the last action asked for has been sent."""
+        self._expect(ServerState.SEND_STATUS, ServerState.SEND_PAYLOAD, ServerState.SEND_REPLY)
+        if self.state is ServerState.SEND_REPLY:
+            return self._end(self._then)
+        if self.state is ServerState.SEND_STATUS and self.nbytes > 0:
+            self.state = ServerState.SEND_PAYLOAD
+            return SendPayload(self.slot, self.nbytes)
+        if self.protocol == "single-chunk":
+            return self._finalise("legacy")
+        self.state = ServerState.AWAIT_COMMIT
+        return AwaitCommit()
+
+    def on_commit(self, msg: FrameLike) -> ServerAction:
+        """The frame received after the payload; anything but this read's COMMIT is refused."""
+        self._expect(ServerState.AWAIT_COMMIT)
+        try:
+            frame = decode(msg)
+        except ProtocolError as exc:
+            return self._refuse(Status.BAD_REQUEST, str(exc))
+        if not secret_matches(frame, self._secret):
+            return self._refuse(Status.UNAUTHORIZED, "bad secret")
+        if frame.type is not MsgType.COMMIT:
+            return self._refuse(Status.BAD_REQUEST, f"expected COMMIT, got {frame.type.name}")
+        if (frame.slot, frame.generation, frame.token) != (self.slot, self.generation, self.token):
+            return self._refuse(Status.BAD_REQUEST, "COMMIT does not match the read's token")
+        return self._finalise("commit")
+
+    def on_finalised(self, ok: bool) -> ServerAction:
+        """The ring's result for the Finalise action (False: this token no longer owned the slot)."""
+        self._expect(ServerState.FINALISE)
+        kind = self._finalising
+        if kind == "legacy":
+            self.committed = bool(ok)
+            return self._end(_DONE)
+        self.holds_slot = False
+        if kind == "release":
+            return self._after_release_action()
+        if ok:
+            self.committed = True
+            self.log.record(self.slot, self.generation, self.token)
+            reply = committed(self.slot, self.generation, self.token)
+        else:  # fenced by a RESOLVE or reclaimed after its lease: it did not commit
+            self.reason = "late commit: the read no longer owns the slot"
+            reply = committed(self.slot, self.generation, self.token, Status.ERROR, "commit refused")
+        return self._reply(reply, _DONE)
+
+    def on_fenced(self, generation: int, state: int, last_commit_token: int = 0) -> ServerAction:
+        """The slot's ring info read right after the fencing release (generation, SlotState value,
+        the token of the last commit of that generation or 0 if the ring does not know)."""
+        self._expect(ServerState.FENCE)
+        self.resolution = self._resolution(generation, int(state), last_commit_token)
+        return self._reply(resolved(self.resolution, self.slot, self.generation, self.token), _DONE)
+
+    def on_error(self, reason: str) -> ServerAction:
+        """A send/recv failed or timed out, or the handler is being cancelled."""
+        self.reason = reason
+        if self.state in (ServerState.DONE, ServerState.CLOSED):
+            return self._end(Close(reason))
+        if self.holds_slot and not (self.state is ServerState.FINALISE and self._finalising == "release"):
+            self._after_release = Close(reason)
+            return self._finalise("release")
+        self.holds_slot = False  # a failing release: the lease reclaim returns the slot
+        return self._end(Close(reason))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _status(self, code: Status, message: str = "") -> Frame:
+        return status(code, slot=self.slot, generation=self.generation, token=self.token, message=message)
+
+    def _reply(self, frame: Frame, then: ServerAction) -> SendFrame:
+        """Send a final frame (refusal STATUS, COMMITTED, RESOLVED), then `then` (Done or Close)."""
+        self.state = ServerState.SEND_REPLY
+        self._then = then
+        return SendFrame(frame, encode(frame))
+
+    def _reject(self, code: Status, message: str) -> SendFrame:
+        """Refuse a request while holding nothing: status, then close."""
+        self.reason = message
+        return self._reply(self._status(code, message), Close(message))
+
+    def _refuse(self, code: Status, message: str) -> Finalise:
+        """Refuse while holding the slot: release it first, then send the status and close."""
+        self.reason = message
+        self._after_release = self._status(code, message)
+        return self._finalise("release")
+
+    def _after_release_action(self) -> ServerAction:
+        after = self._after_release
+        if isinstance(after, Frame):
+            return self._reply(after, Close(self.reason))
+        return self._end(after)
+
+    def _finalise(self, kind: Literal["commit", "release", "legacy"]) -> Finalise:
+        self.state = ServerState.FINALISE
+        self._finalising = kind
+        return Finalise(kind, self.slot, self.generation, self.token)
+
+    def _end(self, action: ServerAction) -> ServerAction:
+        if isinstance(action, Close):
+            self.state = ServerState.CLOSED
+            self.reason = action.reason
+        else:
+            self.state = ServerState.DONE
+        return action
+
+    def _resolution(self, ring_generation: int, ring_state: int, last_commit_token: int) -> Resolution:
+        """Ring first (it survives a server restart), commit log second; see CommitLog for soundness.
+        The token was fenced just before, so it cannot commit from now on."""
+        slot, generation, token = self.slot, self.generation, self.token
+        if ring_state in (_RING_READY, _RING_READING):
+            self.log.observe(slot, ring_generation)
+        if generation > ring_generation:
+            return Resolution.NOT_COMMITTED  # never written on this ring
+        if generation == ring_generation:
+            if ring_state != _RING_FREE:
+                return Resolution.NOT_COMMITTED  # a commit leaves the slot FREE until the next write
+            if last_commit_token:
+                return Resolution.COMMITTED if last_commit_token == token else Resolution.NOT_COMMITTED
+        return self.log.lookup(slot, generation, token)
+
+
+# -- client state machine ---------------------------------------------------------------------------
+
+
+class ClientState(StrEnum):
+    IDLE = "idle"  # request_frame() not called yet
+    AWAIT_STATUS = "await_status"  # request sent: on_status
+    AWAIT_PAYLOAD = "await_payload"  # OK status: receive `nbytes`, then on_payload
+    AWAIT_COMMITTED = "await_committed"  # COMMIT sent: on_committed (or resolve_frame)
+    AWAIT_RESOLVED = "await_resolved"  # RESOLVE sent: on_resolved
+    DONE = "done"  # the payload is the caller's (committed, or single-chunk received)
+    IN_DOUBT = "in_doubt"  # COMMIT sent, outcome unknown: resolve_frame() on another endpoint
+    FAILED = "failed"  # definitely not committed; `error` says why (retry if error.retryable)
+
+
+_STATUS_ERRORS: Final[dict[int, type[TransportError]]] = {
+    Status.STALE: StaleSlotError,
+    Status.NOT_READY: NotReadyError,
+    Status.BUSY: BusyError,
+    Status.UNAUTHORIZED: UnauthorizedError,
+    Status.BAD_REQUEST: ServerError,
+    Status.ERROR: ServerError,
+}
+
+
+class ClientRead:
+    """Client side of one read attempt; build a new one (with a new token) for every attempt.
+
+    The driver sends what the machine returns and feeds it what arrives (raw buffers or Frames).
+    Whenever an `on_*` method raises a TransportError the machine has already moved to FAILED (the
+    read did not commit: retry if `error.retryable`) or IN_DOUBT (COMMIT was sent and the outcome is
+    unknown: send `resolve_frame()` on another endpoint; if that never gets an answer, report
+    `error`, an InDoubtError, and never retry). `on_error(exc)` does the same for I/O failures and
+    returns the error to raise. Events in the wrong state raise ProtocolError without a transition.
+
+    Decisions: a STATUS OK whose nbytes/checksum disagree with the descriptor is a ProtocolError (the
+    server and the descriptor contradict each other; nothing was truncated); a payload whose checksum
+    (or received size) is wrong is a TruncatedError. Single-chunk reads are deliberately as weak as the
+    design they reproduce: no echo check, no descriptor check; `checksum_ok` records whether the payload
+    matched, and the read is DONE either way so the harness can count what that design delivers.
+    """
+
+    def __init__(
+        self,
+        slot: int,
+        generation: int,
+        token: int,
+        secret: bytes | str,
+        expected_nbytes: int,
+        expected_checksum: int,
+        protocol: Protocol = "commit",
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if protocol == "commit" and not 0 < token <= _U64:
+            raise ConfigError(f"token={token!r}: must be a non-zero u64 (see new_token)")
+        self.slot = slot
+        self.generation = generation
+        self.token = token
+        self.secret = _secret(secret)
+        self.expected_nbytes = expected_nbytes
+        self.expected_checksum = expected_checksum
+        self.protocol: Protocol = protocol
+        self.state = ClientState.IDLE
+        self.nbytes = 0  # bytes to receive after an OK status
+        self.checksum_ok: bool | None = None
+        self.resolution: Resolution | None = None
+        self.error: TransportError | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.slot}:{self.generation}"
+
+    def _expect(self, *states: ClientState) -> None:
+        if self.state not in states:
+            raise ProtocolError(f"client read {self.key}: event not valid in state {self.state.value}")
+
+    # -- frames to send ------------------------------------------------------------------------------
+
+    def request_frame(self) -> Frame:
+        """IDLE -> AWAIT_STATUS: the REQUEST (or LEGACY_REQUEST) to send."""
+        self._expect(ClientState.IDLE)
+        self.state = ClientState.AWAIT_STATUS
+        if self.protocol == "single-chunk":
+            return legacy_request(self.slot, self.secret)
+        return request(self.slot, self.generation, self.token, self.secret)
+
+    def commit_frame(self) -> Frame:
+        """The COMMIT to send (also returned by on_payload)."""
+        self._expect(ClientState.AWAIT_COMMITTED)
+        return commit(self.slot, self.generation, self.token, self.secret)
+
+    def resolve_frame(self) -> Frame:
+        """-> AWAIT_RESOLVED: the RESOLVE to send on another endpoint after COMMITTED went missing."""
+        self._expect(ClientState.AWAIT_COMMITTED, ClientState.IN_DOUBT, ClientState.AWAIT_RESOLVED)
+        self.state = ClientState.AWAIT_RESOLVED
+        return resolve(self.slot, self.generation, self.token, self.secret)
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    def on_status(self, msg: FrameLike) -> int:
+        """AWAIT_STATUS -> AWAIT_PAYLOAD; returns the payload size to receive next (if 0, receive
+        nothing and call on_payload(checksum(b"")). A refusal raises the mapped error (FAILED)."""
+        self._expect(ClientState.AWAIT_STATUS)
+        frame = self._decode(msg, self._fail)
+        if frame.type is not MsgType.STATUS:
+            raise self._fail(ProtocolError(f"{self.key}: expected STATUS, got {frame.type.name}"))
+        legacy = self.protocol == "single-chunk"
+        if not legacy and not self._echoes(frame, allow_blank=frame.code != Status.OK):
+            raise self._fail(ProtocolError(f"{self.key}: STATUS for another read (a late reply?)"))
+        if frame.code != Status.OK:
+            raise self._fail(self._status_error(frame))
+        if not legacy and (frame.nbytes, frame.checksum) != (self.expected_nbytes, self.expected_checksum):
+            raise self._fail(
+                ProtocolError(
+                    f"{self.key}: STATUS says {frame.nbytes} bytes / checksum {frame.checksum:#x}, "
+                    f"the descriptor {self.expected_nbytes} / {self.expected_checksum:#x}"
+                )
+            )
+        self.nbytes = frame.nbytes
+        self.state = ClientState.AWAIT_PAYLOAD
+        return frame.nbytes
+
+    def on_payload(self, checksum: int, nbytes: int | None = None) -> Frame | None:
+        """AWAIT_PAYLOAD -> AWAIT_COMMITTED, returning the COMMIT to send (single-chunk: DONE, None).
+        `checksum` of the received bytes; `nbytes` if the transport reports a length."""
+        self._expect(ClientState.AWAIT_PAYLOAD)
+        if nbytes is not None and nbytes != self.nbytes:
+            raise self._fail(TruncatedError(f"{self.key}: received {nbytes} of {self.nbytes} bytes"))
+        self.checksum_ok = checksum == self.expected_checksum
+        if self.protocol == "single-chunk":
+            self.state = ClientState.DONE
+            return None
+        if not self.checksum_ok:
+            raise self._fail(
+                TruncatedError(f"{self.key}: payload checksum {checksum:#x} != {self.expected_checksum:#x}")
+            )
+        self.state = ClientState.AWAIT_COMMITTED
+        return self.commit_frame()
+
+    def on_committed(self, msg: FrameLike) -> None:
+        """AWAIT_COMMITTED -> DONE on COMMITTED(OK); FAILED (retryable ServerError) when the server
+        refused the commit; IN_DOUBT (raises InDoubtError) on anything unrecognisable."""
+        self._expect(ClientState.AWAIT_COMMITTED)
+        frame = self._decode(msg, self._doubt)
+        if frame.type in (MsgType.COMMITTED, MsgType.STATUS) and frame.code != Status.OK:
+            if self._echoes(frame, allow_blank=True):
+                code = Status(frame.code).name
+                raise self._fail(
+                    ServerError(f"{self.key}: commit refused ({code} {frame.message}): not committed")
+                )
+        elif frame.type is MsgType.COMMITTED and self._echoes(frame):
+            self.state = ClientState.DONE
+            return
+        raise self._doubt(ProtocolError(f"{self.key}: unexpected reply to COMMIT: {frame.type.name}"))
+
+    def on_resolved(self, msg: FrameLike) -> None:
+        """AWAIT_RESOLVED -> DONE (COMMITTED), FAILED (NOT_COMMITTED: retryable, the read can be done
+        again), IN_DOUBT (UNKNOWN, or an unusable answer: try another endpoint or give up)."""
+        self._expect(ClientState.AWAIT_RESOLVED)
+        frame = self._decode(msg, self._doubt)
+        if frame.type is MsgType.RESOLVED and self._echoes(frame):
+            self.resolution = Resolution(frame.code)
+            if frame.code == Resolution.COMMITTED:
+                self.state = ClientState.DONE
+                return
+            if frame.code == Resolution.NOT_COMMITTED:
+                raise self._fail(
+                    ConnectionLostError(f"{self.key}: COMMITTED was lost and the read did not commit; retry")
+                )
+            raise self._doubt(ProtocolError(f"{self.key}: the server cannot tell whether the read committed"))
+        if frame.type is MsgType.STATUS and frame.code != Status.OK and self._echoes(frame, allow_blank=True):
+            raise self._doubt(self._status_error(frame))
+        raise self._doubt(ProtocolError(f"{self.key}: unexpected reply to RESOLVE: {frame.type.name}"))
+
+    def on_error(self, exc: BaseException) -> TransportError:
+        """An I/O step failed or timed out: FAILED before COMMIT was sent, IN_DOUBT after. Returns the
+        error to raise (TimeoutError -> ReadTimeoutError, other non-transport errors ->
+        ConnectionLostError; an InDoubtError once COMMIT was sent)."""
+        self._expect(
+            ClientState.IDLE,
+            ClientState.AWAIT_STATUS,
+            ClientState.AWAIT_PAYLOAD,
+            ClientState.AWAIT_COMMITTED,
+            ClientState.AWAIT_RESOLVED,
+            ClientState.IN_DOUBT,
+        )
+        if isinstance(exc, TransportError):
+            err = exc
+        elif isinstance(exc, TimeoutError):
+            err = ReadTimeoutError(f"{self.key}: {exc or 'timed out'}")
+        else:
+            err = ConnectionLostError(f"{self.key}: {type(exc).__name__}: {exc}")
+        if err is not exc:
+            err.__cause__ = exc
+        if self.state in (ClientState.AWAIT_COMMITTED, ClientState.AWAIT_RESOLVED, ClientState.IN_DOUBT):
+            return self._doubt(err)
+        return self._fail(err)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _decode(self, msg: FrameLike, on_bad: Callable[[TransportError], TransportError]) -> Frame:
+        """Decode a reply; a garbled one moves the machine as `on_bad` says (FAILED or IN_DOUBT)."""
+        try:
+            return decode(msg)
+        except ProtocolError as exc:
+            raise on_bad(exc) from None
+
+    def _echoes(self, frame: Frame, allow_blank: bool = False) -> bool:
+        """Does the reply name this read? A refusal may be blank (the server could not parse us)."""
+        echo = (frame.slot, frame.generation, frame.token)
+        return echo == (self.slot, self.generation, self.token) or (allow_blank and echo == (0, 0, 0))
+
+    def _status_error(self, frame: Frame) -> TransportError:
+        code = Status(frame.code)
+        detail = f": {frame.message}" if frame.message else ""
+        return _STATUS_ERRORS[code](f"{self.key}: {code.name}{detail}")
+
+    def _fail(self, err: TransportError) -> TransportError:
+        self.state = ClientState.FAILED
+        self.error = err
+        return err
+
+    def _doubt(self, cause: TransportError) -> TransportError:
+        self.state = ClientState.IN_DOUBT
+        err = InDoubtError(f"{self.key}: COMMIT sent, outcome unknown: {cause}")
+        err.__cause__ = cause
+        self.error = err
+        return err
