@@ -128,6 +128,7 @@ __all__ = [
     "ServerRead",
     "ServerState",
     "Status",
+    "clip_message",
     "commit",
     "committed",
     "decode",
