@@ -56,7 +56,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"SLOTRING"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: per-slot last_commit_token
 SHM_DIR = "/dev/shm"
 HEADER_SIZE = 256
 SLOT_ALIGN = 64
@@ -97,9 +97,19 @@ HEADER_DTYPE = np.dtype(
 
 META_DTYPE = np.dtype(
     {
-        "names": ["state", "owner_pid", "generation", "nbytes", "checksum", "token", "lease_deadline", "seq"],
-        "formats": ["<u4", "<i4", "<u8", "<u8", "<u8", "<u8", "<f8", "<u8"],
-        "offsets": [0, 4, 8, 16, 24, 32, 40, 48],
+        "names": [
+            "state",
+            "owner_pid",
+            "generation",
+            "nbytes",
+            "checksum",
+            "token",
+            "lease_deadline",
+            "seq",
+            "last_commit_token",
+        ],
+        "formats": ["<u4", "<i4", "<u8", "<u8", "<u8", "<u8", "<f8", "<u8", "<u8"],
+        "offsets": [0, 4, 8, 16, 24, 32, 40, 48, 56],
         "itemsize": 64,
     }
 )
@@ -147,6 +157,7 @@ class SlotInfo:
     owner_pid: int
     lease_deadline: float
     seq: int
+    last_commit_token: int = 0  # token that committed this generation (0 = not committed); RESOLVE reads it
 
 
 @dataclass(frozen=True)
@@ -283,6 +294,7 @@ class SharedRing:
         self._token: Any = meta["token"]
         self._lease: Any = meta["lease_deadline"]
         self._seq: Any = meta["seq"]
+        self._last_commit: Any = meta["last_commit_token"]
         self._payload: Any = np.ndarray(
             (self._size - self._payload_offset,), dtype=np.uint8, buffer=self._mm, offset=self._payload_offset
         )
@@ -427,8 +439,8 @@ class SharedRing:
             raise ConfigError(f"slot {slot} out of range [0, {self.slots})")
 
     def _info(self, slot: int) -> SlotInfo:
-        state, pid, gen, nbytes, csum, token, lease, seq = self._meta[slot].item()
-        return SlotInfo(slot, _STATES[state], gen, nbytes, csum, token, pid, lease, seq)
+        state, pid, gen, nbytes, csum, token, lease, seq, last = self._meta[slot].item()
+        return SlotInfo(slot, _STATES[state], gen, nbytes, csum, token, pid, lease, seq, last)
 
     # ----------------------------------------------------------------------------- writer
 
@@ -505,6 +517,7 @@ class SharedRing:
                 return None
             gen = int(self._gen[i]) + 1
             self._gen[i] = gen
+            self._last_commit[i] = 0
             self._state[i] = _WRITING
             self._owner_pid[i] = os.getpid()
             self._token[i] = 0
@@ -606,6 +619,8 @@ class SharedRing:
         try:
             if self._state[slot] == _READING and self._gen[slot] == generation and self._token[slot] == token:
                 self._state[slot] = to
+                if to == _FREE:
+                    self._last_commit[slot] = token
                 self._token[slot] = 0
                 self._owner_pid[slot] = 0
                 self._lease[slot] = 0.0
