@@ -19,6 +19,7 @@ class Phase(StrEnum):
     PAYLOAD = "payload"
     COMMIT = "commit"
     COMMITTED = "committed"
+    RESOLVE = "resolve"  # RESOLVE request and RESOLVED reply, kept apart so `drop_commit` spares them
 
 
 class Link(Protocol):

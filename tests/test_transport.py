@@ -1,0 +1,216 @@
+"""Server + client integration: real ucxx endpoints, a real server process, real shared memory."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from transport import (
+    Consumer,
+    Producer,
+    StaleSlotError,
+    UnauthorizedError,
+)
+from transport import protocol as proto
+from transport.descriptor import SlotDescriptor
+from transport.ring import SlotState
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def producer() -> Iterator[Producer]:
+    with Producer(slots=16, slot_bytes=2 << 20, ports=3) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def consumer() -> Iterator[Consumer]:
+    c = Consumer(read_timeout=2.0, quarantine=1.0, max_attempts=4)
+    yield c
+    c.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 4096, 1 << 20, 2 << 20])
+def test_roundtrip_sizes(producer: Producer, consumer: Consumer, nbytes: int) -> None:
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    desc = producer.put(data)
+    got = consumer.get(desc)
+    assert got.dtype == np.uint8 and got.shape == (nbytes,)
+    assert np.array_equal(got, data)
+    assert producer.ring.info(desc.slot).state == SlotState.FREE
+
+
+def test_descriptor_json_roundtrip(producer: Producer, consumer: Consumer) -> None:
+    desc = producer.put(b"hello")
+    again = SlotDescriptor.from_dict(desc.to_dict())
+    assert again == desc
+    assert bytes(consumer.get(again)) == b"hello"
+
+
+def test_second_read_of_consumed_slot_is_not_delivered_twice(producer: Producer, consumer: Consumer) -> None:
+    desc = producer.put(b"once")
+    assert bytes(consumer.get(desc)) == b"once"
+    with pytest.raises(Exception) as info:
+        consumer.get(desc)
+    assert not isinstance(info.value, AssertionError)
+
+
+def test_stale_descriptor_is_not_retried() -> None:
+    with Producer(slots=1, slot_bytes=1024, ports=2, policy="overwrite") as p:
+        old = p.put(b"old")
+        new = p.put(b"new")  # recycles the only slot: `old` is now STALE
+        c = Consumer(read_timeout=2.0, max_attempts=5)
+        try:
+            reads_before = c.client.stats.reads
+            with pytest.raises(StaleSlotError):
+                c.get(old)
+            assert c.client.stats.reads - reads_before == 1, "STALE must not be retried"
+            assert bytes(c.get(new)) == b"new"
+        finally:
+            c.close()
+
+
+def test_wrong_secret_is_unauthorized_and_not_retried(producer: Producer, consumer: Consumer) -> None:
+    desc = producer.put(b"secret stuff")
+    forged = SlotDescriptor.from_dict({**desc.to_dict(), "secret": "00" * 16})
+    reads_before = consumer.client.stats.reads
+    with pytest.raises(UnauthorizedError):
+        consumer.get(forged)
+    assert consumer.client.stats.reads - reads_before == 1
+    assert bytes(consumer.get(desc)) == b"secret stuff", "the slot stays READY for the real owner"
+
+
+def test_get_many_reports_failures_per_slot(producer: Producer, consumer: Consumer) -> None:
+    descs = [producer.put(bytes([i]) * (i + 1)) for i in range(8)]
+    forged = SlotDescriptor.from_dict({**descs[3].to_dict(), "secret": "11" * 16})
+    batch = consumer.get_many([*descs[:3], forged, *descs[4:]])
+    assert [f.index for f in batch.failures] == [3]
+    assert batch.failures[0].reason == "unauthorized"
+    for i, payload in enumerate(batch.payloads):
+        if i != 3:
+            assert payload is not None and bytes(payload) == bytes([i]) * (i + 1)
+    assert bytes(consumer.get(descs[3])) == bytes([3]) * 4
+
+
+def test_dead_port_is_quarantined_and_skipped(producer: Producer) -> None:
+    dead = _free_port()
+    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4, connect_timeout=1.0)
+    try:
+        for i in range(6):
+            desc = producer.put(bytes([i]) * 100)
+            desc = SlotDescriptor.from_dict({**desc.to_dict(), "ports": [dead, *producer.ports]})
+            assert bytes(c.get(desc)) == bytes([i]) * 100
+        assert c.client.stats.quarantines == 1, "the dead port is tried once, then skipped"
+    finally:
+        c.close()
+
+
+async def _raw_exchange(port: int, message: bytes | np.ndarray) -> tuple[bytes | None, bool]:
+    """Send raw bytes with ucxx; return the reply (if any) and whether the server closed on us."""
+    import ucxx
+
+    from transport.ucx import init_in_loop
+
+    init_in_loop()
+    ep = await asyncio.wait_for(ucxx.create_endpoint("127.0.0.1", port), 5)
+    try:
+        await asyncio.wait_for(ep.send(np.frombuffer(bytes(message), dtype=np.uint8)), 5)
+        reply = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+        try:
+            await asyncio.wait_for(ep.recv(reply), 3)
+        except Exception:
+            return None, True
+        closed = False
+        try:
+            await asyncio.wait_for(ep.recv(np.zeros(proto.FRAME_SIZE, dtype=np.uint8)), 1)
+        except Exception:
+            closed = True
+        return reply.tobytes(), closed
+    finally:
+        ep.abort()
+
+
+def _run_raw(port: int, message: bytes) -> tuple[bytes | None, bool]:
+    from transport.facade import _LoopThread
+
+    return _LoopThread.get().run(_raw_exchange(port, message), 30)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00" * proto.FRAME_SIZE,
+        b"not a frame",
+        bytes(range(256)) * 4096,  # oversized: 1 MiB where a 128-byte frame is expected
+    ],
+    ids=["zeros", "short", "oversized"],
+)
+def test_garbage_never_takes_the_server_down(producer: Producer, consumer: Consumer, garbage: bytes) -> None:
+    reply, closed = _run_raw(producer.ports[0], garbage)
+    if reply is not None:
+        frame = proto.decode(reply)
+        assert frame.type == proto.MsgType.STATUS and frame.code == proto.Status.BAD_REQUEST
+    assert closed
+    desc = producer.put(b"still serving")
+    assert bytes(consumer.get(desc)) == b"still serving"
+
+
+def test_unauthenticated_raw_request_gets_status_and_close(producer: Producer, consumer: Consumer) -> None:
+    desc = producer.put(b"x")
+    request = proto.encode(proto.request(desc.slot, desc.generation, 1, b"\x01" * 16))
+    reply, closed = _run_raw(producer.ports[1], request)
+    assert reply is not None and proto.decode(reply).code == proto.Status.UNAUTHORIZED
+    assert closed
+    assert bytes(consumer.get(desc)) == b"x"
+
+
+def test_lost_committed_is_resolved_not_duplicated(tmp_path: Path) -> None:
+    fired = tmp_path / "fired"
+    options = {
+        "link_wrapper": "link_faults:drop_committed",
+        "link_wrapper_args": {"count": 3, "fired_path": str(fired)},
+    }
+    with Producer(slots=4, slot_bytes=4096, ports=2, server_options=options) as p:
+        c = Consumer(read_timeout=1.0, quarantine=0.1, max_attempts=3)
+        try:
+            for i in range(5):
+                desc = p.put(bytes([i]) * 10)
+                assert bytes(c.get(desc)) == bytes([i]) * 10
+                assert p.ring.info(desc.slot).state == SlotState.FREE
+            assert len(fired.read_text().splitlines()) == 3, "the COMMITTED reply was really dropped"
+            assert c.client.stats.resolves == 3
+            assert c.client.stats.in_doubt == 0
+        finally:
+            c.close()
+
+
+def test_idle_server_and_stop_are_bounded() -> None:
+    p = Producer(slots=2, slot_bytes=1024, ports=2)
+    try:
+        c = Consumer(read_timeout=2.0)
+        try:
+            assert bytes(c.get(p.put(b"warm"))) == b"warm"  # leaves a pooled idle endpoint
+            server = psutil.Process(p.server.pid)
+            server.cpu_percent(None)
+            time.sleep(2.0)
+            assert server.cpu_percent(None) < 25.0, "idle server must not busy-spin"
+        finally:
+            c.close()
+    finally:
+        started = time.monotonic()
+        p.close()
+        assert time.monotonic() - started < 6.0

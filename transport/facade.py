@@ -1,0 +1,217 @@
+"""What the README shows first: `Producer` (ring + server process) and `Consumer` (client).
+
+The producer's server runs in its own spawned process: the producer process never initialises UCX
+(so it may fork freely), the server does not fight the producer for the GIL, and the harness can
+kill or pause the server on its own. Sync consumers share one background event-loop thread per
+process, because ucxx binds to a single loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing as mp
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from transport.client import SlotClient
+from transport.descriptor import SlotDescriptor
+from transport.errors import ConfigError, TransportError
+from transport.packer import BatchResult, fetch_batch, fetch_one
+from transport.ring import SharedRing
+from transport.serve import ServerProcess
+
+T = TypeVar("T")
+
+
+class Producer:
+    """Creates the ring, serves it on `ports` from a child process, and publishes payloads."""
+
+    def __init__(
+        self,
+        slots: int = 64,
+        slot_bytes: int = 1 << 20,
+        ports: int | Sequence[int] = 4,
+        policy: str = "block",
+        name: str | None = None,
+        *,
+        protocol: str = "commit",
+        idle_evict: float = 10.0,
+        host: str = "127.0.0.1",
+        start_timeout: float = 60.0,
+        server_options: dict[str, Any] | None = None,
+    ) -> None:
+        """`server_options` go to `transport.serve.ServerConfig` (step_timeout, lease, events_path,
+        link_wrapper, ...)."""
+        port_list = [0] * ports if isinstance(ports, int) else list(ports)
+        if not port_list:
+            raise ConfigError("ports: at least one port is needed")
+        self.host = host
+        self.ring = SharedRing.create(slots, slot_bytes, policy=policy, name=name)
+        try:
+            self.server = ServerProcess(
+                self.ring.name,
+                port_list,
+                protocol=protocol,
+                idle_evict=idle_evict,
+                **(server_options or {}),
+            )
+            self.ports = self.server.start(timeout=start_timeout)
+        except BaseException:
+            self.ring.close()
+            raise
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(self.host, p) for p in self.ports]
+
+    def put(self, data: Any, timeout: float | None = None) -> SlotDescriptor:
+        """Write one payload (bytes-like or numpy array) and return its descriptor."""
+        written = self.ring.write(data, timeout=timeout)
+        return self.descriptor(written.slot, written.generation, written.nbytes, written.checksum)
+
+    def descriptor(self, slot: int, generation: int, nbytes: int, checksum: int) -> SlotDescriptor:
+        return SlotDescriptor(
+            host=self.host,
+            ports=tuple(self.ports),
+            ring_id=self.ring.ring_id,
+            slot=slot,
+            generation=generation,
+            nbytes=nbytes,
+            checksum=checksum,
+            secret=self.ring.secret_hex,
+        )
+
+    def close(self) -> None:
+        try:
+            self.server.stop()
+        finally:
+            self.ring.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LoopThread:
+    """One daemon thread running the process's UCX event loop for every sync Consumer."""
+
+    _instance: _LoopThread | None = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="slotwire-ucx", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> _LoopThread:
+        with cls._guard:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise TransportError(f"operation did not finish within {timeout:.1f}s") from exc
+
+
+class AsyncConsumer:
+    """Fetches slots from asyncio code: `await get(desc)`, `await get_many(descs)`."""
+
+    def __init__(
+        self,
+        read_timeout: float = 2.0,
+        quarantine: float = 5.0,
+        max_attempts: int = 4,
+        rounds: int = 3,
+        *,
+        concurrency: int = 8,
+        protocol: str = "commit",
+        **client_options: Any,
+    ) -> None:
+        if max_attempts < 1 or rounds < 1 or concurrency < 1:
+            raise ConfigError("max_attempts, rounds and concurrency must be >= 1")
+        self.max_attempts = max_attempts
+        self.rounds = rounds
+        self.concurrency = concurrency
+        self.client = SlotClient(
+            read_timeout=read_timeout, quarantine=quarantine, protocol=protocol, **client_options
+        )
+
+    async def get(self, descriptor: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        """The payload as a uint8 array of exactly `descriptor.nbytes` bytes."""
+        result, _ = await fetch_one(self.client, descriptor, max_attempts=self.max_attempts, out=out)
+        return result.payload
+
+    async def get_many(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
+        return await fetch_batch(
+            self.client,
+            descriptors,
+            max_attempts=self.max_attempts,
+            rounds=self.rounds,
+            concurrency=self.concurrency,
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def __aenter__(self) -> AsyncConsumer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Consumer:
+    """Sync facade over AsyncConsumer for trainers that are not async."""
+
+    def __init__(
+        self,
+        read_timeout: float = 2.0,
+        quarantine: float = 5.0,
+        max_attempts: int = 4,
+        rounds: int = 3,
+        **options: Any,
+    ) -> None:
+        self._loop = _LoopThread.get()
+        self._inner = AsyncConsumer(read_timeout, quarantine, max_attempts, rounds, **options)
+        client = self._inner.client
+        # Bound for one slot: every attempt may connect, run 4 steps and resolve.
+        per_attempt = client.connect_timeout + 4 * client.read_timeout + client.resolve_timeout
+        self._slot_bound = max_attempts * per_attempt + 5.0
+        self._rounds = rounds
+
+    @property
+    def client(self) -> SlotClient:
+        return self._inner.client
+
+    def get(self, descriptor: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        return self._loop.run(self._inner.get(descriptor, out), self._slot_bound)
+
+    def get_many(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
+        waves = -(-len(descriptors) // self._inner.concurrency) or 1
+        return self._loop.run(self._inner.get_many(descriptors), self._slot_bound * waves * self._rounds)
+
+    def close(self) -> None:
+        self._loop.run(self._inner.close(), 10.0)
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def spawn_context() -> mp.context.SpawnContext:
+    """Processes that touch UCX must be spawned: a fork after ucxx init hangs the child."""
+    return mp.get_context("spawn")

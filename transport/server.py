@@ -1,0 +1,267 @@
+"""Multi-port UCX server over a SharedRing: one listener per port, one handler task per endpoint.
+
+The server owns no retry policy: it answers each request, enforces the ring's state machine and
+releases whatever a failed read held. Every await is bounded (`step_timeout` for a protocol step,
+`idle_evict` for a quiet endpoint), so a stalled or vanished client can hold a slot for at most one
+step timeout before the handler's `finally` releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from transport import protocol as proto
+from transport.errors import ConfigError
+from transport.events import EventSink, NullSink
+from transport.link import Link, LinkWrapper, Phase, UcxLink, identity
+from transport.ring import ReadCode, SharedRing
+from transport.ucx import init_in_loop
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("commit", "single-chunk")
+
+
+class SlotServer:
+    """Serves the slots of one ring on N ports (0 = ephemeral) from a running asyncio loop."""
+
+    def __init__(
+        self,
+        ring: SharedRing,
+        ports: Sequence[int] = (0,),
+        *,
+        protocol: str = "commit",
+        idle_evict: float = 10.0,
+        step_timeout: float = 5.0,
+        lease: float = 30.0,
+        reclaim_interval: float = 1.0,
+        commit_log: int = 65536,
+        link_wrapper: LinkWrapper | None = None,
+        events: EventSink | None = None,
+    ) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if not ports:
+            raise ConfigError("ports: at least one port is needed")
+        for name, value in (("idle_evict", idle_evict), ("step_timeout", step_timeout), ("lease", lease)):
+            if not value > 0:
+                raise ConfigError(f"{name}={value!r}: must be > 0 seconds")
+        self.ring = ring
+        self.requested_ports = list(ports)
+        self.protocol = protocol
+        self.idle_evict = idle_evict
+        self.step_timeout = step_timeout
+        self.lease = lease
+        self.reclaim_interval = reclaim_interval
+        self.commit_log = proto.CommitLog(commit_log)
+        self.link_wrapper = link_wrapper or identity
+        self.events = events or NullSink()
+        self.ports: list[int] = []
+        self.stats: dict[str, int] = {
+            "served": 0,
+            "committed": 0,
+            "released": 0,
+            "resolved": 0,
+            "bad_requests": 0,
+            "unauthorized": 0,
+            "evicted": 0,
+            "late_finalise": 0,
+            "errors": 0,
+        }
+        self._listeners: list[Any] = []
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._reclaimer: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._secret = ring.secret
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> list[int]:
+        """Listen on every port; returns the real port numbers in order."""
+        init_in_loop()
+        import ucxx
+
+        for index, port in enumerate(self.requested_ports):
+            listener = ucxx.create_listener(self._callback_for(index), port)
+            self._listeners.append(listener)
+            self.ports.append(listener.port)
+        self._reclaimer = asyncio.get_running_loop().create_task(self._reclaim_loop())
+        log.info("slot server on ports %s (protocol %s)", self.ports, self.protocol)
+        return list(self.ports)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close listeners, abort live endpoints (their handlers release held slots), within `timeout`."""
+        self._stopping = True
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        if self._reclaimer is not None:
+            self._reclaimer.cancel()
+        for task in list(self._handlers):
+            task.cancel()
+        pending = [t for t in (*self._handlers, self._reclaimer) if t is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        self._handlers.clear()
+
+    async def __aenter__(self) -> SlotServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _callback_for(self, index: int) -> Any:
+        async def on_connect(endpoint: Any) -> None:
+            if self._stopping:
+                endpoint.abort()
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._handlers.add(task)
+            try:
+                await self._handle(endpoint, index)
+            finally:
+                self._handlers.discard(task)
+
+        return on_connect
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reclaim_interval)
+            try:
+                self.ring.reclaim()
+            except Exception:  # a reclaim failure must not stop serving
+                log.exception("ring reclaim failed")
+
+    # -- per-endpoint handler ----------------------------------------------------------------------
+
+    async def _handle(self, endpoint: Any, index: int) -> None:
+        port = self.ports[index]
+        link = self.link_wrapper(UcxLink(endpoint, port, "server"))
+        try:
+            while not self._stopping:
+                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+                try:
+                    await asyncio.wait_for(link.recv(buf, Phase.REQUEST), self.idle_evict)
+                except TimeoutError:
+                    self.stats["evicted"] += 1
+                    break
+                if not await self._serve_one(link, buf, index):
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reset, cancel, truncation: the client retries elsewhere
+            self.stats["errors"] += 1
+            log.debug("endpoint on port %s ended: %r", port, exc)
+        finally:
+            if not link.closed:
+                link.abort()
+
+    async def _serve_one(self, link: Link, request: np.ndarray, index: int) -> bool:
+        """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
+        ring = self.ring
+        srv = proto.ServerRead(self._secret, self.commit_log, self.protocol, slots=ring.slots)
+        action = srv.on_request(request)
+        try:
+            while not isinstance(action, proto.Done | proto.Close):
+                try:
+                    action = await self._perform(link, srv, action, index)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # reset, timeout, cancel of one step
+                    action = srv.on_error(repr(exc))
+        finally:
+            if srv.holds_slot and ring.release_read(srv.slot, srv.generation, srv.token):
+                self.stats["released"] += 1
+        return isinstance(action, proto.Done)
+
+    async def _perform(
+        self, link: Link, srv: proto.ServerRead, action: proto.ServerAction, index: int
+    ) -> proto.ServerAction:
+        ring = self.ring
+        match action:
+            case proto.BeginRead(slot=slot, generation=generation, token=token, legacy=legacy):
+                if legacy:
+                    code, info = ring.begin_read_legacy(slot, self.lease)
+                else:
+                    code, info = ring.begin_read(slot, generation, token, self.lease)
+                if code == ReadCode.OK:
+                    self.stats["served"] += 1
+                    key = f"{slot}:{info.generation}"
+                    self.events.emit("served", key=key, port=index, token=token, protocol=self.protocol)
+                return srv.on_begin_read(int(code), info.generation, info.nbytes, info.checksum)
+            case proto.SendFrame(data=data, frame=frame):
+                if frame.code == proto.Status.UNAUTHORIZED and frame.type == proto.MsgType.STATUS:
+                    self.stats["unauthorized"] += 1
+                elif frame.code == proto.Status.BAD_REQUEST and frame.type == proto.MsgType.STATUS:
+                    self.stats["bad_requests"] += 1
+                await self._send(link, data, _REPLY_PHASE.get(frame.type, Phase.STATUS))
+                return srv.on_sent()
+            case proto.SendPayload(slot=slot, nbytes=nbytes):
+                view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
+                try:
+                    await self._send(link, view, Phase.PAYLOAD)
+                finally:
+                    del view
+                return srv.on_sent()
+            case proto.AwaitCommit():
+                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+                await asyncio.wait_for(link.recv(buf, Phase.COMMIT), self.step_timeout)
+                return srv.on_commit(buf)
+            case proto.Finalise(kind=kind, slot=slot, generation=generation, token=token):
+                return srv.on_finalised(self._finalise(kind, slot, generation, token, index))
+            case proto.Fence(slot=slot, generation=generation, token=token):
+                ring.release_read(slot, generation, token)
+                info = ring.info(slot)
+                next_action = srv.on_fenced(info.generation, int(info.state), info.last_commit_token)
+                self.stats["resolved"] += 1
+                assert srv.resolution is not None
+                self.events.emit(
+                    "resolved",
+                    key=f"{slot}:{generation}",
+                    port=index,
+                    token=token,
+                    resolution=srv.resolution.name,
+                )
+                return next_action
+        raise AssertionError(f"unhandled server action {action!r}")
+
+    def _finalise(self, kind: str, slot: int, generation: int, token: int, index: int) -> bool:
+        """The ring call for a Finalise action; no await here (the commit log must see it atomically)."""
+        ring = self.ring
+        key = f"{slot}:{generation}"
+        if kind == "commit":
+            ok = ring.commit_read(slot, generation, token)
+            if ok:
+                self.stats["committed"] += 1
+                self.events.emit("committed", key=key, port=index, token=token)
+            else:
+                self.stats["late_finalise"] += 1
+                self.events.emit("late_finalise", key=key, port=index, token=token)
+            return ok
+        if kind == "legacy":
+            ok = ring.finalise_legacy(slot)
+            if ok:
+                self.stats["committed"] += 1
+                self.events.emit("committed", key=key, port=index, token=0)
+            return ok
+        ok = ring.release_read(slot, generation, token)
+        if ok:
+            self.stats["released"] += 1
+        return ok
+
+    async def _send(self, link: Link, buf: Any, phase: Phase) -> None:
+        await asyncio.wait_for(link.send(buf, phase), self.step_timeout)
+
+
+_REPLY_PHASE = {
+    proto.MsgType.STATUS: Phase.STATUS,
+    proto.MsgType.COMMITTED: Phase.COMMITTED,
+    proto.MsgType.RESOLVED: Phase.RESOLVE,
+}
