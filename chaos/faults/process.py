@@ -1,0 +1,270 @@
+"""Process-layer faults: signals to the runner's producer, server and consumer processes.
+
+The runner owns the processes and gives a handle per target name (`pid`, `restart()`); this module
+only decides when (seeded, per tick) and sends the signals. It never reaps a child (a `waitpid`
+here would hide the exit status from the runner's own `Process.join`): a killed process counts as
+gone once it is a zombie or has vanished.
+
+- `kill`: SIGKILL, wait until gone, `proc_exit{how: killed}`.
+- `pause`: SIGSTOP, SIGCONT after `duration` (bounded by `max_pause_s`); every stopped process is
+  continued on `heal()` and `close()`, so nothing stays stopped after the fault phase or an error.
+- `restart`: SIGKILL, wait until gone (ports free), `proc_exit{how: restarted}`, then `restart()`:
+  the runner starts the same role again (the server on the same ports).
+
+A fault with `at` fires at the first tick at or after it; otherwise it draws with `probability` on
+every tick inside its window. A target that is not running (dead, or already paused for `pause`)
+is skipped without a draw being counted as a firing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+import psutil
+
+from chaos.faults.base import Clock, FaultSpec, HealSwitch, Trigger
+from transport.events import EventSink
+
+DEFAULT_PAUSE_S = 1.0
+SPAWN = multiprocessing.get_context("spawn")  # fork after ucxx is initialised hangs the child
+
+
+class ProcessHandle(Protocol):
+    """What the runner gives per target: the current pid and a way to start the role again."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def restart(self) -> None: ...
+
+
+class SpawnedProcess:
+    """A ready-made `ProcessHandle`: a spawn-context process that `restart()` starts again.
+
+    `restart()` joins (reaps) the old process first, then starts a new one with the same target and
+    arguments; `stop()` kills and joins within a timeout, for cleanup.
+    """
+
+    def __init__(
+        self,
+        target: Callable[..., object],
+        args: tuple[object, ...] = (),
+        kwargs: dict[str, object] | None = None,
+        *,
+        name: str | None = None,
+        start: bool = True,
+    ) -> None:
+        self.target = target
+        self.args = args
+        self.kwargs = dict(kwargs or {})
+        self.name = name
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.starts = 0
+        if start:
+            self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> None:
+        self.process = SPAWN.Process(
+            target=self.target, args=self.args, kwargs=self.kwargs, name=self.name, daemon=True
+        )
+        self.process.start()
+        self.starts += 1
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process = self.process
+        if process is None:
+            return
+        if process.is_alive() and process.pid is not None:
+            _signal(process.pid, signal.SIGCONT)  # a stopped process must not outlive cleanup
+            process.kill()
+        process.join(timeout)
+
+
+def is_running(pid: int | None) -> bool:
+    """Alive and not a zombie (a killed child the runner has not joined yet counts as gone)."""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Poll (never reap) until `pid` is gone or a zombie; False if it outlived `timeout`."""
+    deadline = time.monotonic() + timeout
+    while is_running(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class ProcessFaults:
+    """Fires process faults on `tick()`; `run()` / `start()` tick on a timer. Thread-safe."""
+
+    def __init__(
+        self,
+        faults: Iterable[FaultSpec],
+        targets: Mapping[str, ProcessHandle],
+        seed: int,
+        events: EventSink,
+        run_start: float,
+        *,
+        heal_at: float | None = None,
+        max_pause_s: float = 30.0,
+        exit_timeout_s: float = 10.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.faults = [f for f in faults if f.layer == "process"]
+        missing = sorted({f.target for f in self.faults if f.target not in targets})
+        if missing:
+            raise ValueError(f"process faults name unknown targets {missing}; known: {sorted(targets)}")
+        self.targets = targets
+        self.events = events
+        self.max_pause_s = max_pause_s
+        self.exit_timeout_s = exit_timeout_s
+        self.clock = clock
+        self.switch = HealSwitch(heal_at, clock)
+        self.triggers = [Trigger(f, seed, f.target, "process", run_start, self.switch) for f in self.faults]
+        self.fired: Counter[int] = Counter()  # fault index -> firings
+        self._paused: dict[int, float] = {}  # pid -> resume time (clock)
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[int]:
+        """Resume due pauses, then fire what is due; returns the indexes of the faults that fired."""
+        with self._lock:
+            now = self.clock() if now is None else now
+            self._resume_due(now)
+            if self.switch.healed(now):
+                self.resume_all()
+                return []
+            fired: list[int] = []
+            for trigger in self.triggers:
+                spec = trigger.spec
+                handle = self.targets[spec.target or ""]
+                if not is_running(handle.pid) or (spec.kind == "pause" and handle.pid in self._paused):
+                    continue  # nothing to act on: no draw, so the seeded sequence counts real chances
+                if trigger.decide(now) and self._fire(spec, handle, now):
+                    fired.append(spec.index)
+            return fired
+
+    def _fire(self, spec: FaultSpec, handle: ProcessHandle, now: float) -> bool:
+        pid = handle.pid
+        if pid is None:
+            return False
+        self.fired[spec.index] += 1
+        self.events.emit("fault", fault=spec.index, kind=spec.kind, port=None, phase=None, target=spec.target)
+        if spec.kind == "pause":
+            duration = DEFAULT_PAUSE_S if spec.duration_s is None else spec.duration_s
+            if _signal(pid, signal.SIGSTOP):
+                self._paused[pid] = now + min(duration, self.max_pause_s)
+            return True
+        _signal(pid, signal.SIGKILL)  # a stopped process dies on SIGKILL too
+        self._paused.pop(pid, None)
+        wait_gone(pid, self.exit_timeout_s)
+        how = "killed" if spec.kind == "kill" else "restarted"
+        if spec.kind == "restart":
+            handle.restart()
+            self.events.emit("proc_exit", target=spec.target, pid=pid, how=how, new_pid=handle.pid)
+        else:
+            self.events.emit("proc_exit", target=spec.target, pid=pid, how=how)
+        return True
+
+    def _resume_due(self, now: float) -> None:
+        for pid, resume_at in list(self._paused.items()):
+            if now >= resume_at:
+                _signal(pid, signal.SIGCONT)
+                del self._paused[pid]
+
+    # -- healing and cleanup --------------------------------------------------------------------
+
+    @property
+    def paused(self) -> list[int]:
+        with self._lock:
+            return list(self._paused)
+
+    def resume_all(self) -> None:
+        """SIGCONT every process this object stopped (idempotent; a dead one is skipped)."""
+        with self._lock:
+            for pid in list(self._paused):
+                _signal(pid, signal.SIGCONT)
+            self._paused.clear()
+
+    def heal(self) -> None:
+        """End of the fault phase: no more firings and nothing left stopped."""
+        self.switch.heal()
+        self.resume_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the timer thread (if any) and heal."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.heal()
+
+    def __enter__(self) -> ProcessFaults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    async def run(self, interval: float = 0.1, stop: asyncio.Event | None = None) -> None:
+        """Tick every `interval` until `stop` is set or healed; signals run in a worker thread
+        (a restart may block while the runner starts the process again)."""
+        stop = stop or asyncio.Event()
+        try:
+            while not stop.is_set() and not self.switch.healed():
+                await asyncio.to_thread(self.tick)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+        finally:
+            self.resume_all()
+
+    def start(self, interval: float = 0.1) -> None:
+        """Tick from a daemon thread until `close()` or heal."""
+
+        def loop() -> None:
+            try:
+                while not self._stop.wait(interval):
+                    self.tick()
+                    if self.switch.healed():
+                        return
+            finally:
+                self.resume_all()
+
+        self._thread = threading.Thread(target=loop, name="process-faults", daemon=True)
+        self._thread.start()

@@ -1,0 +1,305 @@
+"""Transport-layer faults: a `Link` decorator that misbehaves at one protocol step, per port, seeded.
+
+Installed through the transport's one seam (`link_wrapper=`), so it depends on the `Link` protocol
+only, never on ucxx. Faults act on the **server** side of a link: the wrapper hands client links
+back unchanged, because every kind here is something a server (or the path back from it) does to a
+client, and one side is enough to make each failure the client must survive.
+
+Per request: when a request (REQUEST or RESOLVE) has arrived on a server link, every transport fault
+that applies to the port draws once from its (seed, fault, port) stream; the ones that hit act at
+their step of that attempt. A fault that hits but never reaches its step (e.g. `stall` when the
+status was NOT_READY) has not fired and emits nothing. Each firing emits one `fault` event.
+
+Where each kind acts, on the server side of the link:
+- `reset`: at `phase` it aborts the endpoint and raises `InjectedFaultError`: `request` just after
+  the request arrived (it is never processed), `commit` before receiving the commit, `status`,
+  `payload` or `committed` before sending it.
+- `truncate`: sends half of the `status` frame or of the `payload` (`phase`, default payload).
+- `timeout`: holds the status for `delay` (default 1.5x the client's read timeout), then sends it.
+- `stall`: sends the status, holds the payload for `delay`, then sends it.
+- `evict`: closes the endpoint after a fully served read (COMMITTED sent after a COMMIT, or the
+  payload sent in single-chunk), when the handler goes back to wait for the next request.
+- `drop_commit`: swallows the COMMITTED reply to a COMMIT (the commit is already recorded) and
+  aborts the endpoint, so the client must RESOLVE on another endpoint.
+
+Keep `delay` below the server's `step_timeout` (5 s by default), or the server's own bound cancels
+the hold and aborts the endpoint, which looks like a reset instead of a slow reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from chaos.faults.base import Clock, FaultSpec, HealSwitch, Trigger
+from transport.events import EventSink
+from transport.link import Link, Phase
+
+HOLD_STEP_S = 0.05  # a held reply notices a heal within this
+
+
+class InjectedFaultError(ConnectionResetError):
+    """Raised into the server when a fault aborted or closed its link: what a peer reset looks like."""
+
+
+@dataclass
+class _Attempt:
+    """The faults drawn for one request and how far its exchange got."""
+
+    pending: list[FaultSpec]
+    saw_commit: bool = False
+    sent_payload: bool = False
+    sent_committed: bool = False
+
+    def take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
+        """The first drawn fault of `kind` (at `phase`), removed: each acts at most once per attempt."""
+        for i, spec in enumerate(self.pending):
+            if spec.kind == kind and (phase is None or spec.phase == phase):
+                return self.pending.pop(i)
+        return None
+
+    @property
+    def served(self) -> bool:
+        """A full read went out: COMMITTED after a COMMIT, or a single-chunk payload (no COMMIT)."""
+        return self.sent_committed if self.saw_commit else self.sent_payload
+
+
+class ChaosLinkWrapper:
+    """The `LinkWrapper` the server receives: shares triggers and the heal switch across its links."""
+
+    def __init__(
+        self,
+        faults: Iterable[FaultSpec],
+        seed: int,
+        events: EventSink,
+        run_start: float,
+        *,
+        port_index: dict[int, int] | None = None,
+        ports_by_index: bool = False,
+        read_timeout: float = 2.0,
+        heal_at: float | None = None,
+        stream: str = "server",
+        clock: Clock = time.time,
+    ) -> None:
+        self.ports_by_index = ports_by_index
+        self.faults = [f for f in faults if f.layer == "transport"]
+        self.seed = seed
+        self.events = events
+        self.run_start = run_start
+        self.port_index = dict(port_index or {})
+        self.default_delay_s = 1.5 * read_timeout
+        self.stream = stream
+        self.clock = clock
+        self.switch = HealSwitch(heal_at, clock)
+        self.fired: Counter[tuple[int, int]] = Counter()  # (fault index, port index) -> firings
+        self._triggers: dict[tuple[int, int], Trigger] = {}
+
+    def __call__(self, link: Link) -> Link:
+        if link.role != "server" or not self.faults:
+            return link
+        return ChaosLink(link, self)
+
+    def bind_ports(self, ports: list[int]) -> None:
+        """Called by the server process once its listeners have their real (maybe ephemeral) ports."""
+        self.port_index = {port: index for index, port in enumerate(ports)}
+
+    def heal(self) -> None:
+        """Turn every transport fault off, including drawn ones not yet acted and holds in progress."""
+        self.switch.heal()
+
+    @property
+    def healed(self) -> bool:
+        return self.switch.healed()
+
+    def draw(self, port: int) -> list[FaultSpec]:
+        """One decision per applicable fault for a request that just arrived on `port`."""
+        now = self.clock()
+        index = self.port_index.get(port, port)
+        hits: list[FaultSpec] = []
+        for spec in self.faults:
+            if not spec.applies_to_port(index if self.ports_by_index else port):
+                continue
+            # Keyed by port index, not number: ephemeral port numbers change from run to run.
+            trigger = self._triggers.get((spec.index, index))
+            if trigger is None:
+                trigger = Trigger(spec, self.seed, index, self.stream, self.run_start, self.switch)
+                self._triggers[(spec.index, index)] = trigger
+            if trigger.decide(now):
+                hits.append(spec)
+        return hits
+
+    def record(self, spec: FaultSpec, port: int, phase: Phase | None) -> None:
+        index = self.port_index.get(port, port)
+        self.fired[(spec.index, index)] += 1
+        self.events.emit(
+            "fault",
+            fault=spec.index,
+            kind=spec.kind,
+            port=index,
+            phase=None if phase is None else str(phase),
+            target=None,
+        )
+
+    def delay_for(self, spec: FaultSpec) -> float:
+        return self.default_delay_s if spec.delay_s is None else spec.delay_s
+
+    async def hold(self, seconds: float) -> None:
+        """Sleep `seconds`, cut short by a heal."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.healed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(HOLD_STEP_S, remaining))
+
+
+def make_link_wrapper(
+    faults: Iterable[FaultSpec],
+    seed: int,
+    events: EventSink,
+    run_start: float,
+    *,
+    port_index: dict[int, int] | None = None,
+    ports_by_index: bool = False,
+    read_timeout: float = 2.0,
+    heal_at: float | None = None,
+    stream: str = "server",
+    clock: Clock = time.time,
+) -> ChaosLinkWrapper:
+    """The factory a server (or client: identity there) gets as `link_wrapper=`.
+
+    `faults` may hold every layer's specs; only transport kinds are used. `run_start` and `heal_at`
+    are `clock()` (wall-clock) times so every process of a run agrees on the windows. `port_index`
+    maps a real port to its index in the server's list (what events report and what keys the
+    seeded streams; the real port if absent); `transport.serve` also sets it through `bind_ports`
+    once the listeners are up. `ports_by_index=True` reads `FaultSpec.ports` as indexes into the
+    server's port list instead of real port numbers (what a scenario with ephemeral ports needs).
+    `stream` names the process in the RNG key: give a restarted server a new one (`server#2`) so it
+    does not replay the same decisions.
+    """
+    return ChaosLinkWrapper(
+        faults,
+        seed,
+        events,
+        run_start,
+        port_index=port_index,
+        ports_by_index=ports_by_index,
+        read_timeout=read_timeout,
+        heal_at=heal_at,
+        stream=stream,
+        clock=clock,
+    )
+
+
+def wrong_size(buf: Any) -> np.ndarray:
+    """Half the message (a message too short to halve becomes one byte too long)."""
+    data = np.frombuffer(buf, dtype=np.uint8)
+    if data.nbytes >= 2:
+        return data[: data.nbytes // 2]
+    return np.zeros(data.nbytes + 1, dtype=np.uint8)
+
+
+class ChaosLink:
+    """A server `Link` that applies the faults drawn for the current request, then delegates."""
+
+    def __init__(self, inner: Link, chaos: ChaosLinkWrapper) -> None:
+        self.inner = inner
+        self.port = inner.port
+        self.role = inner.role
+        self.chaos = chaos
+        self._attempt: _Attempt | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def _take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
+        if self._attempt is None or self.chaos.healed:
+            return None
+        return self._attempt.take(kind, phase)
+
+    def _fire(self, spec: FaultSpec, phase: Phase | None) -> None:
+        self.chaos.record(spec, self.port, phase)
+
+    def _reset(self, spec: FaultSpec, phase: Phase) -> None:
+        self._fire(spec, phase)
+        self.inner.abort()
+        raise InjectedFaultError(f"chaos fault {spec.index}: {spec.kind} at {phase} on port {self.port}")
+
+    async def _evict(self, spec: FaultSpec) -> None:
+        self._fire(spec, Phase.REQUEST)
+        try:
+            await asyncio.wait_for(self.inner.close(), 1.0)
+        except Exception:
+            self.inner.abort()
+        raise InjectedFaultError(f"chaos fault {spec.index}: evicted on port {self.port}")
+
+    async def recv(self, buf: Any, phase: Phase) -> None:
+        if phase == Phase.REQUEST:
+            previous, self._attempt = self._attempt, None
+            if previous is not None and previous.served and not self.chaos.healed:
+                spec = previous.take("evict")
+                if spec is not None:
+                    await self._evict(spec)
+            await self.inner.recv(buf, phase)
+            self._attempt = _Attempt(self.chaos.draw(self.port))
+            spec = self._take("reset", Phase.REQUEST)
+            if spec is not None:
+                self._reset(spec, phase)
+            return
+        if phase == Phase.COMMIT and self._attempt is not None:
+            self._attempt.saw_commit = True
+        spec = self._take("reset", phase)
+        if spec is not None:
+            self._reset(spec, phase)
+        await self.inner.recv(buf, phase)
+
+    async def send(self, buf: Any, phase: Phase) -> None:
+        spec = self._take("reset", phase)
+        if spec is not None:
+            self._reset(spec, phase)
+        if phase == Phase.STATUS and (spec := self._take("timeout")) is not None:
+            self._fire(spec, phase)
+            await self.chaos.hold(self.chaos.delay_for(spec))
+        if phase == Phase.PAYLOAD and (spec := self._take("stall")) is not None:
+            self._fire(spec, phase)
+            await self.chaos.hold(self.chaos.delay_for(spec))
+        attempt = self._attempt
+        if phase == Phase.COMMITTED and attempt is not None and attempt.saw_commit:
+            spec = self._take("drop_commit")
+            if spec is not None:
+                self._fire(spec, phase)
+                self.inner.abort()
+                raise InjectedFaultError(f"chaos fault {spec.index}: COMMITTED dropped on port {self.port}")
+        spec = self._take("truncate", phase)
+        if spec is not None:
+            self._fire(spec, phase)
+            buf = wrong_size(buf)
+        await self.inner.send(buf, phase)
+        if attempt is not None:
+            if phase == Phase.PAYLOAD:
+                attempt.sent_payload = True
+            elif phase == Phase.COMMITTED:
+                attempt.sent_committed = True
+
+
+__all__ = [
+    "ChaosLink",
+    "ChaosLinkWrapper",
+    "InjectedFaultError",
+    "make_link_wrapper",
+    "wrong_size",
+]
