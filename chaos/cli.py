@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import click
 
+from chaos.scenario.cli import validate as validate_command
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slotwire")
 def cli() -> None:
     """Chaos harness for the slot transport."""
+
+
+cli.add_command(validate_command)
 
 
 def main() -> None:

@@ -1,0 +1,573 @@
+"""The scenario model: what one chaos run does, validated once and stored normalised.
+
+DESIGN.md §3 is the source. After validation every size is an int of bytes, every duration a float
+of seconds and every rate a float per second, so the runner, the checker and a replay never parse
+units again; `Scenario.to_dict()` is that normalised form (JSON-safe, recorded with each run) and
+`Scenario.from_dict()` reads it back. Models are strict (no "3" for 3, no `yes` for 1) and forbid
+unknown keys, so a typo is an error rather than a silently ignored setting.
+
+Decisions where DESIGN.md is silent:
+- Only `name` and `duration` are required; the defaults match the transport's own defaults
+  (read_timeout 2 s, quarantine 5 s, max_attempts 4, rounds 3, idle_evict 10 s).
+- `deadline` defaults to duration + drain_timeout + 60 s and must leave room for both phases.
+- Port indexes are 0-based, unique and < `server.ports`. Omitted `ports` on a transport or network
+  fault is stored as the explicit list of every port, so a recorded run says exactly where it hit.
+- `window` is `[start, end)` inside the fault phase (`end <= duration`); `at` is a one-shot time in
+  `[0, duration)`; a fault has at most one of them and neither means the whole fault phase. Process
+  faults need one of them: a process fault with no time would fire at the start, before any traffic.
+- `probability` (default 1) is per request for transport faults, per descriptor for control faults
+  and per opportunity for process faults. Network faults have no `probability`: their chance is the
+  toxic's own `toxicity` (per connection, as in Toxiproxy), and `down` is all or nothing.
+- `reset.phase` is required (where the reset happens is the point of the fault). `truncate` also takes a
+  `phase`, `status` or `payload` (default `payload`): the fault layer can cut either message.
+- `timeout.delay` defaults to 1.5x `consumers.read_timeout` and must exceed it: a shorter hold is a
+  `stall`, not a timeout. Keep it and `stall.delay` below the server's step timeout (5 s).
+- `pause.duration` is required; with `at`, the pause must end inside the fault phase.
+- `target` is `producer`, `server`, `consumer` (one consumer, chosen by the run's seed) or `consumer-N`
+  (0-based, N < `consumers.count`). `restart` starts the target again (killing it first if it runs);
+  the server comes back on the same ports.
+- Toxic attributes are Toxiproxy's integers in Toxiproxy's units (ms; slicer `delay` in us, bandwidth
+  `rate` in KB/s), checked per toxic type; `stream` defaults to `downstream`, `toxicity` to 1.
+- `expect` counts are upper bounds (0 = none allowed). `faults_fired` is `all` (default: every fault
+  fired at least once), `none`, or the list of fault indexes that must fire. `min_throughput` (rate),
+  `max_recovery` and `max_p99_latency` (durations) are optional.
+- `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from chaos.scenario.errors import (
+    Loc,
+    LocatedErrors,
+    Problem,
+    ScenarioError,
+    format_loc,
+    line_for,
+    problems_from_validation,
+)
+from chaos.scenario.units import format_duration, format_size, parse_duration, parse_rate, parse_size
+
+KiB = 1024
+MiB = 1024 * KiB
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+TIMEOUT_DELAY_FACTOR = 1.5  # default `timeout.delay` = this x consumers.read_timeout
+DEADLINE_SLACK_S = 60.0  # default `deadline` = duration + drain_timeout + this
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+PortIndex = Annotated[int, Field(ge=0)]
+
+
+def _check_target(value: str) -> str:
+    head, _, index = value.partition("-")
+    if value in ("producer", "server", "consumer") or (head == "consumer" and index.isdigit()):
+        return value
+    raise ValueError(f"expected producer, server, consumer or consumer-N, got {value!r}")
+
+
+Target = Annotated[str, AfterValidator(_check_target)]
+
+
+class _Model(BaseModel):
+    """Strict, closed: unknown keys and loosely typed values are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Ring(_Model):
+    """Shared-memory ring geometry. `slot_bytes` in bytes."""
+
+    slots: int = Field(64, ge=1)
+    slot_bytes: Size = Field(1 * MiB, ge=1)
+    policy: Literal["block", "overwrite"] = "block"
+
+
+class Payload(_Model):
+    """Payload size range in bytes, drawn per payload by the producer (inclusive)."""
+
+    min: Size = Field(4 * KiB, ge=1)
+    max: Size = Field(64 * KiB, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Payload:
+        if self.min > self.max:
+            raise LocatedErrors(
+                [(("min",), f"min {format_size(self.min)} is above max {format_size(self.max)}")]
+            )
+        return self
+
+
+class Producer(_Model):
+    """`rate` in payloads/s; `count` caps the total (None: unlimited during the fault phase)."""
+
+    rate: Rate = Field(100.0, gt=0)
+    payload: Payload = Payload()
+    count: int | None = Field(None, ge=1)
+
+
+class Server(_Model):
+    """`ports` is how many listener ports (indexes 0..ports-1); `idle_evict` in seconds."""
+
+    ports: int = Field(4, ge=1, le=64)
+    idle_evict: PositiveDuration = 10.0
+
+
+class Consumers(_Model):
+    """Consumer processes and their client settings (seconds for times)."""
+
+    count: int = Field(2, ge=1)
+    batch: int = Field(8, ge=1)
+    read_timeout: PositiveDuration = 2.0
+    quarantine: Duration = 5.0
+    max_attempts: int = Field(4, ge=1)
+    rounds: int = Field(3, ge=1)
+
+
+class Window(_Model):
+    """`[start, end)` in seconds from the start of the fault phase."""
+
+    start: Duration
+    end: Duration
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.start >= self.end:
+            msg = f"end {format_duration(self.end)} must be after start {format_duration(self.start)}"
+            raise LocatedErrors([(("end",), msg)])
+        return self
+
+
+# --- toxics (network layer): Toxiproxy's attribute names and integer units ------------------------
+
+
+class LatencyAttributes(_Model):
+    latency: int = Field(0, ge=0)  # ms
+    jitter: int = Field(0, ge=0)  # ms
+
+
+class BandwidthAttributes(_Model):
+    rate: int = Field(0, ge=0)  # KB/s
+
+
+class SlowCloseAttributes(_Model):
+    delay: int = Field(0, ge=0)  # ms
+
+
+class TimeoutAttributes(_Model):
+    timeout: int = Field(0, ge=0)  # ms; 0 = hold the data until the toxic is removed
+
+
+class ResetPeerAttributes(_Model):
+    timeout: int = Field(0, ge=0)  # ms before the RST
+
+
+class SlicerAttributes(_Model):
+    average_size: int = Field(0, ge=0)  # bytes
+    size_variation: int = Field(0, ge=0)  # bytes
+    delay: int = Field(0, ge=0)  # us between slices
+
+
+class LimitDataAttributes(_Model):
+    bytes: int = Field(0, ge=0)
+
+
+class _Toxic(_Model):
+    type: str
+    stream: Literal["upstream", "downstream"] = "downstream"
+    toxicity: Probability = 1.0
+
+
+class LatencyToxic(_Toxic):
+    type: Literal["latency"]
+    attributes: LatencyAttributes = LatencyAttributes()
+
+
+class BandwidthToxic(_Toxic):
+    type: Literal["bandwidth"]
+    attributes: BandwidthAttributes = BandwidthAttributes()
+
+
+class SlowCloseToxic(_Toxic):
+    type: Literal["slow_close"]
+    attributes: SlowCloseAttributes = SlowCloseAttributes()
+
+
+class TimeoutToxic(_Toxic):
+    type: Literal["timeout"]
+    attributes: TimeoutAttributes = TimeoutAttributes()
+
+
+class ResetPeerToxic(_Toxic):
+    type: Literal["reset_peer"]
+    attributes: ResetPeerAttributes = ResetPeerAttributes()
+
+
+class SlicerToxic(_Toxic):
+    type: Literal["slicer"]
+    attributes: SlicerAttributes = SlicerAttributes()
+
+
+class LimitDataToxic(_Toxic):
+    type: Literal["limit_data"]
+    attributes: LimitDataAttributes = LimitDataAttributes()
+
+
+Toxic = Annotated[
+    LatencyToxic
+    | BandwidthToxic
+    | SlowCloseToxic
+    | TimeoutToxic
+    | ResetPeerToxic
+    | SlicerToxic
+    | LimitDataToxic,
+    Field(discriminator="type"),
+]
+
+
+# --- faults ------------------------------------------------------------------------------------------
+
+
+class _Fault(_Model):
+    """What every fault has: its `kind` and when it is active (`window`, `at`, or neither = always)."""
+
+    layer: ClassVar[str]
+    kind: str
+
+    @model_validator(mode="after")
+    def _one_time(self) -> _Fault:
+        if getattr(self, "window", None) is not None and getattr(self, "at", None) is not None:
+            raise LocatedErrors([(("at",), "give either at or window, not both")])
+        return self
+
+
+class _PortFault(_Fault):
+    """Base of per-port faults. `ports` is None only before `Scenario` fills in every port."""
+
+    ports: list[PortIndex] | None = Field(None, min_length=1)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique(cls, ports: list[int] | None) -> list[int] | None:
+        if ports is not None and len(set(ports)) != len(ports):
+            raise ValueError(f"port indexes must be unique, got {ports}")
+        return ports
+
+
+class _TransportFault(_PortFault):
+    layer: ClassVar[str] = "transport"
+    probability: Probability = 1.0
+    window: Window | None = None
+    at: Duration | None = None
+
+
+class ResetFault(_TransportFault):
+    """Abort the endpoint at `phase`."""
+
+    kind: Literal["reset"]
+    phase: Literal["request", "status", "payload", "commit"]
+
+
+class TruncateFault(_TransportFault):
+    """Send a wrong-size `status` or `payload` message."""
+
+    kind: Literal["truncate"]
+    phase: Literal["status", "payload"] = "payload"
+
+
+class TimeoutFault(_TransportFault):
+    """Reply only after `delay` seconds (filled in by `Scenario`: past the consumers' read timeout)."""
+
+    kind: Literal["timeout"]
+    delay: PositiveDuration | None = None
+
+
+class StallFault(_TransportFault):
+    """Send the status, then hold the payload for `delay` seconds."""
+
+    kind: Literal["stall"]
+    delay: PositiveDuration
+
+
+class EvictFault(_TransportFault):
+    """Close the endpoint after serving it, as idle eviction does."""
+
+    kind: Literal["evict"]
+
+
+class DropCommitFault(_TransportFault):
+    """Record the commit, lose the COMMITTED reply: the client must RESOLVE."""
+
+    kind: Literal["drop_commit"]
+
+
+class _NetworkFault(_PortFault):
+    layer: ClassVar[str] = "network"
+    window: Window | None = None
+    at: Duration | None = None
+
+
+class ToxicFault(_NetworkFault):
+    """A Toxiproxy toxic on the proxies in front of `ports`."""
+
+    kind: Literal["toxic"]
+    toxic: Toxic
+
+
+class DownFault(_NetworkFault):
+    """The proxies in front of `ports` are disabled."""
+
+    kind: Literal["down"]
+
+
+class _ProcessFault(_Fault):
+    layer: ClassVar[str] = "process"
+    target: Target
+    probability: Probability = 1.0
+    window: Window | None = None
+    at: Duration | None = None
+
+
+class KillFault(_ProcessFault):
+    """SIGKILL the target."""
+
+    kind: Literal["kill"]
+
+
+class PauseFault(_ProcessFault):
+    """SIGSTOP the target, SIGCONT after `duration` seconds."""
+
+    kind: Literal["pause"]
+    duration: PositiveDuration
+
+
+class RestartFault(_ProcessFault):
+    """Start the target again (killing it first if it is running)."""
+
+    kind: Literal["restart"]
+
+
+class _ControlFault(_Fault):
+    layer: ClassVar[str] = "control"
+    probability: Probability = 1.0
+    window: Window | None = None
+    at: Duration | None = None
+
+
+class DuplicateDescriptorFault(_ControlFault):
+    """Hand one descriptor to two consumers, which then race for the slot."""
+
+    kind: Literal["duplicate_descriptor"]
+
+
+class DelayDescriptorFault(_ControlFault):
+    """Hold a descriptor back for `delay` seconds before handing it out."""
+
+    kind: Literal["delay_descriptor"]
+    delay: PositiveDuration
+
+
+Fault = Annotated[
+    ResetFault
+    | TruncateFault
+    | TimeoutFault
+    | StallFault
+    | EvictFault
+    | DropCommitFault
+    | ToxicFault
+    | DownFault
+    | KillFault
+    | PauseFault
+    | RestartFault
+    | DuplicateDescriptorFault
+    | DelayDescriptorFault,
+    Field(discriminator="kind"),
+]
+FAULT_KINDS: dict[str, type[_Fault]] = {
+    get_args(cls.model_fields["kind"].annotation)[0]: cls for cls in get_args(get_args(Fault)[0])
+}
+"""Fault class per `kind`; `FAULT_KINDS[kind].layer` is transport, network, process or control."""
+
+
+def _faults_fired(value: Any) -> Any:
+    if value in ("all", "none"):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
+        if len(set(value)) != len(value):
+            raise ValueError(f"fault indexes must be unique, got {value}")
+        return value
+    raise ValueError(f"expected all, none or a list of fault indexes, got {value!r}")
+
+
+class Expect(_Model):
+    """Pass criteria. Counts are upper bounds; `min_throughput` per second, the others in seconds."""
+
+    lost: int = Field(0, ge=0)
+    duplicated: int = Field(0, ge=0)
+    corrupted: int = Field(0, ge=0)
+    in_doubt: int = Field(0, ge=0)
+    faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
+    min_throughput: Rate | None = None
+    max_recovery: Duration | None = None
+    max_p99_latency: PositiveDuration | None = None
+
+
+class Scenario(_Model):
+    """One chaos run. Times in seconds, sizes in bytes, rates per second (see the module docstring)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    duration: PositiveDuration
+    drain_timeout: PositiveDuration = 30.0
+    deadline: PositiveDuration | None = None  # always set after validation
+    protocol: Literal["commit", "single-chunk"] = "commit"
+    ring: Ring = Ring()
+    producer: Producer = Producer()
+    server: Server = Server()
+    consumers: Consumers = Consumers()
+    faults: list[Fault] = []
+    expect: Expect = Expect()
+
+    _source: Path | None = PrivateAttr(None)
+    _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Scenario:
+        """Checks that span sections; also fills the defaults that depend on other fields."""
+        problems: list[tuple[Loc, str]] = []
+        if self.deadline is None:
+            self.deadline = self.duration + self.drain_timeout + DEADLINE_SLACK_S
+        elif self.deadline < self.duration + self.drain_timeout:
+            problems.append(
+                (
+                    ("deadline",),
+                    f"{format_duration(self.deadline)} leaves no room for duration + drain_timeout "
+                    f"({format_duration(self.duration + self.drain_timeout)})",
+                )
+            )
+        if self.producer.payload.max > self.ring.slot_bytes:
+            problems.append(
+                (
+                    ("producer", "payload", "max"),
+                    f"{format_size(self.producer.payload.max)} does not fit in a slot "
+                    f"(ring.slot_bytes {format_size(self.ring.slot_bytes)})",
+                )
+            )
+        for i, fault in enumerate(self.faults):
+            problems.extend((("faults", i, *loc), msg) for loc, msg in self._check_fault(fault))
+        if isinstance(self.expect.faults_fired, list):
+            for j, index in enumerate(self.expect.faults_fired):
+                if index >= len(self.faults):
+                    problems.append(
+                        (("expect", "faults_fired", j), f"no fault {index}: there are {len(self.faults)}")
+                    )
+        if problems:
+            raise LocatedErrors(problems)
+        return self
+
+    def _check_fault(self, fault: _Fault) -> list[tuple[Loc, str]]:
+        problems: list[tuple[Loc, str]] = []
+        if isinstance(fault, _PortFault):
+            if fault.ports is None:
+                fault.ports = list(range(self.server.ports))
+            for j, port in enumerate(fault.ports):
+                if port >= self.server.ports:
+                    problems.append(
+                        (("ports", j), f"port index {port} out of range: server.ports is {self.server.ports}")
+                    )
+        window: Window | None = getattr(fault, "window", None)
+        at: float | None = getattr(fault, "at", None)
+        phase = f"the fault phase (duration {format_duration(self.duration)})"
+        if window is not None and window.end > self.duration:
+            problems.append((("window", "end"), f"{format_duration(window.end)} is past the end of {phase}"))
+        if at is not None and at >= self.duration:
+            problems.append((("at",), f"{format_duration(at)} is not within {phase}"))
+        if isinstance(fault, _ProcessFault):
+            if window is None and at is None:
+                problems.append(((), f"a {fault.kind} fault needs `at` or `window`"))
+            head, _, index = fault.target.partition("-")
+            if head == "consumer" and index and int(index) >= self.consumers.count:
+                problems.append(
+                    (("target",), f"no {fault.target}: consumers.count is {self.consumers.count}")
+                )
+        if isinstance(fault, PauseFault) and at is not None and at + fault.duration > self.duration:
+            problems.append(
+                (
+                    ("duration",),
+                    f"pause at {format_duration(at)} for {format_duration(fault.duration)} "
+                    f"ends after {phase}",
+                )
+            )
+        if isinstance(fault, TimeoutFault):
+            read_timeout = self.consumers.read_timeout
+            if fault.delay is None:
+                fault.delay = TIMEOUT_DELAY_FACTOR * read_timeout
+            elif fault.delay <= read_timeout:
+                problems.append(
+                    (
+                        ("delay",),
+                        f"{format_duration(fault.delay)} must exceed consumers.read_timeout "
+                        f"({format_duration(read_timeout)}); a shorter hold is a stall",
+                    )
+                )
+        return problems
+
+    @property
+    def source(self) -> Path | None:
+        """The file this scenario was loaded from, if any (not part of `to_dict`)."""
+        return self._source
+
+    def line_of(self, loc: Loc) -> int | None:
+        """Line in the source file of a field path like `("faults", 2)` (nearest ancestor if defaulted)."""
+        return line_for(self._lines, loc)
+
+    def __eq__(self, other: object) -> bool:
+        """Same run settings; where each was loaded from (source file, lines) does not matter."""
+        if not isinstance(other, Scenario):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    def to_dict(self) -> dict[str, Any]:
+        """Normalised, JSON-safe form (bytes, seconds, per second) with every default filled in."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Scenario:
+        """Inverse of `to_dict` (also accepts unit strings). Raises `ScenarioError` naming `source`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = problems_from_validation(exc, cls)
+            raise ScenarioError(
+                [Problem(source, None, format_loc(loc) or None, msg) for loc, msg in problems]
+            ) from None
+
+    def with_seed(self, seed: int) -> Scenario:
+        """A copy with another seed (the CLI's `--seed` override)."""
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        copy = self.model_copy(update={"seed": seed}, deep=True)
+        copy._source = self._source
+        return copy
