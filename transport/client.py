@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from transport import protocol as proto
+from transport import ucx
 from transport.checksum import checksum
 from transport.descriptor import SlotDescriptor
 from transport.errors import (
@@ -116,6 +117,7 @@ class SlotClient:
         self._quarantined: dict[int, float] = {}
         self._rotation = itertools.count()
         self._closed = False
+        self._ucx_acquired = False
 
     # -- port choice -----------------------------------------------------------------------------
 
@@ -145,12 +147,13 @@ class SlotClient:
                 return pooled.link
             pooled.link.abort()  # older than the server's idle eviction may be: replace it
         init_in_loop()
+        if not self._ucx_acquired:
+            ucx.acquire()
+            self._ucx_acquired = True
         import ucxx
 
         try:
-            endpoint = await asyncio.wait_for(
-                ucxx.create_endpoint(host, port), self.connect_timeout
-            )
+            endpoint = await asyncio.wait_for(ucxx.create_endpoint(host, port), self.connect_timeout)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -303,11 +306,18 @@ class SlotClient:
     # -- shutdown -------------------------------------------------------------------------------------
 
     async def close(self) -> None:
+        """Close pooled endpoints (bounded) and let ucxx shut down if this was its last user."""
         self._closed = True
-        for idle in self._pool.values():
-            for pooled in idle:
-                await asyncio.wait_for(pooled.link.close(), self.read_timeout)
+        pooled = [p.link for idle in self._pool.values() for p in idle]
         self._pool.clear()
+        for link in pooled:
+            try:
+                await asyncio.wait_for(link.close(), self.read_timeout)
+            except (Exception, asyncio.CancelledError):
+                link.abort()
+        if self._ucx_acquired:
+            self._ucx_acquired = False
+            ucx.release()
 
     async def __aenter__(self) -> SlotClient:
         return self

@@ -18,8 +18,10 @@ from transport.client import ReadResult, SlotClient
 from transport.descriptor import SlotDescriptor
 from transport.errors import (
     AttemptsExhaustedError,
+    BusyError,
     ConfigError,
     InDoubtError,
+    NotReadyError,
     StaleSlotError,
     TransportError,
     UnauthorizedError,
@@ -44,6 +46,7 @@ class BatchResult:
     failures: list[SlotFailure] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)
     ports: list[int | None] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # per slot: first attempt to commit (or giving up)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +68,18 @@ def failure_reason(exc: BaseException) -> str:
     return "error"
 
 
+def retry_delay(exc: TransportError, attempt: int, backoff: float, cap: float) -> float:
+    """How long to wait before the next attempt.
+
+    A BUSY or NOT_READY slot is held by another read (maybe one stalled on another port, which
+    holds it until its step times out), so those back off exponentially up to `cap`; a link
+    failure already moved to another port, so it retries almost at once.
+    """
+    if isinstance(exc, BusyError | NotReadyError):
+        return min(cap, backoff * 5 * 2 ** (attempt - 1))
+    return backoff * attempt
+
+
 async def fetch_one(
     client: SlotClient,
     desc: SlotDescriptor,
@@ -84,9 +99,15 @@ async def fetch_one(
             if not exc.retryable:
                 raise
             causes.append(exc)
-            client.events.emit("retry", key=desc.key, port=None, reason=type(exc).__name__)
+            port = getattr(exc, "port", None)
+            client.events.emit(
+                "retry",
+                key=desc.key,
+                port=desc.ports.index(port) if port in desc.ports else None,
+                reason=type(exc).__name__,
+            )
             if attempt < max_attempts:
-                await asyncio.sleep(backoff * attempt)
+                await asyncio.sleep(retry_delay(exc, attempt, backoff, client.read_timeout))
     raise AttemptsExhaustedError(
         f"slot {desc.key}: {max_attempts} attempts failed; last: {causes[-1]}", causes
     )
@@ -99,7 +120,7 @@ async def fetch_batch(
     max_attempts: int = 4,
     rounds: int = 3,
     concurrency: int = 8,
-    round_pause: float = 0.05,
+    round_pause: float = 0.1,
 ) -> BatchResult:
     """Fetch concurrently (bounded), then retry failed retryable slots for up to `rounds` rounds."""
     if rounds < 1:
@@ -110,21 +131,25 @@ async def fetch_batch(
     payloads: list[np.ndarray | None] = [None] * n
     attempts = [0] * n
     ports: list[int | None] = [None] * n
+    seconds = [0.0] * n
     last_error: dict[int, TransportError] = {}
     final: set[int] = set()
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with gate:
+            started = time.perf_counter()
             try:
                 result, used = await fetch_one(client, descriptors[i], max_attempts=max_attempts)
             except TransportError as exc:
+                seconds[i] += time.perf_counter() - started
                 attempts[i] += len(getattr(exc, "causes", ())) or 1
                 last_error[i] = exc
                 if not exc.retryable:
                     final.add(i)
                 return
             attempts[i] += used
+            seconds[i] += time.perf_counter() - started
             payloads[i] = result.payload
             ports[i] = result.port
             last_error.pop(i, None)
@@ -134,7 +159,7 @@ async def fetch_batch(
         if not todo:
             break
         if round_no:
-            await asyncio.sleep(round_pause * round_no)
+            await asyncio.sleep(min(client.read_timeout, round_pause * 2**round_no))
         await asyncio.gather(*(one(i) for i in todo))
         todo = [i for i in todo if payloads[i] is None and i not in final]
 
@@ -143,7 +168,7 @@ async def fetch_batch(
         for i in range(n)
         if payloads[i] is None
     ]
-    return BatchResult(payloads, failures, attempts, ports)
+    return BatchResult(payloads, failures, attempts, ports, seconds)
 
 
 class DataPackerMixin:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from transport import protocol as proto
+from transport import ucx
 from transport.errors import ConfigError
 from transport.events import EventSink, NullSink
 from transport.link import Link, LinkWrapper, Phase, UcxLink, identity
@@ -77,6 +78,7 @@ class SlotServer:
         self._handlers: set[asyncio.Task[None]] = set()
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping = False
+        self._ucx_acquired = False
         self._secret = ring.secret
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -84,6 +86,8 @@ class SlotServer:
     async def start(self) -> list[int]:
         """Listen on every port; returns the real port numbers in order."""
         init_in_loop()
+        ucx.acquire()
+        self._ucx_acquired = True
         import ucxx
 
         for index, port in enumerate(self.requested_ports):
@@ -108,6 +112,9 @@ class SlotServer:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         self._handlers.clear()
+        if self._ucx_acquired:
+            self._ucx_acquired = False
+            ucx.release()
 
     async def __aenter__(self) -> SlotServer:
         await self.start()

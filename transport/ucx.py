@@ -66,11 +66,34 @@ def init_in_loop() -> None:
     _initialised_loop = loop
 
 
-def reset_after_loop() -> None:
-    """Forget the loop once it is closed so a later loop can initialise ucxx again."""
-    global _initialised_loop
-    if _initialised_loop is not None:
-        import ucxx
+_users = 0
 
+
+def acquire() -> None:
+    """Count one more open client or server using ucxx in this process (after `init_in_loop`)."""
+    global _users
+    _users += 1
+
+
+def release() -> None:
+    """Count one fewer user; the last one shuts ucxx down so the process can exit.
+
+    ucxx's python-future notifier thread keeps posting to the loop it was started for; if that
+    loop closes first, the thread raises and the interpreter hangs at exit. Closing the last
+    user stops the thread and resets ucxx while the loop is still running.
+    """
+    global _users, _initialised_loop
+    _users = max(0, _users - 1)
+    if _users or _initialised_loop is None:
+        return
+    import ucxx
+
+    try:
+        ucxx.stop_notifier_thread()
+    except Exception:  # already stopped
+        pass
+    try:
         ucxx.reset()
-        _initialised_loop = None
+    except Exception:  # an endpoint is still referenced somewhere: the notifier is stopped anyway
+        pass
+    _initialised_loop = None

@@ -1,0 +1,593 @@
+"""Run one scenario: start the processes, inject faults, heal, drain, check, clean up.
+
+Timeline (wall clock, shared by every process): `run_start` is a little after launch so every process
+is up before the fault phase; faults act in `[run_start, run_start + duration)`; then the producer stops,
+every fault heals (a killed server is restarted) and consumers drain the channel for at most
+`drain_timeout`. A watchdog enforces the scenario's `deadline`: past it, every process's stacks are
+dumped into the run directory and the run is judged a harness error (exit 3).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import multiprocessing as mp
+import os
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos.channel import ChannelServer, DescriptorQueue
+from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
+from chaos.faults.base import FaultSpec, layer_of
+from chaos.faults.control import ControlFaults
+from chaos.faults.process import ProcessFaults
+from chaos.history import read_history
+from chaos.runner.network import NetworkFaults
+from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
+from chaos.scenario.model import Scenario
+from transport.events import JsonlSink
+from transport.ring import SharedRing, SlotState
+from transport.serve import ServerConfig
+
+SPAWN = mp.get_context("spawn")
+STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
+STEP_TIMEOUT_S = 5.0
+HOST = "127.0.0.1"
+
+
+class HarnessError(RuntimeError):
+    """The run could not be judged (a process failed to start, the deadline passed, ...)."""
+
+
+@dataclass
+class Progress:
+    scenario: str
+    phase: str
+    elapsed: float
+    duration: float
+    published: int
+    acked: int
+    pending: int
+
+
+@dataclass
+class Outcome:
+    """What one scenario run produced; `verdict` is None when the harness itself failed."""
+
+    scenario: Scenario
+    seed: int
+    run_dir: Path
+    verdict: Verdict | None
+    error: str | None
+    started: float
+    duration_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None or self.verdict is None:
+            return "error"
+        return "passed" if self.verdict.passed else "failed"
+
+
+class RecordingQueue(DescriptorQueue):
+    """Logs `published` when the channel accepts a descriptor: from then on it must be delivered.
+
+    Logging here rather than in the producer makes publish atomic for the checker: a producer
+    killed between its ring write and the channel leaves a slot nobody was promised.
+    """
+
+    def __init__(self, events: JsonlSink, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.events = events
+
+    def publish(self, descriptor: dict[str, Any], now: float | None = None) -> list[int]:
+        ids = super().publish(descriptor, now)
+        self.events.emit(
+            "published",
+            key=f"{descriptor['slot']}:{descriptor['generation']}",
+            slot=descriptor["slot"],
+            generation=descriptor["generation"],
+            nbytes=descriptor["nbytes"],
+            checksum=descriptor["checksum"],
+            seq=descriptor.get("seq"),
+        )
+        return ids
+
+
+# -- conversions --------------------------------------------------------------------------------
+
+
+def resolve_target(target: str, consumers: int, seed: int) -> str:
+    """`consumer` means one consumer chosen by the run's seed."""
+    if target == "consumer":
+        return f"consumer-{random.Random(f'{seed}:target').randrange(consumers)}"
+    return target
+
+
+def fault_specs(scenario: Scenario, seed: int) -> list[FaultSpec]:
+    """Scenario faults -> chaos.faults specs (transport ports stay indexes: `ports_by_index=True`)."""
+    specs = []
+    for index, fault in enumerate(scenario.faults):
+        if layer_of(fault.kind) == "network":
+            continue
+        window = getattr(fault, "window", None)
+        target = getattr(fault, "target", None)
+        specs.append(
+            FaultSpec(
+                index=index,
+                kind=fault.kind,
+                ports=list(fault.ports) if layer_of(fault.kind) == "transport" else None,
+                probability=getattr(fault, "probability", 1.0),
+                window=(window.start, window.end) if window is not None else None,
+                at_s=getattr(fault, "at", None),
+                phase=getattr(fault, "phase", None),
+                delay_s=getattr(fault, "delay", None),
+                duration_s=getattr(fault, "duration", None),
+                target=resolve_target(target, scenario.consumers.count, seed) if target else None,
+            )
+        )
+    return specs
+
+
+def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckSpec:
+    faults = []
+    for index, fault in enumerate(scenario.faults):
+        window = getattr(fault, "window", None)
+        target = getattr(fault, "target", None)
+        ports = getattr(fault, "ports", None)
+        faults.append(
+            FaultRef(
+                index=index,
+                kind=fault.kind,
+                ports=tuple(ports) if ports is not None else None,
+                target=resolve_target(target, scenario.consumers.count, seed) if target else None,
+                window=(window.start, window.end) if window is not None else None,
+                at_s=getattr(fault, "at", None),
+            )
+        )
+    e = scenario.expect
+    return CheckSpec(
+        duration_s=scenario.duration,
+        ports=scenario.server.ports,
+        faults=tuple(faults),
+        expect=Expectations(
+            lost=e.lost,
+            duplicated=e.duplicated,
+            corrupted=e.corrupted,
+            in_doubt=e.in_doubt,
+            faults_fired=e.faults_fired if isinstance(e.faults_fired, str) else tuple(e.faults_fired),
+            min_throughput=e.min_throughput,
+            max_recovery_s=e.max_recovery,
+            max_p99_latency_s=e.max_p99_latency,
+        ),
+        port_numbers=tuple(port_numbers),
+    )
+
+
+# -- process handles ----------------------------------------------------------------------------
+
+
+class ServerHandle:
+    """The server process; `restart()` brings it back on the same ports with a fresh RNG stream."""
+
+    def __init__(self, run_dir: Path, config: ServerConfig) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.process: mp.process.BaseProcess | None = None
+        self.conn: Any = None
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def start(self, timeout: float = 60.0) -> list[int]:
+        self.starts += 1
+        if self.config.link_wrapper and self.starts > 1:
+            self.config.link_wrapper_args = {
+                **self.config.link_wrapper_args,
+                "stream": f"server#{self.starts}",
+            }
+        parent, child = SPAWN.Pipe()
+        self.process = SPAWN.Process(
+            target=server_role, args=(str(self.run_dir), self.config, child), name="chaos-server"
+        )
+        self.process.start()
+        child.close()
+        self.conn = parent
+        if not parent.poll(timeout):
+            self.stop()
+            raise HarnessError(f"server did not start within {timeout:.0f}s (see logs/server.log)")
+        try:
+            kind, value = parent.recv()
+        except EOFError:
+            self.stop()
+            raise HarnessError("server exited during start (see logs/server.log)") from None
+        if kind != "ready":
+            self.stop()
+            raise HarnessError(f"server failed to start: {value}")
+        self.config.ports = list(value)
+        return list(value)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process is None:
+            return
+        if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
+            self.process.terminate()
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class RoleHandle:
+    """A producer or consumer process; restart reconnects it to the channel."""
+
+    def __init__(
+        self, name: str, target: Callable[..., None], config: Any, channel: ChannelServer, stop: Any
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.config = config
+        self.channel = channel
+        self.stop_event = stop
+        self.process: mp.process.BaseProcess | None = None
+        self.death_reported = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def start(self) -> None:
+        client = self.channel.connect(self.name)
+        self.process = SPAWN.Process(
+            target=self.target, args=(self.config, client, self.stop_event), name=f"chaos-{self.name}"
+        )
+        self.process.start()
+        client.close()  # the child has its own copy
+        self.death_reported = False
+
+    def restart(self) -> None:
+        self.kill()
+        self.report_death()
+        self.start()
+
+    def report_death(self) -> None:
+        """Hand the dead consumer's un-acked descriptors to the others (at-least-once channel)."""
+        if not self.death_reported and self.name.startswith("consumer"):
+            self.channel.consumer_died(self.name)
+        self.death_reported = True
+
+    def kill(self, timeout: float = 5.0) -> None:
+        if self.process is None:
+            return
+        if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+        self.process.join(timeout)
+
+    def join(self, timeout: float) -> None:
+        if self.process is not None:
+            self.process.join(timeout)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+class ScenarioRun:
+    def __init__(
+        self,
+        scenario: Scenario,
+        run_dir: Path,
+        *,
+        seed: int | None = None,
+        toxiproxy_url: str | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self.run_dir = run_dir
+        self.toxiproxy_url = toxiproxy_url
+        self.progress = progress or (lambda p: None)
+        self.notes: list[str] = []
+        self._children: list[Any] = []
+        self._cleanups: list[Callable[[], None]] = []
+        self._finished = threading.Event()
+        self._deadline_hit = threading.Event()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _report(self, phase: str, elapsed: float, channel: ChannelServer) -> None:
+        stats = channel.stats()
+        self.progress(
+            Progress(
+                self.scenario.name,
+                phase,
+                elapsed,
+                self.scenario.duration,
+                stats.published,
+                stats.acked,
+                stats.pending + stats.in_flight,
+            )
+        )
+
+    def _pids(self) -> list[tuple[str, int]]:
+        out = []
+        for handle in self._children:
+            pid = handle.pid
+            if pid is not None and handle.alive():
+                out.append((getattr(handle, "name", "server"), pid))
+        return out
+
+    def dump_stacks(self) -> None:
+        """SIGUSR1 makes each child write its stacks into its log; the runner writes its own."""
+        stacks = self.run_dir / "stacks"
+        stacks.mkdir(parents=True, exist_ok=True)
+        for name, pid in self._pids():
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                continue
+            (stacks / f"{name}.txt").write_text(f"stacks of {name} (pid {pid}) are in logs/{name}.log\n")
+        with open(stacks / "runner.txt", "w") as f:
+            faulthandler.dump_traceback(file=f, all_threads=True)
+        time.sleep(0.5)
+
+    def _watchdog(self) -> None:
+        assert self.scenario.deadline is not None
+        if not self._finished.wait(self.scenario.deadline):
+            self._deadline_hit.set()
+            self.dump_stacks()
+            for handle in list(self._children):
+                try:
+                    handle.kill() if hasattr(handle, "kill") else handle.stop()
+                except Exception:
+                    pass
+
+    # -- main -------------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        started = time.time()
+        (self.run_dir / "events").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=self._watchdog, name="chaos-watchdog", daemon=True).start()
+        verdict: Verdict | None = None
+        error: str | None = None
+        ports: list[int] = []
+        try:
+            ports = self._run_phases()
+            if self._deadline_hit.is_set():
+                raise HarnessError(f"deadline of {self.scenario.deadline:.0f}s passed; stacks in stacks/")
+            history = read_history(self.run_dir)
+            if history.skipped:
+                self.notes.extend(f"skipped event line: {s}" for s in history.skipped[:10])
+            verdict = check(history.events, check_spec(self.scenario, self.seed, ports))
+        except HarnessError as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "logs" / "runner-error.log").write_text(traceback.format_exc())
+        finally:
+            self._finished.set()
+            self._cleanup()
+        if self._deadline_hit.is_set() and error is None:
+            error = f"deadline of {self.scenario.deadline:.0f}s passed; stacks in stacks/"
+            verdict = None
+        return Outcome(
+            self.scenario, self.seed, self.run_dir, verdict, error, started, time.time() - started, self.notes
+        )
+
+    def _cleanup(self) -> None:
+        for fn in reversed(self._cleanups):
+            try:
+                t = time.time()
+                fn()
+                if time.time() - t > 2.0:
+                    what = getattr(fn, "__qualname__", fn)
+                    self.notes.append(f"slow cleanup {what}: {time.time() - t:.1f}s")
+            except Exception as exc:
+                self.notes.append(f"cleanup: {type(exc).__name__}: {exc}")
+        self._cleanups.clear()
+
+    def _run_phases(self) -> list[int]:
+        sc = self.scenario
+        events = JsonlSink(self.run_dir / "events" / "runner.jsonl", "runner")
+        self._cleanups.append(events.close)
+
+        ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
+        self._cleanups.append(lambda: self._close_ring(ring))
+
+        specs = fault_specs(sc, self.seed)
+        run_start = time.time() + STARTUP_S
+        heal_at = run_start + sc.duration
+        has_transport = any(s.layer == "transport" for s in specs)
+        server_config = ServerConfig(
+            ring_name=ring.name,
+            ports=[0] * sc.server.ports,
+            protocol=sc.protocol,
+            idle_evict=sc.server.idle_evict,
+            step_timeout=STEP_TIMEOUT_S,
+            lease=max(30.0, 3 * STEP_TIMEOUT_S),
+            events_path=str(self.run_dir / "events" / "server.jsonl"),
+            link_wrapper="chaos.faults.transport:make_link_wrapper" if has_transport else None,
+            link_wrapper_args={
+                "faults": specs,
+                "seed": self.seed,
+                "run_start": run_start,
+                "ports_by_index": True,
+                "read_timeout": sc.consumers.read_timeout,
+                "heal_at": heal_at,
+            }
+            if has_transport
+            else {},
+        )
+        server = ServerHandle(self.run_dir, server_config)
+        self._children.append(server)
+        self._cleanups.append(server.stop)
+        server_ports = server.start()
+
+        network = None
+        advertised = list(server_ports)
+        if any(layer_of(f.kind) == "network" for f in sc.faults):
+            from chaos.proxy.control import ProxyController
+
+            proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
+            self._cleanups.append(proxies.close)
+            advertised = [proxies.add_port(i, port) for i, port in enumerate(server_ports)]
+            network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
+            self._cleanups.append(network.heal)
+
+        control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
+        channel = ChannelServer(RecordingQueue(events, visibility_timeout=10.0, control=control)).start()
+        self._cleanups.append(channel.stop)
+
+        stop_producing = SPAWN.Event()
+        stop_consuming = SPAWN.Event()
+        self._cleanups.append(stop_consuming.set)
+        handles: dict[str, Any] = {"server": server}
+        for i in range(sc.consumers.count):
+            name = f"consumer-{i}"
+            cfg = ConsumerConfig(
+                run_dir=str(self.run_dir),
+                name=name,
+                seed=self.seed,
+                protocol=sc.protocol,
+                batch=sc.consumers.batch,
+                read_timeout=sc.consumers.read_timeout,
+                quarantine=sc.consumers.quarantine,
+                max_attempts=sc.consumers.max_attempts,
+                rounds=sc.consumers.rounds,
+            )
+            handles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
+        producer_cfg = ProducerConfig(
+            run_dir=str(self.run_dir),
+            ring_name=ring.name,
+            host=HOST,
+            ports=tuple(advertised),
+            seed=self.seed,
+            rate=sc.producer.rate,
+            min_bytes=sc.producer.payload.min,
+            max_bytes=sc.producer.payload.max,
+            count=sc.producer.count,
+        )
+        handles["producer"] = RoleHandle(
+            "producer", _delayed_producer, (producer_cfg, run_start), channel, stop_producing
+        )
+        for name, handle in handles.items():
+            if name == "server":
+                continue
+            self._children.append(handle)
+            self._cleanups.append(handle.kill)
+            handle.start()
+
+        process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
+        self._cleanups.append(process_faults.close)
+
+        # -- fault phase --------------------------------------------------------------------------
+        while time.time() < run_start:
+            self._report("starting", 0.0, channel)
+            time.sleep(0.1)
+        events.emit("phase", name="faults")
+        consumers = [h for n, h in handles.items() if n.startswith("consumer")]
+        last_report = 0.0
+        while not self._deadline_hit.is_set():
+            now = time.time()
+            elapsed = now - run_start
+            if elapsed >= sc.duration:
+                break
+            if network is not None:
+                network.tick(elapsed)
+            process_faults.tick(now)
+            for handle in consumers:
+                if not handle.alive():
+                    handle.report_death()
+            if now - last_report >= 0.25:
+                self._report("faults", elapsed, channel)
+                last_report = now
+            time.sleep(0.05)
+
+        # -- heal -----------------------------------------------------------------------------------
+        stop_producing.set()
+        events.emit("phase", name="heal")
+        process_faults.heal()
+        if network is not None:
+            network.heal()
+        channel.heal()
+        if not server.alive():
+            self.notes.append("server was down at heal: restarted")
+            server.start()
+            events.emit("proc_exit", target="server", pid=server.pid, how="restarted")
+        handles["producer"].join(10.0)
+
+        # -- drain ------------------------------------------------------------------------------------
+        events.emit("phase", name="drain")
+        drain_end = time.time() + sc.drain_timeout
+        while time.time() < drain_end and not self._deadline_hit.is_set():
+            for handle in consumers:
+                if not handle.alive():
+                    handle.report_death()
+            if channel.empty():
+                break
+            self._report("drain", time.time() - run_start, channel)
+            time.sleep(0.1)
+        else:
+            if not channel.empty():
+                self.notes.append(f"drain timed out after {sc.drain_timeout:.0f}s with descriptors left")
+        events.emit("phase", name="done")
+        self._report("check", time.time() - run_start, channel)
+        stop_consuming.set()
+        for handle in consumers:
+            handle.join(15.0)
+        leftover = [info for info in ring.snapshot() if info.state in (SlotState.READING, SlotState.WRITING)]
+        if leftover:
+            self.notes.append(
+                "slots left mid-transition: " + ", ".join(f"{i.slot}:{i.state.name}" for i in leftover[:10])
+            )
+        return server_ports
+
+    def _close_ring(self, ring: SharedRing) -> None:
+        ring.close()
+        ring.unlink()
+
+
+def _delayed_producer(cfg_and_start: tuple[ProducerConfig, float], channel: Any, stop: Any) -> None:
+    """The producer waits for the fault phase so every payload is published under the faults."""
+    cfg, run_start = cfg_and_start
+    delay = run_start - time.time()
+    if delay > 0 and stop.wait(delay):
+        return
+    producer_main(cfg, channel, stop)
+
+
+def run_scenario(
+    scenario: Scenario,
+    run_dir: Path,
+    *,
+    seed: int | None = None,
+    toxiproxy_url: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> Outcome:
+    return ScenarioRun(scenario, run_dir, seed=seed, toxiproxy_url=toxiproxy_url, progress=progress).run()

@@ -1,0 +1,855 @@
+"""Benchmark: raw ucxx vs the full slot transport, in one run (`python -m transport.bench`, `chaos bench`).
+
+What one run measures (issue 2, acceptance point 6):
+
+* **raw**: two spawned processes per progress mode. The client sends an 8-byte request (the size),
+  the server replies with that many bytes from a preallocated buffer, the client receives into a
+  preallocated buffer. Modes: `polling`, `blocking`, `thread`, `thread+futures` (python futures, enabled
+  by `ucxx.init(..., enable_python_future=True)` inside the running loop). The best mode per size is "raw".
+* **stack**: a `Producer` (ring + its server process) in its own spawned process; `Consumer.get` in this
+  process. The producer fills the ring between timed stretches and is idle while the consumer fetches,
+  so only the consumer's fetch rate is timed (never the producer's write speed); a ring bigger than the
+  memory budget is not needed because a cell refills as often as it must, untimed.
+* **get_many** of 32 small slots vs 32 sequential `get`s, and the **idle CPU** of the server process
+  and of a consumer process holding pooled connections (psutil, percent of one core).
+
+Each cell: an untimed warm-up that also calibrates the iteration count (so one timed repetition takes
+about `cell_seconds`), then `reps` timed repetitions; the median is reported. The stack runs in the
+progress mode of `SLOTWIRE_PROGRESS_MODE` (default `thread` with python futures, see transport/ucx.py);
+`--stack-mode` sets it for this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transport.ucx import PROGRESS_MODES, setup_env
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+DEFAULT_SIZES = (4 * KiB, 64 * KiB, MiB, 16 * MiB, 64 * MiB)
+# name -> (ucxx progress_mode, enable_python_future)
+RAW_MODES: dict[str, tuple[str, bool]] = {
+    "polling": ("polling", False),
+    "blocking": ("blocking", False),
+    "thread": ("thread", False),
+    "thread+futures": ("thread", True),
+    "thread-polling": ("thread-polling", False),  # not in the default set
+}
+DEFAULT_MODES = ("polling", "blocking", "thread", "thread+futures")
+
+# Targets of issue 2, acceptance point 6 (ratio = stack GiB/s / raw GiB/s in the same run).
+TARGETS = {
+    "ratio_large": 0.85,  # sizes >= 1 MiB
+    "ratio_large_min_size": MiB,
+    "ratio_small": 0.5,  # sizes <= 4 KiB
+    "ratio_small_max_size": 4 * KiB,
+    "get_many_speedup": 2.0,  # get_many(32 x 4 KiB) slots/s over 32 sequential gets
+    "idle_cpu_percent": 5.0,  # idle server process and idle consumer process, each, % of one core
+}
+
+GET_MANY_SLOTS = 32
+GET_MANY_SIZE = 4 * KiB
+SCHEMA = "slotwire-bench/1"
+EXIT_TARGET_MISSED = 1
+EXIT_HARNESS_ERROR = 3
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (a child failed or did not answer in time)."""
+
+
+@dataclass
+class BenchConfig:
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    modes: tuple[str, ...] = DEFAULT_MODES
+    quick: bool = False
+    reps: int = 3
+    cell_seconds: float = 1.0  # one timed repetition
+    warmup_seconds: float = 0.25  # calibration batch length (untimed)
+    idle_seconds: float = 3.0
+    stack_mode: str | None = None  # SLOTWIRE_PROGRESS_MODE for the stack; None = environment/default
+    ports: int = 4
+    ring_budget: int = GiB  # shared memory per stack ring; cells refill it as often as needed
+    max_ring_slots: int = 4096
+    json_path: str | None = None
+
+    @classmethod
+    def make(cls, quick: bool = False, **overrides: Any) -> BenchConfig:
+        """Defaults, or the smoke-test settings with `quick`; explicit overrides (not None) win."""
+        base: dict[str, Any] = {}
+        if quick:
+            base = dict(
+                quick=True, reps=1, cell_seconds=0.15, warmup_seconds=0.05, idle_seconds=1.0,
+                ring_budget=256 * MiB,
+            )  # fmt: skip
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**base)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not self.sizes or any(s <= 0 for s in self.sizes):
+            raise ValueError("sizes: need at least one positive size")
+        unknown = [m for m in self.modes if m not in RAW_MODES]
+        if unknown or not self.modes:
+            raise ValueError(f"modes: unknown {unknown}; choose from {', '.join(RAW_MODES)}")
+        if self.stack_mode is not None and self.stack_mode not in PROGRESS_MODES:
+            raise ValueError(f"stack mode {self.stack_mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
+        if self.reps < 1 or self.cell_seconds <= 0 or self.ports < 1:
+            raise ValueError("reps and ports must be >= 1, cell_seconds > 0")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB, "g": GiB}
+_UNITS |= {"gb": GiB, "gib": GiB}
+
+
+def parse_size(text: str) -> int:
+    """`4KiB`, `64k`, `1MiB`, `16M`, `4096` -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"bad size {text!r}: use e.g. 4KiB, 1MiB, 4096")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value < 1 or value != int(value):
+        raise ValueError(f"bad size {text!r}: must be a whole number of bytes >= 1")
+    return int(value)
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    return tuple(parse_size(part) for part in text.split(",") if part.strip())
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in RAW_MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(RAW_MODES)}")
+    return modes
+
+
+def human_size(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def size_target(size: int) -> float | None:
+    if size >= TARGETS["ratio_large_min_size"]:
+        return TARGETS["ratio_large"]
+    if size <= TARGETS["ratio_small_max_size"]:
+        return TARGETS["ratio_small"]
+    return None  # the issue sets no target between 4 KiB and 1 MiB
+
+
+def gib_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / GiB
+
+
+def stack_mode_label(env_mode: str) -> str:
+    return "thread+futures" if env_mode == "thread" else env_mode
+
+
+def iterations_for(per_op: float, cell_seconds: float, lo: int = 5, hi: int = 1_000_000) -> int:
+    return max(lo, min(hi, math.ceil(cell_seconds / max(per_op, 1e-9))))
+
+
+def _recv(conn: Any, timeout: float, what: str) -> Any:
+    """A bounded wait for a child's answer on a pipe."""
+    if not conn.poll(timeout):
+        raise BenchError(f"{what}: no answer within {timeout:.0f}s")
+    try:
+        msg = conn.recv()
+    except EOFError:
+        raise BenchError(f"{what}: the process exited") from None
+    if isinstance(msg, tuple) and msg and msg[0] == "error":
+        raise BenchError(f"{what}: {msg[1]}")
+    return msg
+
+
+def _spawn(target: Callable[..., None], *args: Any, name: str) -> tuple[mp.process.BaseProcess, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(*args, child), name=name, daemon=False)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def _reap(proc: mp.process.BaseProcess | None, timeout: float = 10.0) -> None:
+    if proc is None:
+        return
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5.0)
+
+
+def _child_error(conn: Any, exc: BaseException) -> None:
+    with contextlib.suppress(Exception):
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+async def _wait_parent(conn: Any) -> None:
+    """Wait, without blocking the loop (polling mode progresses inside it), for the parent's next word."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(conn.fileno(), ready.set)
+    try:
+        await ready.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def _stop_ucxx() -> None:
+    """Stop the notifier thread of a loop run in the main thread: it is not a daemon and would hang exit."""
+    import ucxx
+
+    with contextlib.suppress(Exception):
+        ucxx.stop_notifier_thread()
+
+
+def cpu_percent(pids: dict[str, int | None], seconds: float) -> dict[str, float | None]:
+    """CPU of each process over the same `seconds` window, in percent of one core (psutil)."""
+    import psutil
+
+    procs: dict[str, Any] = {}
+    for key, pid in pids.items():
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            p.cpu_percent(None)
+            procs[key] = p
+    time.sleep(seconds)
+    out: dict[str, float | None] = dict.fromkeys(pids)
+    for key, p in procs.items():
+        with contextlib.suppress(psutil.Error):
+            out[key] = p.cpu_percent(None)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- raw ucxx
+
+
+def raw_server_main(mode: str, futures: bool, max_size: int, conn: Any) -> None:
+    setup_env()
+    try:
+        asyncio.run(_raw_server(mode, futures, max_size, conn))
+    except BaseException as exc:
+        _child_error(conn, exc)
+        raise
+
+
+async def _raw_server(mode: str, futures: bool, max_size: int, conn: Any) -> None:
+    import ucxx
+
+    ucxx.init(progress_mode=mode, enable_python_future=futures)
+    payload = np.random.default_rng(1).integers(0, 256, max_size, dtype=np.uint8)  # preallocated, touched
+
+    async def handle(endpoint: Any) -> None:
+        request = np.zeros(1, dtype=np.uint64)  # the 8-byte request: the size to send back
+        try:
+            while True:
+                await endpoint.recv(request)
+                n = int(request[0])
+                if n == 0 or n > max_size:
+                    break
+                await endpoint.send(payload[:n])
+        except Exception:
+            pass  # the client went away; the benchmark sees that on its side
+        finally:
+            with contextlib.suppress(Exception):
+                endpoint.abort()
+
+    listener = ucxx.create_listener(handle, 0)
+    try:
+        conn.send(("ready", listener.port, os.getpid()))
+        await _wait_parent(conn)
+    finally:
+        listener.close()
+        _stop_ucxx()
+
+
+def raw_client_main(mode: str, futures: bool, port: int, plan: dict[str, Any], conn: Any) -> None:
+    setup_env()
+    try:
+        asyncio.run(_raw_client(mode, futures, port, plan, conn))
+    except BaseException as exc:
+        _child_error(conn, exc)
+        raise
+
+
+async def _raw_client(mode: str, futures: bool, port: int, plan: dict[str, Any], conn: Any) -> None:
+    import ucxx
+
+    ucxx.init(progress_mode=mode, enable_python_future=futures)
+    sizes: list[int] = plan["sizes"]
+    request = np.zeros(1, dtype=np.uint64)
+    recv_buf = np.zeros(max(sizes), dtype=np.uint8)  # preallocated and touched
+    endpoint = await asyncio.wait_for(ucxx.create_endpoint("127.0.0.1", port), 30)
+    try:
+
+        async def run(size: int, n: int) -> float:
+            view = recv_buf[:size]
+            request[0] = size
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await endpoint.send(request)
+                await endpoint.recv(view)
+            return time.perf_counter() - t0
+
+        results: dict[int, dict[str, Any]] = {}
+        for size in sizes:
+            await run(size, 3)  # first rendezvous / lanes for this size
+            n, elapsed = 1, 0.0
+            while True:  # calibration (autorange), untimed
+                elapsed = await run(size, n)
+                if elapsed >= plan["warmup_seconds"]:
+                    break
+                n *= 2
+            iters = iterations_for(elapsed / n, plan["cell_seconds"])
+            times = [await run(size, iters) for _ in range(plan["reps"])]
+            results[size] = {"iterations": iters, "seconds": times}
+        conn.send(("results", results, os.getpid()))
+        await _wait_parent(conn)  # the parent samples idle CPU while this endpoint is held
+        conn.recv()
+        request[0] = 0
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(endpoint.send(request), 5)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(endpoint.close(), 5)
+        _stop_ucxx()
+
+
+def bench_raw_mode(cfg: BenchConfig, mode_name: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """One server/client pair in `mode_name`; every size; then idle CPU of both with the endpoint held."""
+    mode, futures = RAW_MODES[mode_name]
+    plan = {
+        "sizes": list(cfg.sizes),
+        "reps": cfg.reps,
+        "cell_seconds": cfg.cell_seconds,
+        "warmup_seconds": cfg.warmup_seconds,
+    }
+    budget = 60 + len(cfg.sizes) * (cfg.reps * cfg.cell_seconds * 4 + 30)
+    server = client = None
+    server_conn = client_conn = None
+    try:
+        server, server_conn = _spawn(raw_server_main, mode, futures, max(cfg.sizes), name="bench-raw-server")
+        _, port, server_pid = _recv(server_conn, 60, f"raw server ({mode_name})")
+        client, client_conn = _spawn(raw_client_main, mode, futures, port, plan, name="bench-raw-client")
+        _, results, client_pid = _recv(client_conn, budget, f"raw client ({mode_name})")
+        idle = cpu_percent({"server": server_pid, "client": client_pid}, min(cfg.idle_seconds, 2.0))
+        client_conn.send("done")
+        _reap(client)  # first the client, so the server's handler has ended when its listener closes
+        server_conn.send("stop")
+        _reap(server)
+    finally:
+        for proc in (client, server):
+            if proc is not None and proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for c in (client_conn, server_conn):
+            if c is not None:
+                c.close()
+    cells = {}
+    for size, r in results.items():
+        rates = [gib_s(size * r["iterations"], s) for s in r["seconds"]]
+        cells[str(size)] = {
+            "size": size,
+            "iterations": r["iterations"],
+            "seconds": r["seconds"],
+            "gib_s": rates,
+            "median_gib_s": statistics.median(rates),
+            "median_slots_s": statistics.median(r["iterations"] / s for s in r["seconds"]),
+        }
+        log(f"raw {mode_name:>14} {human_size(size):>7}: {cells[str(size)]['median_gib_s']:.3f} GiB/s")
+    return {"mode": mode, "python_futures": futures, "cells": cells, "idle_cpu_percent": idle}
+
+
+# ----------------------------------------------------------------------------------------- the stack
+
+
+def producer_main(size: int, slots: int, ports: int, conn: Any) -> None:
+    """Owns a `Producer` (ring + server process); writes `fill` batches on request, idle otherwise."""
+    setup_env()
+    try:
+        from transport.facade import Producer
+
+        data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+        with Producer(slots=slots, slot_bytes=size, ports=ports) as producer:
+            conn.send(("ready", producer.server.pid, producer.ring.name, os.getpid()))
+            while True:
+                cmd, arg = conn.recv()
+                if cmd == "fill":
+                    conn.send([producer.put(data, timeout=30.0) for _ in range(arg)])
+                elif cmd == "close":
+                    break
+    except BaseException as exc:
+        _child_error(conn, exc)
+        raise
+
+
+class ProducerHost:
+    """A spawned process holding a Producer; `fill(n)` returns n fresh descriptors."""
+
+    def __init__(self, size: int, slots: int, ports: int) -> None:
+        self.size = size
+        self.slots = slots
+        self.proc, self.conn = _spawn(producer_main, size, slots, ports, name="bench-producer")
+        try:
+            _, self.server_pid, self.ring_name, self.pid = _recv(self.conn, 90, "producer start")
+        except BaseException:
+            self.kill()
+            raise
+
+    def fill(self, n: int) -> list[Any]:
+        self.conn.send(("fill", n))
+        return _recv(self.conn, 60 + n * self.size / (100 * MiB), "producer fill")
+
+    def close(self) -> None:
+        """Ask it to close; do not wait (its server may take a while to exit). `reap` waits."""
+        with contextlib.suppress(Exception):
+            self.conn.send(("close", None))
+
+    def reap(self, timeout: float = 15.0) -> None:
+        _reap(self.proc, timeout)
+        self.conn.close()
+        # A producer killed before its close leaves its segment behind: remove it.
+        with contextlib.suppress(FileNotFoundError, AttributeError):
+            os.unlink(f"/dev/shm/{self.ring_name}")
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.reap(5)
+
+
+def _timed_gets(consumer: Any, host: ProducerHost, n: int, latencies: list[float] | None = None) -> float:
+    """Seconds spent in n `Consumer.get` calls; the ring is refilled between stretches, untimed."""
+    total = 0.0
+    done = 0
+    perf = time.perf_counter
+    get = consumer.get
+    while done < n:
+        descs = host.fill(min(host.slots, n - done))
+        t0 = perf()
+        for d in descs:
+            a = perf()
+            payload = get(d)
+            if latencies is not None:
+                latencies.append(perf() - a)
+            if payload.nbytes != d.nbytes:
+                raise BenchError(f"get returned {payload.nbytes} bytes, expected {d.nbytes}")
+            del payload
+        total += perf() - t0
+        done += len(descs)
+    return total
+
+
+def ring_slots(cfg: BenchConfig, size: int) -> int:
+    return max(2 * cfg.ports, min(cfg.max_ring_slots, cfg.ring_budget // size))
+
+
+def bench_stack_size(
+    cfg: BenchConfig, size: int, hosts: list[ProducerHost], log: Callable[[str], None]
+) -> dict[str, Any]:
+    from transport.facade import Consumer
+
+    host = ProducerHost(size, ring_slots(cfg, size), cfg.ports)
+    hosts.append(host)
+    consumer = Consumer()
+    try:
+        _timed_gets(consumer, host, 2 * cfg.ports)  # connect to every port
+        n, elapsed = 1, 0.0
+        while True:  # calibration (autorange), untimed
+            elapsed = _timed_gets(consumer, host, n)
+            if elapsed >= cfg.warmup_seconds:
+                break
+            n *= 2
+        iters = iterations_for(elapsed / n, cfg.cell_seconds)
+        latencies: list[float] = []
+        times = [_timed_gets(consumer, host, iters, latencies) for _ in range(cfg.reps)]
+        stats = consumer.client.stats
+        client_stats = {"reads": stats.reads, "connects": stats.connects, "quarantines": stats.quarantines}
+    finally:
+        consumer.close()
+        host.close()
+    rates = [gib_s(size * iters, s) for s in times]
+    lat = np.array(latencies) * 1e6
+    cell = {
+        "size": size,
+        "iterations": iters,
+        "ring_slots": host.slots,
+        "seconds": times,
+        "gib_s": rates,
+        "median_gib_s": statistics.median(rates),
+        "median_slots_s": statistics.median(iters / s for s in times),
+        "latency_us": {
+            "p50": float(np.percentile(lat, 50)),
+            "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)),
+            "max": float(lat.max()),
+        },
+        "client": client_stats,
+    }
+    log(
+        f"stack {human_size(size):>7}: {cell['median_gib_s']:.3f} GiB/s, {cell['median_slots_s']:.0f} slots/s"
+    )
+    return cell
+
+
+def bench_get_many_and_idle(
+    cfg: BenchConfig, hosts: list[ProducerHost], log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """get_many(32 x 4 KiB) vs 32 sequential gets; then idle CPU with the pooled connections held."""
+    from transport.facade import Consumer
+
+    n = GET_MANY_SLOTS
+    host = ProducerHost(GET_MANY_SIZE, 4 * n, cfg.ports)
+    hosts.append(host)
+    consumer = Consumer()
+    try:
+
+        def batch() -> float:
+            descs = host.fill(n)
+            t0 = time.perf_counter()
+            result = consumer.get_many(descs)
+            elapsed = time.perf_counter() - t0
+            if not result.ok or len(result.payloads) != n:
+                raise BenchError(f"get_many failed: {[f.reason for f in result.failures]}")
+            return elapsed
+
+        def sequential() -> float:
+            return _timed_gets(consumer, host, n)
+
+        for _ in range(3):  # warm-up: connect every port, both paths
+            batch()
+            sequential()
+        one = batch() + sequential()
+        reps = max(5, min(500, math.ceil(2 * cfg.cell_seconds / one)))
+        batch_s: list[float] = []
+        seq_s: list[float] = []
+        for _ in range(reps):  # interleaved, so drift on a shared machine hits both alike
+            batch_s.append(batch())
+            seq_s.append(sequential())
+        batch_rate = statistics.median(n / s for s in batch_s)
+        seq_rate = statistics.median(n / s for s in seq_s)
+        get_many = {
+            "slots": n,
+            "size": GET_MANY_SIZE,
+            "concurrency": consumer._inner.concurrency,
+            "reps": reps,
+            "get_many_seconds": batch_s,
+            "sequential_seconds": seq_s,
+            "get_many_slots_s": batch_rate,
+            "sequential_slots_s": seq_rate,
+            "speedup": batch_rate / seq_rate,
+            "target": TARGETS["get_many_speedup"],
+            "pass": batch_rate / seq_rate >= TARGETS["get_many_speedup"],
+        }
+        log(f"get_many: {batch_rate:.0f} slots/s vs sequential {seq_rate:.0f} slots/s")
+
+        time.sleep(0.5)  # let the last replies settle
+        pooled = sum(len(v) for v in consumer.client._pool.values())
+        sampled = cpu_percent(
+            {"server": host.server_pid, "consumer": os.getpid(), "producer": host.pid}, cfg.idle_seconds
+        )
+        target = TARGETS["idle_cpu_percent"]
+        server_cpu, consumer_cpu = sampled["server"], sampled["consumer"]
+        idle = {
+            "seconds": cfg.idle_seconds,
+            "server_percent": server_cpu,
+            "consumer_percent": consumer_cpu,
+            "producer_percent": sampled["producer"],  # informational: not a target
+            "consumer_pooled_endpoints": pooled,
+            "target": target,
+            "pass": server_cpu is not None
+            and consumer_cpu is not None
+            and server_cpu < target
+            and consumer_cpu < target,
+        }
+        log(f"idle: server {server_cpu}% consumer {consumer_cpu}% of a core ({pooled} pooled endpoints)")
+    finally:
+        consumer.close()
+        host.close()
+    return get_many, idle
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def machine_info() -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import psutil
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpus_physical": psutil.cpu_count(logical=False),
+        "cpu_model": model,
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "ucxx": version("ucxx-cu12") or version("ucxx"),
+        "libucx": version("libucx-cu12") or version("libucx"),
+        "numpy": np.__version__,
+        "ucx_env": {k: v for k, v in os.environ.items() if k.startswith(("UCX_", "UCXPY_", "SLOTWIRE_"))},
+    }
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def build_rows(raw: dict[str, Any], stack: dict[str, Any], sizes: Sequence[int]) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        key = str(size)
+        best_mode, best = max(
+            ((m, r["cells"][key]["median_gib_s"]) for m, r in raw.items()), key=lambda t: t[1]
+        )
+        cell = stack[key]
+        ratio = cell["median_gib_s"] / best
+        target = size_target(size)
+        rows.append(
+            {
+                "size": size,
+                "raw_gib_s": best,
+                "raw_mode": best_mode,
+                "raw_slots_s": raw[best_mode]["cells"][key]["median_slots_s"],
+                "stack_gib_s": cell["median_gib_s"],
+                "stack_slots_s": cell["median_slots_s"],
+                "ratio": ratio,
+                "target": target,
+                "pass": None if target is None else ratio >= target,
+            }
+        )
+    return rows
+
+
+def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every measurement; returns the report (also the JSON document)."""
+    log = log or (lambda msg: None)
+    setup_env()
+    if cfg.stack_mode is not None:
+        os.environ["SLOTWIRE_PROGRESS_MODE"] = cfg.stack_mode
+    from transport.ucx import progress_mode
+
+    stack_env_mode, _ = progress_mode()
+    started = time.time()
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "config": {**asdict(cfg), "sizes": list(cfg.sizes), "modes": list(cfg.modes)},
+        "machine": machine_info(),
+        "targets": TARGETS,
+        "stack_mode": stack_mode_label(stack_env_mode),
+        "load": {"start": _load()},
+    }
+    raw: dict[str, Any] = {}
+    for mode_name in cfg.modes:
+        raw[mode_name] = bench_raw_mode(cfg, mode_name, log)
+    report["load"]["after_raw"] = _load()
+
+    hosts: list[ProducerHost] = []
+    try:
+        stack: dict[str, Any] = {}
+        for size in cfg.sizes:
+            stack[str(size)] = bench_stack_size(cfg, size, hosts, log)
+        report["load"]["after_stack"] = _load()
+        get_many, idle = bench_get_many_and_idle(cfg, hosts, log)
+    finally:
+        for host in hosts:
+            host.close()
+        for host in hosts:
+            host.reap()
+    report["load"]["end"] = _load()
+    rows = build_rows(raw, stack, cfg.sizes)
+    report.update(raw=raw, stack=stack, rows=rows, get_many=get_many, idle_cpu=idle)
+    judged = [r["pass"] for r in rows if r["pass"] is not None] + [get_many["pass"], idle["pass"]]
+    report["passed"] = all(judged)
+    report["duration_s"] = time.time() - started
+    return report
+
+
+def default_json_path() -> Path:
+    return Path("reports") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def write_json(report: dict[str, Any], path: str | Path | None) -> Path:
+    target = Path(path) if path else default_json_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return target
+
+
+def make_console() -> Any:
+    """A rich console; 120 columns when not a terminal (CI logs), so the table is not squeezed."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+
+
+def print_report(report: dict[str, Any], console: Any = None) -> None:
+    from rich.table import Table
+
+    console = console or make_console()
+    machine = report["machine"]
+    table = Table(
+        title=f"slot transport vs raw ucxx — {machine['cpus']} CPUs, python {machine['python']}, "
+        f"ucxx {machine['ucxx']}, stack mode {report['stack_mode']}"
+        + (" (quick: not a measurement)" if report["config"]["quick"] else "")
+    )
+    for col in (
+        "size",
+        "raw GiB/s (mode)",
+        "stack GiB/s",
+        "stack slots/s",
+        "ratio stack/raw",
+        "target",
+        "pass",
+    ):
+        table.add_column(col, justify="left" if col == "size" else "right")
+    for r in report["rows"]:
+        passed = {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[r["pass"]]
+        table.add_row(
+            human_size(r["size"]),
+            f"{r['raw_gib_s']:.3f} ({r['raw_mode']})",
+            f"{r['stack_gib_s']:.3f}",
+            f"{r['stack_slots_s']:,.0f}",
+            f"{r['ratio']:.2f}",
+            "-" if r["target"] is None else f">= {r['target']:.2f}",
+            passed,
+        )
+    console.print(table)
+
+    modes = Table(title="raw ucxx by progress mode, GiB/s (median); idle CPU % of a core server/client")
+    modes.add_column("mode")
+    for size in report["config"]["sizes"]:
+        modes.add_column(human_size(size), justify="right")
+    modes.add_column("idle CPU", justify="right")
+    for name, r in report["raw"].items():
+        idle = r["idle_cpu_percent"]
+        modes.add_row(
+            name,
+            *(f"{r['cells'][str(s)]['median_gib_s']:.3f}" for s in report["config"]["sizes"]),
+            f"{idle['server']:.0f} / {idle['client']:.0f}",
+        )
+    console.print(modes)
+
+    def verdict(ok: bool) -> str:
+        return "[green]pass[/]" if ok else "[red]FAIL[/]"
+
+    g = report["get_many"]
+    console.print(
+        f"get_many({g['slots']} x {human_size(g['size'])}): {g['get_many_slots_s']:,.0f} slots/s vs "
+        f"{g['slots']} sequential gets: {g['sequential_slots_s']:,.0f} slots/s -> "
+        f"{g['speedup']:.2f}x (target >= {g['target']:.1f}x) {verdict(g['pass'])}"
+    )
+    i = report["idle_cpu"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1f}%"
+
+    console.print(
+        f"idle CPU over {i['seconds']:.0f}s: server {pct(i['server_percent'])}, consumer "
+        f"{pct(i['consumer_percent'])} ({i['consumer_pooled_endpoints']} pooled endpoints) of one core "
+        f"(target < {i['target']:.0f}% each) {verdict(i['pass'])}; producer {pct(i['producer_percent'])}"
+    )
+    load = report["load"]
+    console.print(
+        f"load average (1/5/15 min) start {load['start']}, end {load['end']}; "
+        f"took {report['duration_s']:.0f}s; overall {verdict(report['passed'])}"
+    )
+
+
+def run_and_report(cfg: BenchConfig, console: Any = None) -> tuple[dict[str, Any], Path, int]:
+    """Run, print, write the JSON; returns (report, json path, exit code)."""
+    console = console or make_console()
+    report = run(cfg, log=lambda msg: console.print(f"[dim]{msg}[/]"))
+    path = write_json(report, cfg.json_path)
+    print_report(report, console)
+    console.print(f"JSON: {path}")
+    code = 0 if report["passed"] or cfg.quick else EXIT_TARGET_MISSED
+    return report, path, code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transport.bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes", type=parse_sizes, help="comma-separated, e.g. 4KiB,1MiB (default: all five)"
+    )
+    parser.add_argument(
+        "--modes", type=parse_modes, help=f"raw progress modes (default: {','.join(DEFAULT_MODES)})"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few iterations: a smoke test, not a measurement"
+    )
+    parser.add_argument("--reps", type=int, help="timed repetitions per cell (median reported)")
+    parser.add_argument("--cell-seconds", type=float, help="target length of one timed repetition")
+    parser.add_argument("--stack-mode", choices=PROGRESS_MODES, help="SLOTWIRE_PROGRESS_MODE for the stack")
+    parser.add_argument("--ports", type=int, help="server ports of the stack's producer (default 4)")
+    parser.add_argument(
+        "--json", dest="json_path", help="where to write the JSON (default reports/bench-<ts>.json)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        cfg = BenchConfig.make(
+            quick=args.quick,
+            sizes=args.sizes,
+            modes=args.modes,
+            reps=args.reps,
+            cell_seconds=args.cell_seconds,
+            stack_mode=args.stack_mode,
+            ports=args.ports,
+            json_path=args.json_path,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        _, _, code = run_and_report(cfg)
+    except BenchError as exc:
+        print(f"bench: harness error: {exc}", file=sys.stderr)
+        return EXIT_HARNESS_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    # Re-import as `transport.bench` so spawned children find the process targets under that name.
+    from transport.bench import main as _main
+
+    sys.exit(_main())
