@@ -32,7 +32,9 @@ def verify_payload(payload: np.ndarray, seed: int, seq: int, nbytes: int) -> boo
     data = payload.reshape(-1).view(np.uint8)
     block = _block(seed, seq)
     full = nbytes // BLOCK
-    if full and not np.array_equal(data[: full * BLOCK].reshape(full, BLOCK), np.broadcast_to(block, (full, BLOCK))):
+    if full and not np.array_equal(
+        data[: full * BLOCK].reshape(full, BLOCK), np.broadcast_to(block, (full, BLOCK))
+    ):
         return False
     tail = nbytes - full * BLOCK
     return bool(np.array_equal(data[full * BLOCK :], block[:tail]))

@@ -14,6 +14,7 @@ import pytest
 
 from transport import (
     Consumer,
+    NotReadyError,
     Producer,
     StaleSlotError,
     UnauthorizedError,
@@ -64,9 +65,10 @@ def test_descriptor_json_roundtrip(producer: Producer, consumer: Consumer) -> No
 def test_second_read_of_consumed_slot_is_not_delivered_twice(producer: Producer, consumer: Consumer) -> None:
     desc = producer.put(b"once")
     assert bytes(consumer.get(desc)) == b"once"
-    with pytest.raises(Exception) as info:
+    reads_before = consumer.client.stats.reads
+    with pytest.raises(NotReadyError):
         consumer.get(desc)
-    assert not isinstance(info.value, AssertionError)
+    assert consumer.client.stats.reads - reads_before == 1, "a consumed slot is final, not retried"
 
 
 def test_stale_descriptor_is_not_retried() -> None:

@@ -52,7 +52,14 @@ class UnauthorizedError(TransportError):
 
 
 class NotReadyError(TransportError):
-    """The slot is not READY (being written, or already consumed at this generation)."""
+    """The slot holds no payload at this generation: it was already consumed (committed).
+
+    A published descriptor's generation is only ever READY, READING or FREE-after-commit (a new
+    write bumps the generation, which makes the descriptor STALE instead), so another attempt
+    cannot succeed: not retried.
+    """
+
+    retryable = False
 
 
 class BusyError(TransportError):

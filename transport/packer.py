@@ -1,7 +1,8 @@
 """Batch fetch for trainers: per-slot retries, several rounds over what failed, failures as data.
 
 A trainer wants a batch, not an exception: `fetch_batch` returns every payload it could commit and,
-for the rest, one `SlotFailure` each with its reason. STALE and UNAUTHORIZED are final at once;
+for the rest, one `SlotFailure` each with its reason. STALE, UNAUTHORIZED and NOT_READY (consumed)
+are final at once;
 an in-doubt read is final too (retrying could deliver the slot twice).
 """
 
@@ -34,7 +35,7 @@ class SlotFailure:
 
     index: int
     descriptor: SlotDescriptor
-    reason: str  # stale | unauthorized | in_doubt | exhausted | error
+    reason: str  # stale | unauthorized | consumed | in_doubt | exhausted | error
     error: TransportError
 
 
@@ -63,6 +64,8 @@ def failure_reason(exc: BaseException) -> str:
         return "unauthorized"
     if isinstance(exc, InDoubtError):
         return "in_doubt"
+    if isinstance(exc, NotReadyError):
+        return "consumed"
     if isinstance(exc, AttemptsExhaustedError):
         return "exhausted"
     return "error"
@@ -71,11 +74,11 @@ def failure_reason(exc: BaseException) -> str:
 def retry_delay(exc: TransportError, attempt: int, backoff: float, cap: float) -> float:
     """How long to wait before the next attempt.
 
-    A BUSY or NOT_READY slot is held by another read (maybe one stalled on another port, which
+    A BUSY slot is held by another read (maybe one stalled on another port, which
     holds it until its step times out), so those back off exponentially up to `cap`; a link
     failure already moved to another port, so it retries almost at once.
     """
-    if isinstance(exc, BusyError | NotReadyError):
+    if isinstance(exc, BusyError):
         return min(cap, backoff * 5 * 2 ** (attempt - 1))
     return backoff * attempt
 

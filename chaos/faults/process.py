@@ -173,15 +173,19 @@ class ProcessFaults:
             for trigger in self.triggers:
                 spec = trigger.spec
                 handle = self.targets[spec.target or ""]
-                if not is_running(handle.pid) or (spec.kind == "pause" and handle.pid in self._paused):
+                running = is_running(handle.pid)
+                if (not running and spec.kind != "restart") or (
+                    spec.kind == "pause" and handle.pid in self._paused
+                ):
                     continue  # nothing to act on: no draw, so the seeded sequence counts real chances
+                # `restart` also brings back a target that an earlier `kill` left dead.
                 if trigger.decide(now) and self._fire(spec, handle, now):
                     fired.append(spec.index)
             return fired
 
     def _fire(self, spec: FaultSpec, handle: ProcessHandle, now: float) -> bool:
         pid = handle.pid
-        if pid is None:
+        if pid is None and spec.kind != "restart":
             return False
         self.fired[spec.index] += 1
         self.events.emit("fault", fault=spec.index, kind=spec.kind, port=None, phase=None, target=spec.target)
@@ -190,9 +194,10 @@ class ProcessFaults:
             if _signal(pid, signal.SIGSTOP):
                 self._paused[pid] = now + min(duration, self.max_pause_s)
             return True
-        _signal(pid, signal.SIGKILL)  # a stopped process dies on SIGKILL too
-        self._paused.pop(pid, None)
-        wait_gone(pid, self.exit_timeout_s)
+        if pid is not None and is_running(pid):
+            _signal(pid, signal.SIGKILL)  # a stopped process dies on SIGKILL too
+            self._paused.pop(pid, None)
+            wait_gone(pid, self.exit_timeout_s)
         how = "killed" if spec.kind == "kill" else "restarted"
         if spec.kind == "restart":
             handle.restart()

@@ -128,7 +128,7 @@ class ConsumerConfig:
 
 
 # Failures that another attempt cannot change; anything else stays un-acked and is redelivered.
-FINAL_REASONS = frozenset({"stale", "unauthorized", "in_doubt"})
+FINAL_REASONS = frozenset({"stale", "unauthorized", "consumed", "in_doubt"})
 
 
 def consumer_main(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> None:

@@ -1,0 +1,337 @@
+"""`chaos run` and `chaos replay`: run scenarios, show live progress, write the reports, exit 0/1/2/3.
+
+Exit codes: 0 every scenario passed; 1 an expectation failed (or, with --fail-on-regression, a
+regression against --baseline); 2 invalid input; 3 the harness could not judge a scenario (it wins
+over 1, since an unjudged run proves nothing).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from chaos.report import RunResults, ScenarioResult, write_reports
+from chaos.report.results import ResultsError, new_run_id
+from chaos.runner.orchestrator import Outcome, Progress, run_scenario
+from chaos.scenario import ScenarioError, load_scenarios
+from chaos.scenario.model import Scenario
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HARNESS = 0, 1, 2, 3
+SPAWN = mp.get_context("spawn")
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Job:
+    scenario: Scenario
+    file: str
+    seed: int
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every `finally` cleans up its processes and segments."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _progress_line(p: Progress) -> str:
+    return (
+        f"[bold]{p.scenario}[/] {p.phase} {min(p.elapsed, p.duration):5.1f}/{p.duration:.0f}s  "
+        f"published {p.published}  acked {p.acked}  in flight {p.pending}"
+    )
+
+
+def _run_job(job: Job, run_dir: Path, toxiproxy: str | None, live: Any | None) -> Outcome:
+    def progress(p: Progress) -> None:
+        if live is not None:
+            live.update(_progress_line(p))
+
+    return run_scenario(job.scenario.with_seed(job.seed), run_dir, toxiproxy_url=toxiproxy, progress=progress)
+
+
+def _job_worker(job: Job, run_dir: str, toxiproxy: str | None, results: Any) -> None:
+    _terminate_on_sigterm()
+    try:
+        outcome = _run_job(job, Path(run_dir), toxiproxy, None)
+        results.put((job.scenario.name, outcome))
+    except BaseException as exc:
+        results.put((job.scenario.name, f"{type(exc).__name__}: {exc}"))
+
+
+def _to_result(job: Job, outcome: Outcome | str, out_dir: Path) -> ScenarioResult:
+    scenario = job.scenario.with_seed(job.seed)
+    run_dir = Path(scenario.name)
+    if isinstance(outcome, str):
+        return ScenarioResult.errored(
+            scenario, outcome, file=job.file, started=datetime.now(UTC), duration_s=0.0, run_dir=run_dir
+        )
+    started = datetime.fromtimestamp(outcome.started, UTC)
+    if outcome.verdict is None:
+        return ScenarioResult.errored(
+            scenario,
+            outcome.error or "no verdict",
+            file=job.file,
+            started=started,
+            duration_s=outcome.duration_s,
+            run_dir=run_dir,
+        )
+    return ScenarioResult.judged(
+        scenario,
+        outcome.verdict,
+        file=job.file,
+        started=started,
+        duration_s=outcome.duration_s,
+        run_dir=run_dir,
+    )
+
+
+def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | None) -> list[ScenarioResult]:
+    results: list[ScenarioResult] = []
+    if parallel <= 1:
+        for job in jobs:
+            with console.status(f"[bold]{job.scenario.name}[/] starting") as live:
+                outcome = _run_job(job, out_dir / job.scenario.name, toxiproxy, live)
+            result = _to_result(job, outcome, out_dir)
+            _print_done(result)
+            results.append(result)
+        return results
+    pending = list(jobs)
+    running: dict[str, tuple[Job, Any]] = {}
+    done: dict[str, ScenarioResult] = {}
+    channel = SPAWN.Queue()
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                proc = SPAWN.Process(
+                    target=_job_worker,
+                    args=(job, str(out_dir / job.scenario.name), toxiproxy, channel),
+                    name=f"chaos-run-{job.scenario.name}",
+                )
+                proc.start()
+                running[job.scenario.name] = (job, proc)
+                console.print(f"started {job.scenario.name}")
+            try:
+                name, outcome = channel.get(timeout=1.0)
+            except queue.Empty:
+                for name, (job, proc) in list(running.items()):
+                    if not proc.is_alive():  # died without a word: a harness error
+                        running.pop(name)
+                        done[name] = _to_result(job, f"scenario process exited with {proc.exitcode}", out_dir)
+                        _print_done(done[name])
+                continue
+            job, proc = running.pop(name)
+            proc.join(30)
+            done[name] = _to_result(job, outcome, out_dir)
+            _print_done(done[name])
+    finally:
+        for _, proc in running.values():
+            proc.terminate()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return [done[j.scenario.name] for j in jobs if j.scenario.name in done]
+
+
+def _print_done(result: ScenarioResult) -> None:
+    style = {"passed": "green", "failed": "red", "error": "magenta"}[result.status]
+    console.print(f"[{style}]{result.status.upper():6}[/] {result.name} ({result.duration_s:.0f}s)")
+
+
+def _summary_table(results: RunResults) -> Table:
+    table = Table(title=f"chaos run {results.run_id}")
+    for col in (
+        "scenario",
+        "verdict",
+        "published",
+        "delivered",
+        "lost",
+        "dup",
+        "corrupt",
+        "in-doubt",
+        "thr/s",
+        "p99",
+    ):
+        table.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")
+    for s in results.scenarios:
+        v = s.verdict or {}
+        c = v.get("counts", {})
+        lat = (v.get("latency") or {}).get("p99")
+        thr = (v.get("throughput") or {}).get("per_s")
+        style = {"passed": "green", "failed": "red", "error": "magenta"}[s.status]
+        table.add_row(
+            s.name,
+            f"[{style}]{s.status}[/]",
+            *(
+                str(c.get(k, "-"))
+                for k in ("published", "delivered", "lost", "duplicated", "corrupted", "in_doubt")
+            ),
+            f"{thr:.0f}" if thr is not None else "-",
+            f"{lat * 1000:.0f} ms" if lat is not None else "-",
+        )
+    return table
+
+
+def _finish(
+    results_list: list[ScenarioResult],
+    started: datetime,
+    out_dir: Path,
+    junit: str | None,
+    baseline: str | None,
+    fail_on_regression: bool,
+) -> int:
+    base = None
+    if baseline:
+        try:
+            base = RunResults.load(_results_path(Path(baseline)))
+        except ResultsError as exc:
+            console.print(f"[red]--baseline: {exc}[/]")
+            return EXIT_INVALID
+    results = RunResults.create(results_list, started=started, run_id=out_dir.name)
+    paths = write_reports(results, out_dir, baseline=base)
+    if junit:
+        Path(junit).write_bytes(paths.junit_xml.read_bytes())
+    Console().print(_summary_table(results))
+    if paths.regressions is not None:
+        for line in paths.regressions.lines():
+            console.print(line)
+    for s in results.scenarios:
+        if s.status != "passed":
+            reason = "; ".join((s.verdict or {}).get("failures", [])) or (s.error or "")
+            console.print(f"[red]{s.name}[/]: {reason}\n  reproduce: {s.reproduce}")
+    console.print(f"reports: {paths.report_html}  {paths.summary_md}  {paths.results_json}")
+    statuses = {s.status for s in results.scenarios}
+    if "error" in statuses:
+        return EXIT_HARNESS
+    if "failed" in statuses or (fail_on_regression and paths.regressions):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _results_path(path: Path) -> Path:
+    return path / "results.json" if path.is_dir() else path
+
+
+def _out_dir(out: str | None, started: datetime) -> Path:
+    return Path(out) if out else Path("reports") / new_run_id(started)
+
+
+_common = [
+    click.option("--out", type=click.Path(file_okay=False), help="Run directory (default reports/<run-id>)."),
+    click.option("--junit", type=click.Path(dir_okay=False), help="Also write junit.xml here."),
+    click.option(
+        "--baseline", type=click.Path(exists=True), help="Compare with an earlier run (dir or results.json)."
+    ),
+    click.option(
+        "--fail-on-regression", is_flag=True, help="Exit 1 when the baseline comparison finds a regression."
+    ),
+    click.option(
+        "-j", "--jobs", "parallel", type=click.IntRange(1, 16), default=1, help="Scenarios run in parallel."
+    ),
+    click.option(
+        "--toxiproxy", "toxiproxy", metavar="URL", help="Use this Toxiproxy server for network faults."
+    ),
+]
+
+
+def _with_common(fn: Any) -> Any:
+    for option in reversed(_common):
+        fn = option(fn)
+    return fn
+
+
+@click.command("run")
+@click.argument("scenarios", nargs=-1, required=True, type=click.Path())
+@click.option("--seed", type=int, help="Override every scenario's seed.")
+@_with_common
+def run(
+    scenarios: tuple[str, ...],
+    seed: int | None,
+    out: str | None,
+    junit: str | None,
+    baseline: str | None,
+    fail_on_regression: bool,
+    parallel: int,
+    toxiproxy: str | None,
+) -> None:
+    """Run SCENARIO files (or directories of them) and judge each one."""
+    _terminate_on_sigterm()
+    try:
+        loaded = load_scenarios(list(scenarios))
+    except ScenarioError as exc:
+        console.print(f"[red]invalid scenario input[/]\n{exc}")
+        sys.exit(EXIT_INVALID)
+    jobs = [Job(s, str(s.source or s.name), s.seed if seed is None else seed) for s in loaded]
+    sys.exit(_run_jobs(jobs, out, junit, baseline, fail_on_regression, parallel, toxiproxy))
+
+
+@click.command("replay")
+@click.argument("results_file", type=click.Path(exists=True))
+@click.option("--scenario", "only", multiple=True, help="Replay only these scenario names.")
+@_with_common
+def replay(
+    results_file: str,
+    only: tuple[str, ...],
+    out: str | None,
+    junit: str | None,
+    baseline: str | None,
+    fail_on_regression: bool,
+    parallel: int,
+    toxiproxy: str | None,
+) -> None:
+    """Re-run the scenarios of RESULTS_FILE (results.json or its run directory) with their recorded
+    seed and configuration."""
+    _terminate_on_sigterm()
+    try:
+        recorded = RunResults.load(_results_path(Path(results_file)))
+        jobs = [
+            Job(Scenario.from_dict(s.config, source=s.file), s.file, s.seed)
+            for s in recorded.scenarios
+            if not only or s.name in only
+        ]
+    except (ResultsError, ScenarioError) as exc:
+        console.print(f"[red]cannot replay {results_file}[/]: {exc}")
+        sys.exit(EXIT_INVALID)
+    if not jobs:
+        console.print(f"[red]nothing to replay[/]: no scenario named {', '.join(only)} in {results_file}")
+        sys.exit(EXIT_INVALID)
+    sys.exit(_run_jobs(jobs, out, junit, baseline, fail_on_regression, parallel, toxiproxy))
+
+
+def _run_jobs(
+    jobs: list[Job],
+    out: str | None,
+    junit: str | None,
+    baseline: str | None,
+    fail_on_regression: bool,
+    parallel: int,
+    toxiproxy: str | None,
+) -> int:
+    started = datetime.now(UTC)
+    out_dir = _out_dir(out, started)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"run directory: {out_dir}  ({len(jobs)} scenario(s), -j {parallel})")
+    t0 = time.monotonic()
+    try:
+        results_list = _execute(jobs, out_dir, parallel, toxiproxy)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted: processes and segments cleaned up[/]")
+        return EXIT_HARNESS
+    code = _finish(results_list, started, out_dir, junit, baseline, fail_on_regression)
+    console.print(f"{len(jobs)} scenario(s) in {time.monotonic() - t0:.0f}s; command: {shlex.join(sys.argv)}")
+    return code
