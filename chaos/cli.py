@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chaos.report.cli import report as report_command
 from chaos.scenario.cli import validate as validate_command
 
 
@@ -13,6 +14,7 @@ def cli() -> None:
     """Chaos harness for the slot transport."""
 
 
+cli.add_command(report_command)
 cli.add_command(validate_command)
 
 
