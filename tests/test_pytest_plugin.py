@@ -29,7 +29,8 @@ def test_scenarios_are_collected_and_judged(pytester: pytest.Pytester) -> None:
     (scenarios / "quick-pass.yaml").write_text(QUICK.format(name="quick-pass", throughput="10/s"))
     (scenarios / "quick-fail.yaml").write_text(QUICK.format(name="quick-fail", throughput="100000/s"))
     (scenarios / "broken.yaml").write_text("name: broken\nduration: soon\n")
-    result = pytester.runpytest_subprocess("scenarios", "-v", "--continue-on-collection-errors")  # the plugin loads by entry point
+    # The plugin loads through its pytest11 entry point: no -p needed.
+    result = pytester.runpytest_subprocess("scenarios", "-v", "--continue-on-collection-errors")
     result.assert_outcomes(passed=1, failed=1, errors=1)
     out = result.stdout.str()
     assert "throughput" in out and "100000" in out
