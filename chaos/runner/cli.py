@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from chaos.report import RunResults, ScenarioResult, write_reports
+from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
 from chaos.runner.orchestrator import Outcome, Progress, run_scenario
 from chaos.scenario import ScenarioError, load_scenarios
@@ -187,29 +187,27 @@ def _summary_table(results: RunResults) -> Table:
     return table
 
 
-def _finish(
-    results_list: list[ScenarioResult],
-    started: datetime,
-    out_dir: Path,
-    junit: str | None,
-    baseline: str | None,
-    fail_on_regression: bool,
-) -> int:
-    base = None
-    if baseline:
-        try:
-            base = RunResults.load(_results_path(Path(baseline)))
-        except ResultsError as exc:
-            console.print(f"[red]--baseline: {exc}[/]")
-            return EXIT_INVALID
+@dataclass(frozen=True)
+class ReportOptions:
+    junit: str | None
+    baseline: RunResults | None
+    history: str | None
+    thresholds: Thresholds
+    fail_on_regression: bool
+
+
+def _finish(results_list: list[ScenarioResult], started: datetime, out_dir: Path, opts: ReportOptions) -> int:
     results = RunResults.create(results_list, started=started, run_id=out_dir.name)
-    paths = write_reports(results, out_dir, baseline=base)
-    if junit:
-        Path(junit).write_bytes(paths.junit_xml.read_bytes())
-    Console().print(_summary_table(results))
-    if paths.regressions is not None:
-        for line in paths.regressions.lines():
+    paths = write_reports(
+        results, out_dir, baseline=opts.baseline, history_dir=opts.history, thresholds=opts.thresholds
+    )
+    if opts.junit:
+        Path(opts.junit).write_bytes(paths.junit_xml.read_bytes())
+    if paths.regressions is not None:  # regressions first: they are what a nightly reader looks for
+        lines = paths.regressions.lines() or [f"no regression against {paths.regressions.baseline_run_id}"]
+        for line in lines:
             console.print(line)
+    Console().print(_summary_table(results))
     for s in results.scenarios:
         if s.status != "passed":
             reason = "; ".join((s.verdict or {}).get("failures", [])) or (s.error or "")
@@ -218,7 +216,7 @@ def _finish(
     statuses = {s.status for s in results.scenarios}
     if "error" in statuses:
         return EXIT_HARNESS
-    if "failed" in statuses or (fail_on_regression and paths.regressions):
+    if "failed" in statuses or (opts.fail_on_regression and paths.regressions):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -240,6 +238,13 @@ _common = [
     click.option(
         "--fail-on-regression", is_flag=True, help="Exit 1 when the baseline comparison finds a regression."
     ),
+    click.option(
+        "--history", type=click.Path(file_okay=False), help="Plot trends over the runs in this folder."
+    ),
+    click.option(
+        "--throughput-drop", type=float, default=0.2, show_default=True, help="Regression threshold."
+    ),
+    click.option("--p99-rise", type=float, default=0.5, show_default=True, help="Regression threshold."),
     click.option(
         "-j", "--jobs", "parallel", type=click.IntRange(1, 16), default=1, help="Scenarios run in parallel."
     ),
@@ -266,6 +271,9 @@ def run(
     junit: str | None,
     baseline: str | None,
     fail_on_regression: bool,
+    history: str | None,
+    throughput_drop: float,
+    p99_rise: float,
     parallel: int,
     toxiproxy: str | None,
 ) -> None:
@@ -277,7 +285,8 @@ def run(
         console.print(f"[red]invalid scenario input[/]\n{exc}")
         sys.exit(EXIT_INVALID)
     jobs = [Job(s, str(s.source or s.name), s.seed if seed is None else seed) for s in loaded]
-    sys.exit(_run_jobs(jobs, out, junit, baseline, fail_on_regression, parallel, toxiproxy))
+    opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
+    sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
 
 
 @click.command("replay")
@@ -291,6 +300,9 @@ def replay(
     junit: str | None,
     baseline: str | None,
     fail_on_regression: bool,
+    history: str | None,
+    throughput_drop: float,
+    p99_rise: float,
     parallel: int,
     toxiproxy: str | None,
 ) -> None:
@@ -310,17 +322,30 @@ def replay(
     if not jobs:
         console.print(f"[red]nothing to replay[/]: no scenario named {', '.join(only)} in {results_file}")
         sys.exit(EXIT_INVALID)
-    sys.exit(_run_jobs(jobs, out, junit, baseline, fail_on_regression, parallel, toxiproxy))
+    opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
+    sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
+
+
+def _report_options(
+    junit: str | None,
+    baseline: str | None,
+    history: str | None,
+    throughput_drop: float,
+    p99_rise: float,
+    fail_on_regression: bool,
+) -> ReportOptions:
+    """Checked before anything runs: a bad baseline or threshold is invalid input (exit 2)."""
+    try:
+        thresholds = Thresholds(throughput_drop=throughput_drop, p99_rise=p99_rise)
+        base = RunResults.load(_results_path(Path(baseline))) if baseline else None
+    except (ValueError, ResultsError) as exc:
+        console.print(f"[red]invalid input[/]: {exc}")
+        sys.exit(EXIT_INVALID)
+    return ReportOptions(junit, base, history, thresholds, fail_on_regression)
 
 
 def _run_jobs(
-    jobs: list[Job],
-    out: str | None,
-    junit: str | None,
-    baseline: str | None,
-    fail_on_regression: bool,
-    parallel: int,
-    toxiproxy: str | None,
+    jobs: list[Job], out: str | None, opts: ReportOptions, parallel: int, toxiproxy: str | None
 ) -> int:
     started = datetime.now(UTC)
     out_dir = _out_dir(out, started)
@@ -332,6 +357,6 @@ def _run_jobs(
     except KeyboardInterrupt:
         console.print("[red]interrupted: processes and segments cleaned up[/]")
         return EXIT_HARNESS
-    code = _finish(results_list, started, out_dir, junit, baseline, fail_on_regression)
+    code = _finish(results_list, started, out_dir, opts)
     console.print(f"{len(jobs)} scenario(s) in {time.monotonic() - t0:.0f}s; command: {shlex.join(sys.argv)}")
     return code
