@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chaos.proxy.cli import proxy as proxy_command
 from chaos.report.cli import report as report_command
 from chaos.scenario.cli import validate as validate_command
 
@@ -14,6 +15,7 @@ def cli() -> None:
     """Chaos harness for the slot transport."""
 
 
+cli.add_command(proxy_command)
 cli.add_command(report_command)
 cli.add_command(validate_command)
 

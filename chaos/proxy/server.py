@@ -1,0 +1,122 @@
+"""Run the embedded Toxiproxy-compatible server: in-process on a background thread, or standalone.
+
+The in-process server owns its own event loop on a daemon thread, so the harness (sync or async,
+with or without ucxx on its own loop) drives it over HTTP exactly as it would drive an external
+toxiproxy-server. Start and stop are bounded; a stuck loop is abandoned, never waited on forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from aiohttp import web
+
+from chaos.proxy.api import create_app
+from chaos.proxy.collection import ProxyCollection
+
+SHUTDOWN_TIMEOUT = 1.0
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def start_api(host: str, port: int, seed: int | None) -> tuple[web.AppRunner, ProxyCollection, str]:
+    """Start the HTTP API on (host, port); port 0 picks a free one. Returns the runner and URL."""
+    collection = ProxyCollection(seed)
+    runner = web.AppRunner(
+        create_app(collection), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = int(runner.addresses[0][1])
+    return runner, collection, _url(host, bound_port)
+
+
+async def serve(
+    host: str, port: int, seed: int | None, stop: asyncio.Event, on_ready: Callable[[str, int], None]
+) -> None:
+    """Serve until `stop` is set; `on_ready(url, seed)` is called once listening."""
+    runner, collection, url = await start_api(host, port, seed)
+    try:
+        on_ready(url, collection.seed)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+class EmbeddedProxyServer:
+    """A Toxiproxy-compatible server on a background thread: `with EmbeddedProxyServer() as s: s.url`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.seed = seed
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    def start(self, timeout: float = 10.0) -> EmbeddedProxyServer:
+        if self._loop is not None:
+            raise RuntimeError("server already started")
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="toxiproxy-embedded", daemon=True)
+        self._thread.start()
+        try:
+            future = asyncio.run_coroutine_threadsafe(start_api(self.host, self.port, self.seed), loop)
+            self._runner, collection, self.url = future.result(timeout)
+        except BaseException:
+            self._shutdown(timeout)
+            raise
+        self.seed = collection.seed
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the API and every proxy (closing their connections), then the loop; bounded by `timeout`."""
+        if self._loop is None:
+            return
+        if self._runner is not None:
+            future = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            with contextlib.suppress(Exception):
+                future.result(timeout)
+            self._runner = None
+        self._shutdown(timeout)
+
+    def _shutdown(self, timeout: float) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+
+        async def cancel_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+        if not thread.is_alive():
+            loop.close()
+
+    def __enter__(self) -> EmbeddedProxyServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
