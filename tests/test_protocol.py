@@ -516,7 +516,7 @@ def test_ring_refusals(setup: str, code: p.Status, error: type[Exception]) -> No
     with pytest.raises(error):
         client.on_status(wire[0])
     assert client.state is p.ClientState.FAILED and isinstance(client.error, error)
-    assert client.error.retryable is (setup != "stale")
+    assert client.error.retryable is (setup == "busy")  # STALE and NOT_READY (consumed) are final
 
 
 def test_unauthorized_gets_a_status_then_close() -> None:
@@ -986,3 +986,16 @@ def test_client_on_error_keeps_transport_errors() -> None:
     assert client.on_error(lost) is lost and client.error is lost
     with pytest.raises(ProtocolError):
         client.on_error(lost)  # FAILED is final
+
+
+@pytest.mark.parametrize(("history", "expected"), [(77, "COMMITTED"), (78, "NOT_COMMITTED"), (0, "UNKNOWN")])
+def test_resolve_of_a_rewritten_slot_reads_the_ring_history(history: int, expected: str) -> None:
+    """The slot moved on two generations and this server process never saw it (a restart): only the
+    ring's commit history can answer, and without it the answer is UNKNOWN, never a guess."""
+    secret = b"s" * 16
+    srv = p.ServerRead(secret, p.CommitLog(), slots=4)
+    action = srv.on_request(p.encode(p.resolve(1, 5, 77, secret)))
+    assert isinstance(action, p.Fence)
+    reply = srv.on_fenced(7, SlotState.READY, last_commit_token=0, committed_token=history)
+    assert isinstance(reply, p.SendFrame)
+    assert p.decode(reply.data).code == p.Resolution[expected]

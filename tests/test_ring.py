@@ -678,3 +678,26 @@ def test_threads_sharing_one_instance(make_ring: Callable[..., SharedRing]) -> N
         t.join(WAIT)
     assert not errors
     assert sorted(committed) == sorted((w.slot, w.generation) for w in written)
+
+
+def test_commit_history_answers_for_rewritten_generations() -> None:
+    """RESOLVE after a slot was rewritten (and after a server restart) reads the ring's history."""
+    from transport.ring import COMMIT_HISTORY
+
+    with SharedRing.create(1, 64) as ring:
+        tokens = {}
+        for i in range(COMMIT_HISTORY + 2):
+            w = ring.write(bytes([i]))
+            token = 1000 + i
+            assert ring.begin_read(0, w.generation, token, 30.0)[0] == ReadCode.OK
+            assert ring.commit_read(0, w.generation, token)
+            tokens[w.generation] = token
+        last = max(tokens)
+        assert ring.info(0).last_commit_token == tokens[last]
+        for generation, token in tokens.items():
+            expected = token if generation > last - COMMIT_HISTORY else 0
+            assert ring.committed_token(0, generation) == expected
+        w = ring.write(b"released, never committed")
+        assert ring.begin_read(0, w.generation, 7, 30.0)[0] == ReadCode.OK
+        assert ring.release_read(0, w.generation, 7)
+        assert ring.committed_token(0, w.generation) == 0

@@ -49,7 +49,8 @@ Driving the machines (every await bounded by the caller's timeouts)::
                 case Fence():       ring.release_read(a.slot, a.generation, a.token)
                                     info = ring.info(a.slot)                 # no await in between
                                     action = srv.on_fenced(info.generation, info.state,
-                                                           info.last_commit_token)
+                                                           info.last_commit_token,
+                                                           ring.committed_token(a.slot, a.generation))
         except Exception as exc:              # reset, timeout, cancel
             action = srv.on_error(repr(exc))  # Finalise("release") if a slot is held, else Close
     # Done: wait for the next request on this endpoint. Close: close it.
@@ -710,11 +711,14 @@ class ServerRead:
             reply = committed(self.slot, self.generation, self.token, Status.ERROR, "commit refused")
         return self._reply(reply, _DONE)
 
-    def on_fenced(self, generation: int, state: int, last_commit_token: int = 0) -> ServerAction:
+    def on_fenced(
+        self, generation: int, state: int, last_commit_token: int = 0, committed_token: int = 0
+    ) -> ServerAction:
         """The slot's ring info read right after the fencing release (generation, SlotState value,
-        the token of the last commit of that generation or 0 if the ring does not know)."""
+        the token of the last commit of that generation or 0 if the ring does not know), and the
+        ring's commit history for the requested generation (`ring.committed_token`, 0 = unknown)."""
         self._expect(ServerState.FENCE)
-        self.resolution = self._resolution(generation, int(state), last_commit_token)
+        self.resolution = self._resolution(generation, int(state), last_commit_token, committed_token)
         return self._reply(resolved(self.resolution, self.slot, self.generation, self.token), _DONE)
 
     def on_error(self, reason: str) -> ServerAction:
@@ -769,10 +773,15 @@ class ServerRead:
             self.state = ServerState.DONE
         return action
 
-    def _resolution(self, ring_generation: int, ring_state: int, last_commit_token: int) -> Resolution:
+    def _resolution(
+        self, ring_generation: int, ring_state: int, last_commit_token: int, committed_token: int = 0
+    ) -> Resolution:
         """Ring first (it survives a server restart), commit log second; see CommitLog for soundness.
-        The token was fenced just before, so it cannot commit from now on."""
+        The token was fenced just before, so it cannot commit from now on. A generation's committing
+        token never changes once written, so the ring's history answers for rewritten slots too."""
         slot, generation, token = self.slot, self.generation, self.token
+        if committed_token:
+            return Resolution.COMMITTED if committed_token == token else Resolution.NOT_COMMITTED
         if ring_state in (_RING_READY, _RING_READING):
             self.log.observe(slot, ring_generation)
         if generation > ring_generation:

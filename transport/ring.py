@@ -56,7 +56,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"SLOTRING"
-LAYOUT_VERSION = 2  # 2: per-slot last_commit_token
+LAYOUT_VERSION = 3  # 2: per-slot last_commit_token; 3: per-slot commit history
+# Each slot remembers the tokens that committed its last COMMIT_HISTORY generations, in shared memory,
+# so RESOLVE can answer for a read whose slot was rewritten since, even from a restarted server.
+COMMIT_HISTORY = 16
+HISTORY_DTYPE = np.dtype([("generation", "<u8"), ("token", "<u8")])
 SHM_DIR = "/dev/shm"
 HEADER_SIZE = 256
 SLOT_ALIGN = 64
@@ -193,7 +197,8 @@ def _round_up(n: int, align: int) -> int:
 def _geometry(slots: int, slot_bytes: int) -> tuple[int, int, int, int]:
     """(meta_offset, payload_offset, slot_stride, total_size): derived, so attach can recheck them."""
     meta_offset = HEADER_SIZE
-    payload_offset = _round_up(meta_offset + slots * META_DTYPE.itemsize, PAYLOAD_ALIGN)
+    history_end = meta_offset + slots * (META_DTYPE.itemsize + COMMIT_HISTORY * HISTORY_DTYPE.itemsize)
+    payload_offset = _round_up(history_end, PAYLOAD_ALIGN)
     stride = _round_up(max(slot_bytes, 1), SLOT_ALIGN)
     return meta_offset, payload_offset, stride, payload_offset + slots * stride
 
@@ -295,6 +300,14 @@ class SharedRing:
         self._lease: Any = meta["lease_deadline"]
         self._seq: Any = meta["seq"]
         self._last_commit: Any = meta["last_commit_token"]
+        history: Any = np.ndarray(
+            (self.slots, COMMIT_HISTORY),
+            dtype=HISTORY_DTYPE,
+            buffer=self._mm,
+            offset=int(hdr["meta_offset"]) + self.slots * META_DTYPE.itemsize,
+        )
+        self._hist_gen: Any = history["generation"]
+        self._hist_token: Any = history["token"]
         self._payload: Any = np.ndarray(
             (self._size - self._payload_offset,), dtype=np.uint8, buffer=self._mm, offset=self._payload_offset
         )
@@ -621,6 +634,8 @@ class SharedRing:
                 self._state[slot] = to
                 if to == _FREE:
                     self._last_commit[slot] = token
+                    self._hist_gen[slot, generation % COMMIT_HISTORY] = generation
+                    self._hist_token[slot, generation % COMMIT_HISTORY] = token
                 self._token[slot] = 0
                 self._owner_pid[slot] = 0
                 self._lease[slot] = 0.0
@@ -671,6 +686,19 @@ class SharedRing:
         self._enter(slot)
         try:
             return self._info(slot)
+        finally:
+            self._exit(slot)
+
+    def committed_token(self, slot: int, generation: int) -> int:
+        """The token that committed (slot, generation), or 0 if not known: never committed, or older
+        than the slot's last COMMIT_HISTORY generations."""
+        self._check(slot)
+        i = generation % COMMIT_HISTORY
+        self._enter(slot)
+        try:
+            if int(self._hist_gen[slot, i]) == generation:
+                return int(self._hist_token[slot, i])
+            return 0
         finally:
             self._exit(slot)
 

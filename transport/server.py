@@ -226,7 +226,12 @@ class SlotServer:
             case proto.Fence(slot=slot, generation=generation, token=token):
                 ring.release_read(slot, generation, token)
                 info = ring.info(slot)
-                next_action = srv.on_fenced(info.generation, int(info.state), info.last_commit_token)
+                next_action = srv.on_fenced(
+                    info.generation,
+                    int(info.state),
+                    info.last_commit_token,
+                    ring.committed_token(slot, generation),
+                )
                 self.stats["resolved"] += 1
                 assert srv.resolution is not None
                 self.events.emit(
