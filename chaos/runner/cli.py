@@ -30,7 +30,12 @@ from chaos.scenario.model import Scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HARNESS = 0, 1, 2, 3
 SPAWN = mp.get_context("spawn")
-console = Console(stderr=True)
+# Soft wrap: a reproduce command must stay on one line to be copy-pasted from a CI log.
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _stdout_console() -> Console:
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 @dataclass(frozen=True)
@@ -207,7 +212,7 @@ def _finish(results_list: list[ScenarioResult], started: datetime, out_dir: Path
         lines = paths.regressions.lines() or [f"no regression against {paths.regressions.baseline_run_id}"]
         for line in lines:
             console.print(line)
-    Console().print(_summary_table(results))
+    _stdout_console().print(_summary_table(results))
     for s in results.scenarios:
         if s.status != "passed":
             reason = "; ".join((s.verdict or {}).get("failures", [])) or (s.error or "")
