@@ -216,3 +216,36 @@ def test_idle_server_and_stop_are_bounded() -> None:
         started = time.monotonic()
         p.close()
         assert time.monotonic() - started < 6.0
+
+
+def test_idle_eviction_and_max_age_replace_pooled_endpoints() -> None:
+    with Producer(slots=4, slot_bytes=1024, ports=1, idle_evict=0.5) as p:
+        evicted = Consumer(read_timeout=2.0, max_age=30.0, quarantine=30.0)
+        aged = Consumer(read_timeout=2.0, max_age=0.3, quarantine=30.0)
+        try:
+            for c in (evicted, aged):
+                assert bytes(c.get(p.put(b"first"))) == b"first"
+            time.sleep(1.2)  # past the server's idle eviction and the second client's max age
+            for c in (evicted, aged):
+                assert bytes(c.get(p.put(b"second"))) == b"second"
+                assert c.client.stats.connects == 2, "the stale pooled endpoint was replaced"
+                assert c.client.stats.quarantines == 0, "replacing it is not a port failure"
+        finally:
+            evicted.close()
+            aged.close()
+
+
+def test_data_packer_mixin_fetches_batches(producer: Producer, consumer: Consumer) -> None:
+    from transport import DataPackerMixin
+
+    class Packer(DataPackerMixin):
+        def __init__(self) -> None:
+            self.slot_client = consumer.client
+
+    from transport.facade import _LoopThread
+
+    descs = [producer.put(bytes([i]) * 64) for i in range(5)]
+    packer = Packer()
+    batch = _LoopThread.get().run(packer.fetch_slots(descs), 30)
+    assert batch.ok and [bytes(x) for x in batch.delivered()] == [bytes([i]) * 64 for i in range(5)]
+    assert packer.last_fetch_seconds > 0 and len(batch.seconds) == 5
