@@ -6,6 +6,8 @@ import click
 
 from chaos.proxy.cli import proxy as proxy_command
 from chaos.report.cli import report as report_command
+from chaos.runner.cli import replay as replay_command
+from chaos.runner.cli import run as run_command
 from chaos.scenario.cli import validate as validate_command
 
 
@@ -16,7 +18,9 @@ def cli() -> None:
 
 
 cli.add_command(proxy_command)
+cli.add_command(replay_command)
 cli.add_command(report_command)
+cli.add_command(run_command)
 cli.add_command(validate_command)
 
 
