@@ -61,10 +61,20 @@ def _progress_line(p: Progress) -> str:
     )
 
 
+PLAIN_PROGRESS_EVERY_S = 5.0  # a CI log gets a progress line this often (no live status there)
+
+
 def _run_job(job: Job, run_dir: Path, toxiproxy: str | None, live: Any | None) -> Outcome:
+    last = {"t": 0.0, "phase": ""}
+
     def progress(p: Progress) -> None:
-        if live is not None:
+        if live is None:
+            return
+        if console.is_terminal:
             live.update(_progress_line(p))
+        elif p.phase != last["phase"] or time.monotonic() - last["t"] >= PLAIN_PROGRESS_EVERY_S:
+            last.update(t=time.monotonic(), phase=p.phase)
+            console.print(_progress_line(p), markup=True)
 
     return run_scenario(job.scenario.with_seed(job.seed), run_dir, toxiproxy_url=toxiproxy, progress=progress)
 
