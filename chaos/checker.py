@@ -30,6 +30,21 @@ Classification of every key `"slot:generation"`, first rule that matches wins:
 
 Counts are distinct keys, except `retries` and `failed` (events). `unexpected` has its own
 expectation (default 0): delivering a payload nobody published is the ABA bug.
+
+Server-side invariants, from the server's own events (each fails the run like a duplicate does):
+- wrong_generation: a `served` event whose ring generation (its key) differs from the generation the
+  request named (`requested`, commit protocol only). The ring must answer STALE instead; the client's
+  descriptor check may still refuse the payload, so this is the first place the ABA bug shows.
+  Counted per requested key.
+- fencing: a `committed` event whose token is not the token of the latest `served` event of that
+  key. A read whose slot was reclaimed or fenced and then served to another reader no longer holds
+  it, so its late commit must be a no-op; the server committing it means the token check is gone.
+  Counted per key.
+- ring_audit: the runner's end-of-run `ring_audit` event; `ready_count()` must equal the number of
+  READY slots in the snapshot taken with it (the ring is quiescent then).
+
+`faults_quarantined` (default none) asks that every port on which a listed fault fired was
+quarantined by a client at least once: a port that just failed a read must leave the rotation.
 """
 
 from __future__ import annotations
@@ -44,7 +59,16 @@ from typing import Any, Literal
 Event = Mapping[str, Any]
 FaultsFired = Literal["all", "none"] | Sequence[int]
 
-ANOMALY_KINDS = ("lost", "duplicated", "corrupted", "unexpected", "in_doubt", "delivered_to_dead_consumer")
+ANOMALY_KINDS = (
+    "lost",
+    "duplicated",
+    "corrupted",
+    "unexpected",
+    "in_doubt",
+    "delivered_to_dead_consumer",
+    "wrong_generation",
+    "fencing",
+)
 COUNT_KEYS = (
     "published",
     "delivered",
@@ -56,6 +80,8 @@ COUNT_KEYS = (
     "stale_rejected",
     "in_doubt",
     "delivered_to_dead_consumer",
+    "wrong_generation",
+    "fencing",
     "retries",
     "failed",
 )
@@ -85,7 +111,8 @@ class Expectations:
     """Maximum allowed anomaly counts and performance floors/ceilings (None = not checked).
 
     `faults_fired`: "all" = every configured fault must fire (on every port it lists), a list = those
-    fault indexes must, "none" = no firing is required.
+    fault indexes must, "none" = no firing is required. `faults_quarantined`: same values; every port
+    on which such a fault fired must have been quarantined by a client at least once.
     """
 
     lost: int = 0
@@ -93,7 +120,10 @@ class Expectations:
     corrupted: int = 0
     in_doubt: int = 0
     unexpected: int = 0
+    wrong_generation: int = 0
+    fencing: int = 0
     faults_fired: FaultsFired = "all"
+    faults_quarantined: FaultsFired = "none"
     min_throughput: float | None = None
     max_recovery_s: float | None = None
     max_p99_latency_s: float | None = None
@@ -119,14 +149,15 @@ class CheckSpec:
         indexes = [f.index for f in self.faults]
         if len(set(indexes)) != len(indexes):
             raise ValueError(f"fault indexes are not unique: {indexes}")
-        ff = self.expect.faults_fired
-        if isinstance(ff, str):
-            if ff not in ("all", "none"):
-                raise ValueError(f"faults_fired must be 'all', 'none' or a list of indexes, got {ff!r}")
-        else:
-            unknown = sorted(set(ff) - set(indexes))
-            if unknown:
-                raise ValueError(f"faults_fired names faults {unknown} that are not configured")
+        for name in ("faults_fired", "faults_quarantined"):
+            ff = getattr(self.expect, name)
+            if isinstance(ff, str):
+                if ff not in ("all", "none"):
+                    raise ValueError(f"{name} must be 'all', 'none' or a list of indexes, got {ff!r}")
+            else:
+                unknown = sorted(set(ff) - set(indexes))
+                if unknown:
+                    raise ValueError(f"{name} names faults {unknown} that are not configured")
         if self.port_numbers and len(self.port_numbers) != self.ports:
             raise ValueError(f"port_numbers has {len(self.port_numbers)} entries for {self.ports} ports")
 
@@ -253,6 +284,10 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
     latencies: list[float] = []
     fault_events: dict[int, list[tuple[float, int | None, str]]] = defaultdict(list)
     per_port: dict[int, Counter[str]] = {p: Counter() for p in range(spec.ports)}
+    holder: dict[str, Any] = {}  # key -> token of its latest `served` event
+    wrong_generation: dict[str, list[Event]] = {}  # requested key -> its wrong `served` events
+    fencing: dict[str, list[tuple[Event, Any]]] = {}  # key -> [(commit, holder token)] by a non-holder
+    audit: Event | None = None
     retries = failed = 0
     end_t = t0
 
@@ -283,6 +318,16 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
                 failed_reasons[key].add(str(e.get("reason")))
         elif kind == "committed" and key:
             first_commit.setdefault(key, t)
+            if key in holder and e.get("token") != holder[key]:
+                fencing.setdefault(key, []).append((e, holder[key]))
+        elif kind == "served" and key:
+            holder[key] = e.get("token")
+            requested = e.get("requested")
+            slot, gen = _split_key(key)
+            if e.get("protocol", "commit") == "commit" and isinstance(requested, int) and requested != gen:
+                wrong_generation.setdefault(f"{slot}:{requested}", []).append(e)
+        elif kind == "ring_audit":
+            audit = e
         elif kind == "retry":
             retries += 1
             port = port_of(e.get("port"))
@@ -343,6 +388,19 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
                 notes[("lost", key)] = "failed: " + ", ".join(sorted(reasons))
             else:
                 notes[("lost", key)] = "never delivered"
+    for key, served in wrong_generation.items():
+        anomaly_keys["wrong_generation"].append(key)
+        gens = ", ".join(sorted({str(s["key"]) for s in served}))
+        notes[("wrong_generation", key)] = f"requested {key}, the ring served {gens}"
+        by_key[key] = sorted([*by_key[key], *served], key=lambda e: float(e.get("t", 0.0)))
+        first_seen.setdefault(key, first_seen[str(served[0]["key"])])
+    for key, stolen in fencing.items():
+        anomaly_keys["fencing"].append(key)
+        commit, held_by = stolen[0]
+        notes[("fencing", key)] = (
+            f"committed for token {commit.get('token')} while token {held_by} held the slot"
+            + (f" (+{len(stolen) - 1} more)" if len(stolen) > 1 else "")
+        )
     for keys in anomaly_keys.values():
         keys.sort(key=first_seen.__getitem__)
 
@@ -357,6 +415,8 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
         "stale_rejected": stale_rejected,
         "in_doubt": len(anomaly_keys["in_doubt"]),
         "delivered_to_dead_consumer": len(anomaly_keys["delivered_to_dead_consumer"]),
+        "wrong_generation": len(anomaly_keys["wrong_generation"]),
+        "fencing": len(anomaly_keys["fencing"]),
         "retries": retries,
         "failed": failed,
     }
@@ -465,17 +525,16 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
     # -- expectations ----------------------------------------------------------------------------
     ex = spec.expect
     failures: list[str] = []
-    for name in ("lost", "duplicated", "corrupted", "unexpected", "in_doubt"):
+    for name in ("lost", "duplicated", "corrupted", "unexpected", "in_doubt", "wrong_generation", "fencing"):
         limit = getattr(ex, name)
         if counts[name] > limit:
             failures.append(f"{name}: {counts[name]} > {limit} ({_name_keys(anomaly_keys[name])})")
-    required = (
-        [f.index for f in spec.faults]
-        if ex.faults_fired == "all"
-        else []
-        if ex.faults_fired == "none"
-        else list(ex.faults_fired)
-    )
+    if audit is not None and audit.get("ready_count") != audit.get("ready"):
+        failures.append(
+            f"ring_audit: ready_count() says {audit.get('ready_count')} but {audit.get('ready')} of "
+            f"{audit.get('slots')} slots are READY"
+        )
+    required = _required(ex.faults_fired, spec.faults)
     cov_by_index = {c["index"]: c for c in coverage}
     for index in required:
         c = cov_by_index[index]
@@ -496,6 +555,15 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
             elif r["recovery_s"] is not None and r["recovery_s"] > ex.max_recovery_s:
                 took, limit = r["recovery_s"], ex.max_recovery_s
                 failures.append(f"recovery: fault {r['fault']} ({r['kind']}) {took:.2f}s > {limit:g}s")
+    quarantined = _required(ex.faults_quarantined, spec.faults)
+    for index in quarantined:
+        c = cov_by_index[index]
+        for port, fires in c["fired_ports"].items():
+            if per_port.get(port, Counter())["quarantines"] == 0:
+                failures.append(
+                    f"faults_quarantined: fault {index} ({c['kind']}) fired {fires} times on port {port}, "
+                    "which was never quarantined"
+                )
     p99 = latency["p99"]
     if ex.max_p99_latency_s is not None and p99 is not None and p99 > ex.max_p99_latency_s:
         failures.append(f"p99 latency: {p99:.3f}s > {ex.max_p99_latency_s:g}s")
@@ -517,6 +585,15 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
         t0=t0,
         end_s=span,
     )
+
+
+def _required(which: FaultsFired, faults: Sequence[FaultRef]) -> list[int]:
+    """Fault indexes an `all` / `none` / list-of-indexes expectation names."""
+    if which == "all":
+        return [f.index for f in faults]
+    if which == "none":
+        return []
+    return list(which)
 
 
 def _first_at_or_after(sorted_times: Sequence[float], t: float) -> float | None:

@@ -261,6 +261,92 @@ def test_faults_fired_modes() -> None:
         spec(faults=faults, faults_fired="some")
 
 
+def test_faults_quarantined() -> None:
+    faults = [FaultRef(0, "truncate", ports=(0, 1)), FaultRef(1, "evict")]
+    h = ok_history().fault(0.1, 0, "truncate", port=0).fault(0.2, 0, "truncate", port=1)
+    h.fault(0.3, 1, "evict", port=0).fault(0.3, 1, "evict", port=1)
+    h.add(0.15, "consumer-0", "quarantine", port=0, reason="TruncatedError", seconds=2)
+    assert check(h.events, spec(faults=faults)).passed  # default: not checked
+    v = check(h.events, spec(faults=faults, faults_quarantined="all"))
+    assert v.failures == [
+        "faults_quarantined: fault 0 (truncate) fired 1 times on port 1, which was never quarantined",
+        "faults_quarantined: fault 1 (evict) fired 1 times on port 1, which was never quarantined",
+    ]
+    assert check(h.events, spec(faults=faults, faults_quarantined=[1])).failures == v.failures[1:]
+    h.add(0.25, "consumer-1", "quarantine", port=1, reason="ProtocolError", seconds=2)
+    assert check(h.events, spec(faults=faults, faults_quarantined="all")).passed
+    with pytest.raises(ValueError, match="faults_quarantined names faults"):
+        spec(faults=faults, faults_quarantined=[2])
+
+
+# -- server-side invariants ----------------------------------------------------------------------------
+
+
+def _served(
+    h: H, t: float, key: str, token: int, requested: int | None = None, protocol: str = "commit"
+) -> H:
+    gen = int(key.split(":")[1])
+    fields = {"requested": gen if requested is None else requested}
+    return h.add(t, "server", "served", key=key, port=0, token=token, protocol=protocol, **fields)
+
+
+def test_served_generation_must_be_the_requested_one() -> None:
+    h = ok_history()
+    _served(h, 0.01, "0:1", token=5)  # as asked
+    _served(h, 0.5, "1:3", token=6, requested=2)  # the ring served a newer payload: ABA
+    h.publish(0.4, "1:2").fail(0.55, "1:2", "protocol")
+    v = check(h.events, spec(lost=1))
+    assert v.counts["wrong_generation"] == 1
+    assert v.failures == ["wrong_generation: 1 > 0 (slots 1:2)"]
+    (a,) = v.anomalies["wrong_generation"]
+    assert (a["key"], a["note"]) == ("1:2", "requested 1:2, the ring served 1:3")
+    assert [e["type"] for e in a["events"]] == ["published", "served", "failed"]
+    # single-chunk requests name no generation: nothing to compare
+    legacy = _served(ok_history(), 0.5, "1:3", token=0, requested=0, protocol="single-chunk")
+    assert check(legacy.events, spec()).passed
+    # events written before the server recorded `requested` are not judged
+    old = ok_history().add(0.5, "server", "served", key="1:3", port=0, token=1, protocol="commit")
+    assert check(old.events, spec()).passed
+
+
+def test_commit_by_a_token_that_no_longer_holds_the_slot_fails_fencing() -> None:
+    h = H().publish(0.0, "0:1")
+    _served(h, 0.1, "0:1", token=10)  # stalled past its lease: reclaimed, then
+    _served(h, 0.5, "0:1", token=20)  # served to the racing consumer
+    h.add(1.1, "server", "committed", key="0:1", port=0, token=10)  # the stalled reader's commit wins
+    h.add(1.2, "server", "late_finalise", key="0:1", port=1, token=20)
+    h.deliver(1.15, "0:1")
+    v = check(h.events, spec())
+    assert v.counts["fencing"] == 1
+    assert v.failures == ["fencing: 1 > 0 (slots 0:1)"]
+    assert v.anomalies["fencing"][0]["note"] == "committed for token 10 while token 20 held the slot"
+
+
+def test_fencing_accepts_the_holders_commit_and_legacy_reads() -> None:
+    h = H().publish(0.0, "0:1").publish(0.0, "1:1")
+    _served(h, 0.1, "0:1", token=10)
+    _served(h, 0.5, "0:1", token=20)
+    h.add(1.1, "server", "late_finalise", key="0:1", port=0, token=10)  # refused: fenced
+    h.add(1.2, "server", "committed", key="0:1", port=1, token=20)
+    h.deliver(1.25, "0:1")
+    _served(h, 0.2, "1:1", token=0, protocol="single-chunk", requested=0)
+    _served(h, 0.3, "1:1", token=0, protocol="single-chunk", requested=0)  # served again while READING
+    h.add(0.4, "server", "committed", key="1:1", port=0, token=0).deliver(0.45, "1:1")
+    h.add(0.6, "server", "committed", key="2:1", port=0, token=7)  # no `served` seen: not judged
+    v = check(h.events, spec())
+    assert v.counts["fencing"] == 0 and v.passed, v.failures
+
+
+def test_ring_audit() -> None:
+    audit = {"slots": 4, "free": 4, "writing": 0, "ready": 0, "reading": 0}
+    good = ok_history().add(1.0, "runner", "ring_audit", ready_count=0, **audit)
+    assert check(good.events, spec()).passed
+    bad = ok_history().add(1.0, "runner", "ring_audit", ready_count=1204, **audit)
+    v = check(bad.events, spec())
+    assert v.failures == ["ring_audit: ready_count() says 1204 but 0 of 4 slots are READY"]
+    assert check(ok_history().events, spec()).passed  # no audit (an older history): nothing to judge
+
+
 def test_real_port_numbers_map_to_indexes() -> None:
     s = CheckSpec(duration_s=10, ports=2, port_numbers=(13000, 13001))
     h = ok_history().add(0.3, "consumer-0", "quarantine", port=13001, reason="reset", seconds=5)

@@ -172,7 +172,22 @@ def test_minimal_scenario_gets_documented_defaults() -> None:
     assert scenario.protocol == "commit"
     assert scenario.ring.policy == "block"
     assert scenario.expect.faults_fired == "all"
+    assert scenario.expect.faults_quarantined == "none"
+    assert scenario.server.lease is None  # the runner's default lease
     assert scenario.faults == []
+
+
+def test_server_lease_and_faults_quarantined() -> None:
+    scenario = parse_scenario(
+        MINIMAL
+        + "server: {lease: 250ms}\n"
+        + "faults:\n  - {kind: truncate}\n  - {kind: evict}\n"
+        + "expect: {faults_quarantined: [0]}\n"
+    )
+    assert scenario.server.lease == 0.25
+    assert scenario.expect.faults_quarantined == [0]
+    assert Scenario.from_dict(scenario.to_dict()) == scenario
+    assert parse_scenario(MINIMAL + "expect: {faults_quarantined: all}\n").expect.faults_quarantined == "all"
 
 
 def test_values_are_normalised() -> None:
@@ -348,6 +363,14 @@ HEAD = "name: bad\nduration: 10s\nserver: {ports: 2}\n"  # lines 1-3
             "expect.faults_fired[1]",
             "no fault 3",
         ),
+        (
+            "faults:\n  - {kind: evict}\nexpect:\n  faults_quarantined: [1]\n",
+            7,
+            "expect.faults_quarantined[0]",
+            "no fault 1",
+        ),
+        ("expect: {faults_quarantined: some}\n", 4, "expect.faults_quarantined", "all, none or a list"),
+        ("server: {lease: 0s}\n", 4, "server.lease", "greater than 0"),
         ("expect: {lost: -1}\n", 4, "expect.lost", "greater than or equal to 0"),
         # duplicate keys (PyYAML alone would keep the last one silently)
         ("ring: {slots: 4}\nring: {slots: 8}\n", 5, "ring", "duplicate key (first given on line 4)"),

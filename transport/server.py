@@ -201,7 +201,16 @@ class SlotServer:
                 if code == ReadCode.OK:
                     self.stats["served"] += 1
                     key = f"{slot}:{info.generation}"
-                    self.events.emit("served", key=key, port=index, token=token, protocol=self.protocol)
+                    # `requested`: the generation the request named (0 in single-chunk), so the
+                    # history shows a read served a generation other than the one asked for.
+                    self.events.emit(
+                        "served",
+                        key=key,
+                        port=index,
+                        token=token,
+                        protocol=self.protocol,
+                        requested=generation,
+                    )
                 return srv.on_begin_read(int(code), info.generation, info.nbytes, info.checksum)
             case proto.SendFrame(data=data, frame=frame):
                 if frame.code == proto.Status.UNAUTHORIZED and frame.type == proto.MsgType.STATUS:

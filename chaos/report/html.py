@@ -31,13 +31,17 @@ COUNTER_ORDER = (
     "in_doubt",
     "unexpected",
     "delivered_to_dead_consumer",
+    "wrong_generation",
+    "fencing",
     "dropped",
     "stale_rejected",
     "retries",
     "failed",
 )
 COUNTER_LABELS = {"failed": "failed reads", "retries": "retried reads"}
-BAD_COUNTERS = frozenset({"lost", "duplicated", "corrupted", "in_doubt", "unexpected"})
+BAD_COUNTERS = frozenset(
+    {"lost", "duplicated", "corrupted", "in_doubt", "unexpected", "wrong_generation", "fencing"}
+)
 
 
 @dataclass(frozen=True)

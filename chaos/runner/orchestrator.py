@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,9 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
             corrupted=e.corrupted,
             in_doubt=e.in_doubt,
             faults_fired=e.faults_fired if isinstance(e.faults_fired, str) else tuple(e.faults_fired),
+            faults_quarantined=(
+                e.faults_quarantined if isinstance(e.faults_quarantined, str) else tuple(e.faults_quarantined)
+            ),
             min_throughput=e.min_throughput,
             max_recovery_s=e.max_recovery,
             max_p99_latency_s=e.max_p99_latency,
@@ -430,7 +434,7 @@ class ScenarioRun:
             protocol=sc.protocol,
             idle_evict=sc.server.idle_evict,
             step_timeout=STEP_TIMEOUT_S,
-            lease=max(30.0, 3 * STEP_TIMEOUT_S),
+            lease=sc.server.lease if sc.server.lease is not None else max(30.0, 3 * STEP_TIMEOUT_S),
             events_path=str(self.run_dir / "events" / "server.jsonl"),
             link_wrapper="chaos.faults.transport:make_link_wrapper" if has_transport else None,
             link_wrapper_args={
@@ -561,6 +565,7 @@ class ScenarioRun:
         stop_consuming.set()
         for handle in consumers:
             handle.join(15.0)
+        events.emit("ring_audit", **ring_audit(ring))
         leftover = [info for info in ring.snapshot() if info.state in (SlotState.READING, SlotState.WRITING)]
         if leftover:
             self.notes.append(
@@ -571,6 +576,26 @@ class ScenarioRun:
     def _close_ring(self, ring: SharedRing) -> None:
         ring.close()
         ring.unlink()
+
+
+def ring_audit(ring: SharedRing, tries: int = 5) -> dict[str, int]:
+    """`ready_count()` next to a snapshot's count of slots per state, for the checker to compare.
+
+    Taken after the drain, when nothing writes or reads; a late reclaim can still turn READING into
+    READY, so the snapshot is retaken until `ready_count()` is the same before and after it.
+    """
+    for _ in range(tries):
+        before = ring.ready_count()
+        states = Counter(info.state for info in ring.snapshot())
+        after = ring.ready_count()
+        if before == after:
+            break
+        time.sleep(0.05)
+    return {
+        "ready_count": after,
+        "slots": ring.slots,
+        **{state.name.lower(): states[state] for state in SlotState},
+    }
 
 
 def _delayed_producer(cfg_and_start: tuple[ProducerConfig, float], channel: Any, stop: Any) -> None:

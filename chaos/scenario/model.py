@@ -29,8 +29,12 @@ Decisions where DESIGN.md is silent:
 - Toxic attributes are Toxiproxy's integers in Toxiproxy's units (ms; slicer `delay` in us, bandwidth
   `rate` in KB/s), checked per toxic type; `stream` defaults to `downstream`, `toxicity` to 1.
 - `expect` counts are upper bounds (0 = none allowed). `faults_fired` is `all` (default: every fault
-  fired at least once), `none`, or the list of fault indexes that must fire. `min_throughput` (rate),
-  `max_recovery` and `max_p99_latency` (durations) are optional.
+  fired at least once), `none`, or the list of fault indexes that must fire. `faults_quarantined`
+  takes the same values (default `none`): every port on which such a fault fired must have been
+  quarantined by a client at least once. `min_throughput` (rate), `max_recovery` and
+  `max_p99_latency` (durations) are optional.
+- `server.lease` (optional duration) is how long a read may hold its slot before the server's
+  reclaim hands it back; leave it unset (30 s) unless the scenario is about reads outliving it.
 - `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
 """
 
@@ -124,10 +128,15 @@ class Producer(_Model):
 
 
 class Server(_Model):
-    """`ports` is how many listener ports (indexes 0..ports-1); `idle_evict` in seconds."""
+    """`ports` is how many listener ports (indexes 0..ports-1); `idle_evict` in seconds.
+
+    `lease`: how long a read may hold its slot before the server's reclaim returns it to READY
+    (None: the runner's default, 30 s, longer than any fault holds a read).
+    """
 
     ports: int = Field(4, ge=1, le=64)
     idle_evict: PositiveDuration = 10.0
+    lease: PositiveDuration | None = None
 
 
 class Consumers(_Model):
@@ -426,6 +435,7 @@ class Expect(_Model):
     corrupted: int = Field(0, ge=0)
     in_doubt: int = Field(0, ge=0)
     faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
+    faults_quarantined: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
     min_throughput: Rate | None = None
     max_recovery: Duration | None = None
     max_p99_latency: PositiveDuration | None = None
@@ -475,12 +485,14 @@ class Scenario(_Model):
             )
         for i, fault in enumerate(self.faults):
             problems.extend((("faults", i, *loc), msg) for loc, msg in self._check_fault(fault))
-        if isinstance(self.expect.faults_fired, list):
-            for j, index in enumerate(self.expect.faults_fired):
-                if index >= len(self.faults):
-                    problems.append(
-                        (("expect", "faults_fired", j), f"no fault {index}: there are {len(self.faults)}")
-                    )
+        for field in ("faults_fired", "faults_quarantined"):
+            indexes = getattr(self.expect, field)
+            if isinstance(indexes, list):
+                for j, index in enumerate(indexes):
+                    if index >= len(self.faults):
+                        problems.append(
+                            (("expect", field, j), f"no fault {index}: there are {len(self.faults)}")
+                        )
         if problems:
             raise LocatedErrors(problems)
         return self
