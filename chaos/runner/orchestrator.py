@@ -345,19 +345,30 @@ class ScenarioRun:
         return out
 
     def dump_stacks(self) -> None:
-        """SIGUSR1 makes each child write its stacks into its log; the runner writes its own."""
+        """Write every process's stacks to `stacks/<proc>.txt` (and the runner's to `stacks/runner.txt`).
+
+        SIGUSR1 makes a child's faulthandler write its stacks to its log; what the log gained after
+        the signal is copied out, so the stacks sit apart from the rest of the log.
+        """
         stacks = self.run_dir / "stacks"
         stacks.mkdir(parents=True, exist_ok=True)
-        for name, pid in self._pids():
-            try:
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                continue
-            (stacks / f"{name}.txt").write_text(f"stacks of {name} (pid {pid}) are in logs/{name}.log\n")
         with open(stacks / "runner.txt", "w") as f:
             faulthandler.dump_traceback(file=f, all_threads=True)
-        time.sleep(0.5)
+        marks: dict[str, tuple[int, Path]] = {}
+        for name, pid in self._pids():
+            log = self.run_dir / "logs" / f"{name}.log"
+            marks[name] = (log.stat().st_size if log.exists() else 0, log)
+            try:
+                os.kill(pid, signal.SIGCONT)  # a paused process cannot run its handler
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                marks.pop(name)
+        time.sleep(1.0)
+        for name, (offset, log) in marks.items():
+            with open(log, "rb") as f:
+                f.seek(offset)
+                dumped = f.read()
+            (stacks / f"{name}.txt").write_bytes(dumped or b"(no stacks written within 1 s)\n")
 
     def _watchdog(self) -> None:
         assert self.scenario.deadline is not None
