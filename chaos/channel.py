@@ -188,6 +188,14 @@ class DescriptorQueue:
             entry.last_owner, entry.owner = entry.owner, None
         self._pending[:0] = sorted(entries, key=lambda e: e.id)
 
+    def nack(self, consumer: str, keys: Iterable[str]) -> int:
+        """The consumer gives these back unprocessed (its reads failed): redeliver them now rather
+        than after the visibility timeout (Redis: XCLAIM back to the group). Returns how many."""
+        keys = set(keys)
+        entries = [e for e in self._in_flight.values() if e.owner == consumer and e.key in keys]
+        self._return(entries)
+        return len(entries)
+
     def unclaim(self, ids: Iterable[int]) -> None:
         """Take back a handout that never reached its consumer (its pipe broke)."""
         entries = [self._in_flight[i] for i in ids if i in self._in_flight]
@@ -264,6 +272,9 @@ class ChannelClient:
 
     def ack(self, keys: Iterable[str]) -> int:
         return self._call("ack", list(keys))
+
+    def nack(self, keys: Iterable[str]) -> int:
+        return self._call("nack", list(keys))
 
     def close(self) -> None:
         self.conn.close()
@@ -404,6 +415,8 @@ class ChannelServer:
                 value: Any = self.queue.publish(request[1])
             elif op == "ack":
                 value = self.queue.ack(name, request[1])
+            elif op == "nack":
+                value = self.queue.nack(name, request[1])
             elif op == "claim":
                 _, n, timeout = request
                 self._waiters.append(_Waiter(conn, name, int(n), time.monotonic() + float(timeout)))

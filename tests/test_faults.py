@@ -756,3 +756,16 @@ async def test_ports_by_index_after_bind_ports_and_streams_keyed_by_index() -> N
         assert {e["port"] for e in events.of("fault")} == {1}
         patterns.append([n for p, n, _ in hit.sent if p == Phase.PAYLOAD])
     assert patterns[0] == patterns[1]
+
+
+def test_nack_redelivers_at_once_and_only_the_owners_entries() -> None:
+    clock = Clock()
+    queue = DescriptorQueue(clock=clock, visibility_timeout=30.0)
+    for slot in range(3):
+        queue.publish(desc(slot))
+    queue.claim("a", 3)
+    assert queue.nack("b", ["0:1"]) == 0  # not b's
+    assert queue.nack("a", ["0:1", "2:1"]) == 2
+    again = queue.claim("b", 10)  # no wait for the visibility timeout
+    assert [(d.key, d.delivery) for d in again] == [("0:1", 2), ("2:1", 2)]
+    assert queue.ack("a", ["1:1"]) == 1 and queue.ack("b", ["0:1", "2:1"]) == 2 and queue.empty()

@@ -165,6 +165,7 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
             descs = [SlotDescriptor.from_dict(raw) for raw in raws]
             batch = await consumer.get_many(descs)
             done: list[str] = []
+            retry: list[str] = []
             for i, desc in enumerate(descs):
                 payload = batch.payloads[i]
                 if payload is not None:
@@ -192,10 +193,12 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
                     reason=failure.reason,
                     error=str(failure.error)[:300],
                 )
-                if failure.reason in FINAL_REASONS:
-                    done.append(desc.key)  # final: reported; the rest is redelivered by the channel
+                # Final failures are reported and acked; the rest goes back for another attempt.
+                (done if failure.reason in FINAL_REASONS else retry).append(desc.key)
             try:
                 await loop.run_in_executor(None, channel.ack, done)
+                if retry:
+                    await loop.run_in_executor(None, channel.nack, retry)
             except ChannelClosedError:
                 break
     finally:
