@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from chaos.bench_cli import bench as bench_command
 from chaos.proxy.cli import proxy as proxy_command
 from chaos.report.cli import report as report_command
 from chaos.runner.cli import replay as replay_command
@@ -17,6 +18,7 @@ def cli() -> None:
     """Chaos harness for the slot transport."""
 
 
+cli.add_command(bench_command)
 cli.add_command(proxy_command)
 cli.add_command(replay_command)
 cli.add_command(report_command)

@@ -1,0 +1,105 @@
+"""`chaos bench`: raw ucxx vs the slot transport in one run (the same as `python -m transport.bench`).
+
+Exit codes: 0 every target met (or `--quick`), 1 a target missed, 2 invalid input, 3 harness error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from transport.bench import (
+    DEFAULT_MODES,
+    EXIT_HARNESS_ERROR,
+    RAW_MODES,
+    BenchConfig,
+    BenchError,
+    parse_modes,
+    parse_sizes,
+    run_and_report,
+)
+from transport.ucx import PROGRESS_MODES
+
+EXIT_INVALID = 2
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """A click callback: bad input is a usage error (exit code 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+    return callback
+
+
+@click.command("bench")
+@click.option(
+    "--sizes",
+    callback=_parsed(parse_sizes),
+    help="Comma-separated payload sizes, e.g. 4KiB,1MiB (default: 4KiB,64KiB,1MiB,16MiB,64MiB).",
+)
+@click.option(
+    "--modes",
+    callback=_parsed(parse_modes),
+    help=f"Raw ucxx progress modes (default: {','.join(DEFAULT_MODES)}; any of {', '.join(RAW_MODES)}).",
+)
+@click.option("--quick", is_flag=True, help="Few iterations: a smoke test, not a measurement.")
+@click.option(
+    "--reps", type=click.IntRange(min=1), help="Timed repetitions per cell (the median is reported)."
+)
+@click.option(
+    "--cell-seconds", type=click.FloatRange(min=0, min_open=True), help="Length of one timed repetition."
+)
+@click.option("--stack-mode", type=click.Choice(PROGRESS_MODES), help="SLOTWIRE_PROGRESS_MODE for the stack.")
+@click.option("--ports", type=click.IntRange(min=1), help="Server ports of the stack's producer (default 4).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the JSON (default reports/bench-<timestamp>.json).",
+)
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    sizes: tuple[int, ...] | None,
+    modes: tuple[str, ...] | None,
+    quick: bool,
+    reps: int | None,
+    cell_seconds: float | None,
+    stack_mode: str | None,
+    ports: int | None,
+    json_path: Path | None,
+) -> None:
+    """Benchmark the best raw ucxx progress mode against Consumer.get through the full stack.
+
+    Prints GiB/s, slots/s and the ratio stack/raw per payload size, get_many vs sequential gets and the
+    idle CPU of a server and a consumer; writes every measurement as JSON. Takes a few minutes.
+    """
+    try:
+        cfg = BenchConfig.make(
+            quick=quick,
+            sizes=sizes,
+            modes=modes,
+            reps=reps,
+            cell_seconds=cell_seconds,
+            stack_mode=stack_mode,
+            ports=ports,
+            json_path=str(json_path) if json_path else None,
+        )
+    except ValueError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        ctx.exit(EXIT_INVALID)
+    try:
+        _, _, code = run_and_report(cfg)
+    except BenchError as exc:
+        click.echo(f"bench: harness error: {exc}", err=True)
+        ctx.exit(EXIT_HARNESS_ERROR)
+    ctx.exit(code)

@@ -1,0 +1,79 @@
+"""Smoke test of the benchmark (`python -m transport.bench --quick`): it runs end to end and writes a
+JSON report of the documented shape with sane numbers. No timing is asserted: that is the benchmark's job."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transport.bench import DEFAULT_SIZES, SCHEMA, TARGETS, parse_size, parse_sizes, size_target
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_parse_sizes() -> None:
+    assert parse_sizes("4KiB,64k, 1MiB,16M,64MiB") == DEFAULT_SIZES
+    assert parse_size("4096") == 4096
+    with pytest.raises(ValueError):
+        parse_size("4 parsecs")
+    assert size_target(4096) == TARGETS["ratio_small"]
+    assert size_target(1 << 20) == TARGETS["ratio_large"]
+    assert size_target(64 << 10) is None
+
+
+@pytest.mark.timeout(150)
+def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "transport.bench", "--quick", "--sizes", "4KiB", "--modes", "polling"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "140"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ratio stack/raw" in proc.stdout and "get_many" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["schema"] == SCHEMA
+    assert report["config"]["quick"] is True and report["config"]["sizes"] == [4096]
+    assert report["targets"] == json.loads(json.dumps(TARGETS))
+    machine = report["machine"]
+    assert machine["cpus"] >= 1 and machine["python"] and machine["ucxx"]
+
+    raw = report["raw"]["polling"]
+    cell = raw["cells"]["4096"]
+    assert cell["iterations"] >= 1 and all(_positive(x) for x in cell["gib_s"] + [cell["median_gib_s"]])
+    assert all(v is None or v >= 0 for v in raw["idle_cpu_percent"].values())
+
+    stack = report["stack"]["4096"]
+    assert stack["iterations"] >= 1 and stack["ring_slots"] >= 1
+    assert all(
+        _positive(x) for x in [*stack["gib_s"], stack["median_slots_s"], *stack["latency_us"].values()]
+    )
+
+    (row,) = report["rows"]
+    assert row["size"] == 4096 and row["raw_mode"] == "polling"
+    assert all(_positive(row[k]) for k in ("raw_gib_s", "stack_gib_s", "stack_slots_s", "ratio"))
+    assert row["target"] == TARGETS["ratio_small"] and isinstance(row["pass"], bool)
+
+    gm = report["get_many"]
+    assert gm["slots"] == 32 and gm["reps"] >= 1
+    assert all(_positive(gm[k]) for k in ("get_many_slots_s", "sequential_slots_s", "speedup"))
+    assert isinstance(gm["pass"], bool)
+
+    idle = report["idle_cpu"]
+    for key in ("server_percent", "consumer_percent"):
+        assert isinstance(idle[key], int | float) and math.isfinite(idle[key]) and idle[key] >= 0
+    assert idle["consumer_pooled_endpoints"] >= 1 and isinstance(idle["pass"], bool)
+    assert set(idle["per_thread_percent"]) >= {"server", "consumer"}
+    assert isinstance(report["passed"], bool) and report["duration_s"] > 0
