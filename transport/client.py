@@ -43,7 +43,7 @@ _LINK_FAULTS = (ConnectionLostError, ReadTimeoutError, TruncatedError, ProtocolE
 @dataclass
 class _PooledLink:
     link: Link
-    created: float
+    idle_since: float  # when it was returned to the pool
 
 
 @dataclass
@@ -143,9 +143,9 @@ class SlotClient:
         now = time.monotonic()
         while idle:
             pooled = idle.pop()
-            if now - pooled.created < self.max_age and not pooled.link.closed:
+            if now - pooled.idle_since < self.max_age and not pooled.link.closed:
                 return pooled.link
-            pooled.link.abort()  # older than the server's idle eviction may be: replace it
+            pooled.link.abort()  # idle as long as the server's eviction may allow: replace it
         init_in_loop()
         if not self._ucx_acquired:
             ucx.acquire()
@@ -159,19 +159,17 @@ class SlotClient:
                 raise
             raise _as_transport_error(exc, f"connect {host}:{port}") from exc
         self.stats.connects += 1
-        link = self.link_wrapper(UcxLink(endpoint, port, "client"))
-        link.created = now  # type: ignore[attr-defined]
-        return link
+        return self.link_wrapper(UcxLink(endpoint, port, "client"))
 
     def _checkin(self, host: str, port: int, link: Link) -> None:
         if self._closed or link.closed:
             link.abort()
             return
-        created = getattr(link, "created", time.monotonic())
-        self._pool.setdefault((host, port), []).append(_PooledLink(link, created))
+        self._pool.setdefault((host, port), []).append(_PooledLink(link, time.monotonic()))
 
     async def _step(self, awaitable: Any) -> None:
-        await asyncio.wait_for(awaitable, self.read_timeout)
+        async with asyncio.timeout(self.read_timeout):  # cheaper than wait_for: no extra task
+            await awaitable
 
     # -- one read attempt ----------------------------------------------------------------------------
 
@@ -305,8 +303,12 @@ class SlotClient:
 
     # -- shutdown -------------------------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Close pooled endpoints (bounded) and let ucxx shut down if this was its last user."""
+    async def close(self, *, release_ucx: bool = True) -> None:
+        """Close pooled endpoints (bounded) and let ucxx shut down if this was its last user.
+
+        `release_ucx=False` keeps ucxx up: right for a loop that outlives the client (the sync
+        Consumer's shared loop thread), where a reset would only cost a second per close.
+        """
         self._closed = True
         pooled = [p.link for idle in self._pool.values() for p in idle]
         self._pool.clear()
@@ -315,7 +317,7 @@ class SlotClient:
                 await asyncio.wait_for(link.close(), self.read_timeout)
             except (Exception, asyncio.CancelledError):
                 link.abort()
-        if self._ucx_acquired:
+        if self._ucx_acquired and release_ucx:
             self._ucx_acquired = False
             ucx.release()
 

@@ -203,7 +203,8 @@ class Consumer:
         return self._loop.run(self._inner.get_many(descriptors), self._slot_bound * waves * self._rounds)
 
     def close(self) -> None:
-        self._loop.run(self._inner.close(), 10.0)
+        # The shared loop thread lives on, so ucxx stays up for the next Consumer of this process.
+        self._loop.run(self._inner.client.close(release_ucx=False), 10.0)
 
     def __enter__(self) -> Consumer:
         return self

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
+from transport import ucx
+
 
 class Phase(StrEnum):
     """Which protocol message a send/recv carries, so a fault can target one step."""
@@ -55,10 +57,18 @@ class UcxLink:
         self._aborted = False
 
     async def send(self, buf: Any, phase: Phase) -> None:
-        await self.endpoint.send(buf)
+        engine = ucx.engine()
+        if engine is not None:
+            await engine.send(self.endpoint, buf)
+        else:
+            await self.endpoint.send(buf)
 
     async def recv(self, buf: Any, phase: Phase) -> None:
-        await self.endpoint.recv(buf)
+        engine = ucx.engine()
+        if engine is not None:
+            await engine.recv(self.endpoint, buf)
+        else:
+            await self.endpoint.recv(buf)
 
     async def close(self) -> None:
         if not self.closed:

@@ -155,7 +155,8 @@ class SlotServer:
             while not self._stopping:
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
                 try:
-                    await asyncio.wait_for(link.recv(buf, Phase.REQUEST), self.idle_evict)
+                    async with asyncio.timeout(self.idle_evict):
+                        await link.recv(buf, Phase.REQUEST)
                 except TimeoutError:
                     self.stats["evicted"] += 1
                     break
@@ -228,7 +229,8 @@ class SlotServer:
                 return srv.on_sent()
             case proto.AwaitCommit():
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-                await asyncio.wait_for(link.recv(buf, Phase.COMMIT), self.step_timeout)
+                async with asyncio.timeout(self.step_timeout):
+                    await link.recv(buf, Phase.COMMIT)
                 return srv.on_commit(buf)
             case proto.Finalise(kind=kind, slot=slot, generation=generation, token=token):
                 return srv.on_finalised(self._finalise(kind, slot, generation, token, index))
@@ -278,7 +280,8 @@ class SlotServer:
         return ok
 
     async def _send(self, link: Link, buf: Any, phase: Phase) -> None:
-        await asyncio.wait_for(link.send(buf, phase), self.step_timeout)
+        async with asyncio.timeout(self.step_timeout):  # cheaper than wait_for: no extra task
+            await link.send(buf, phase)
 
 
 _REPLY_PHASE = {

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transport.progress import HybridProgress
 
 DEFAULT_ENV = {
     # UCX picked TCP over loopback for every lane; keep it off the machine's other addresses.
@@ -28,9 +32,11 @@ DEFAULT_ENV = {
     "UCX_WARN_UNUSED_ENV_VARS": "n",
 }
 
-PROGRESS_MODES = ("thread", "polling", "blocking")
+DEFAULT_MODE = "hybrid"
+PROGRESS_MODES = ("thread", "polling", "blocking", "hybrid")
 
 _initialised_loop: asyncio.AbstractEventLoop | None = None
+_engine: HybridProgress | None = None
 
 
 def setup_env() -> None:
@@ -41,7 +47,7 @@ def setup_env() -> None:
 
 def progress_mode() -> tuple[str, bool]:
     """(progress_mode, enable_python_future) from `SLOTWIRE_PROGRESS_MODE` (default thread+futures)."""
-    mode = os.environ.get("SLOTWIRE_PROGRESS_MODE", "thread")
+    mode = os.environ.get("SLOTWIRE_PROGRESS_MODE", DEFAULT_MODE)
     if mode not in PROGRESS_MODES:
         raise ValueError(f"SLOTWIRE_PROGRESS_MODE={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
     return mode, mode == "thread"
@@ -52,7 +58,7 @@ def init_in_loop() -> None:
 
     Python futures only work when ucxx is initialised inside the loop that awaits them.
     """
-    global _initialised_loop
+    global _initialised_loop, _engine
     loop = asyncio.get_running_loop()
     if _initialised_loop is loop:
         return
@@ -62,8 +68,18 @@ def init_in_loop() -> None:
     import ucxx
 
     mode, futures = progress_mode()
-    ucxx.init(progress_mode=mode, enable_python_future=futures)
+    if mode == "hybrid":
+        from transport.progress import HybridProgress
+
+        _engine = HybridProgress()
+    else:
+        ucxx.init(progress_mode=mode, enable_python_future=futures)
     _initialised_loop = loop
+
+
+def engine() -> HybridProgress | None:
+    """The hybrid progress engine, if this process runs in `hybrid` mode."""
+    return _engine
 
 
 _users = 0
@@ -82,12 +98,15 @@ def release() -> None:
     loop closes first, the thread raises and the interpreter hangs at exit. Closing the last
     user stops the thread and resets ucxx while the loop is still running.
     """
-    global _users, _initialised_loop
+    global _users, _initialised_loop, _engine
     _users = max(0, _users - 1)
     if _users or _initialised_loop is None:
         return
     import ucxx
 
+    if _engine is not None:
+        _engine.close()
+        _engine = None
     try:
         ucxx.stop_notifier_thread()
     except Exception:  # already stopped

@@ -373,8 +373,8 @@ class ScenarioRun:
     def _watchdog(self) -> None:
         assert self.scenario.deadline is not None
         if not self._finished.wait(self.scenario.deadline):
+            self.dump_stacks()  # first: the run stops when it sees the flag, and must not exit mid-dump
             self._deadline_hit.set()
-            self.dump_stacks()
             for handle in list(self._children):
                 try:
                     handle.kill() if hasattr(handle, "kill") else handle.stop()

@@ -1,0 +1,107 @@
+"""Spin-then-block UCX progress (`SLOTWIRE_PROGRESS_MODE=hybrid`).
+
+ucxx's modes force a choice (docs/decisions.md): `polling` is fast but spins a core even when idle;
+`thread` + python futures idles at ~1 % but every completion hops through two threads (~100 us per
+message). This engine drives a polling-mode worker from one task per loop: it spins while a request is
+pending and for `spin_s` after the last completion, then arms the worker and sleeps on its epoll fd.
+Transfers are posted on the endpoint's tag channel and awaited through plain asyncio futures.
+
+It uses ucxx internals (`Endpoint._ep`, `Endpoint._tags`, `ProgressTasks`), which is why
+pyproject pins ucxx to 0.52.x; `tests/test_progress.py` runs the transport over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+SPIN_S = 100e-6  # longer spins cost more than they save on a loaded 2-core machine (measured)
+IDLE_WAKE_S = 1.0  # also progress once a second in case an epoll event was missed
+
+
+class HybridProgress:
+    """One per process (ucxx has one worker); bound to the loop it was installed in."""
+
+    def __init__(self, spin_s: float = SPIN_S) -> None:
+        import ucxx
+        from ucxx._lib_async.application_context import ProgressTasks
+
+        self.spin_s = spin_s
+        self.loop = asyncio.get_running_loop()
+        ucxx.init(progress_mode="polling")
+        ctx = ucxx.core._get_ctx()
+        ctx.continuous_ucx_progress()  # registers ucxx's busy PollingMode task for this loop ...
+        ProgressTasks[self.loop].progress_task.cancel()  # ... which this engine replaces
+        self.worker = ctx.worker
+        self._pending: dict[Any, asyncio.Future[None]] = {}
+        self._wake = asyncio.Event()
+        self.loop.add_reader(self.worker.epoll_file_descriptor, self._wake.set)
+        self._last = time.monotonic()
+        self._task = self.loop.create_task(self._run(), name="slotwire-ucx-progress")
+
+    async def wait(self, request: Any) -> None:
+        if request.completed:
+            request.check_error()
+            return
+        future = self.loop.create_future()
+        self._pending[request] = future
+        self._last = time.monotonic()
+        self._wake.set()
+        try:
+            await future
+        finally:
+            self._pending.pop(request, None)
+
+    async def send(self, endpoint: Any, buf: Any) -> None:
+        from ucxx._lib.arr import Array
+        from ucxx.types import Tag
+
+        await self.wait(endpoint._ep.tag_send(Array(buf), Tag(endpoint._tags["msg_send"])))
+
+    async def recv(self, endpoint: Any, buf: Any) -> None:
+        from ucxx._lib.arr import Array
+        from ucxx.types import Tag, TagMaskFull
+
+        await self.wait(endpoint._ep.tag_recv(Array(buf), Tag(endpoint._tags["msg_recv"]), TagMaskFull))
+
+    def _complete(self) -> bool:
+        done = [request for request in self._pending if request.completed]
+        for request in done:
+            future = self._pending.pop(request)
+            if future.done():
+                continue
+            try:
+                request.check_error()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+        return bool(done)
+
+    async def _run(self) -> None:
+        worker = self.worker
+        while True:
+            worker.progress()
+            now = time.monotonic()
+            if self._pending and self._complete():
+                self._last = now
+            # Spin only just after activity: a handler waiting seconds for its next request keeps
+            # a recv pending, and spinning on that would burn a core.
+            if now - self._last < self.spin_s:
+                await asyncio.sleep(0)
+                continue
+            if not worker.arm():  # events arrived meanwhile: progress again
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(IDLE_WAKE_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._last = time.monotonic()
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.loop.remove_reader(self.worker.epoll_file_descriptor)
