@@ -40,6 +40,22 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
     return callback
 
 
+def chaos_off_options() -> dict[str, object]:
+    """Server options installing the chaos link wrapper with every transport fault at probability 0:
+    the price of the seam and the per-request draw when chaos is configured but quiet."""
+    from chaos.faults.base import FaultSpec
+
+    kinds = {"reset": "payload", "truncate": "payload", "timeout": None, "stall": None, "evict": None}
+    faults = [
+        FaultSpec(index=i, kind=kind, probability=0.0, phase=phase, delay_s=1.0 if kind == "stall" else None)
+        for i, (kind, phase) in enumerate([*kinds.items(), ("drop_commit", None)])
+    ]
+    return {
+        "link_wrapper": "chaos.faults.transport:make_link_wrapper",
+        "link_wrapper_args": {"faults": faults, "seed": 0, "run_start": 0.0, "ports_by_index": True},
+    }
+
+
 @click.command("bench")
 @click.option(
     "--sizes",
@@ -66,6 +82,11 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Param
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the JSON (default reports/bench-<timestamp>.json).",
 )
+@click.option(
+    "--chaos-overhead",
+    is_flag=True,
+    help="Also measure the stack with the chaos link wrapper installed, every fault at probability 0.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -77,6 +98,7 @@ def bench(
     stack_mode: str | None,
     ports: int | None,
     json_path: Path | None,
+    chaos_overhead: bool,
 ) -> None:
     """Benchmark the best raw ucxx progress mode against Consumer.get through the full stack.
 
@@ -93,6 +115,8 @@ def bench(
             stack_mode=stack_mode,
             ports=ports,
             json_path=str(json_path) if json_path else None,
+            compare_server_options=chaos_off_options() if chaos_overhead else None,
+            compare_label="chaos p=0",
         )
     except ValueError as exc:
         click.echo(f"Error: {exc}", err=True)

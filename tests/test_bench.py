@@ -77,3 +77,34 @@ def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
     assert idle["consumer_pooled_endpoints"] >= 1 and isinstance(idle["pass"], bool)
     assert set(idle["per_thread_percent"]) >= {"server", "consumer"}
     assert isinstance(report["passed"], bool) and report["duration_s"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_chaos_overhead_compares_the_stack_with_a_quiet_chaos_wrapper(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chaos.cli",
+            "bench",
+            "--quick",
+            "--sizes",
+            "4KiB",
+            "--modes",
+            "polling",
+            "--chaos-overhead",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        env={**os.environ, "COLUMNS": "140"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    compare = json.loads(out.read_text())["compare"]
+    assert compare["label"] == "chaos p=0"
+    (row,) = compare["rows"]
+    assert row["size"] == 4096 and all(_positive(row[k]) for k in ("plain_gib_s", "with_gib_s", "ratio"))
+    assert "chaos p=0" in proc.stdout

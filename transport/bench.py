@@ -93,6 +93,10 @@ class BenchConfig:
     ring_budget: int = GiB  # shared memory per stack ring; cells refill it as often as needed
     max_ring_slots: int = 4096
     json_path: str | None = None
+    # Measure the stack a second time with these server options (e.g. a link wrapper) and report the
+    # throughput ratio: what an installed wrapper costs. `chaos bench --chaos-overhead` fills it in.
+    compare_server_options: dict[str, Any] | None = None
+    compare_label: str = "compare"
 
     @classmethod
     def make(cls, quick: bool = False, **overrides: Any) -> BenchConfig:
@@ -420,14 +424,16 @@ def bench_raw_mode(cfg: BenchConfig, mode_name: str, log: Callable[[str], None])
 # ----------------------------------------------------------------------------------------- the stack
 
 
-def producer_main(size: int, slots: int, ports: int, conn: Any) -> None:
+def producer_main(
+    size: int, slots: int, ports: int, server_options: dict[str, Any] | None, conn: Any
+) -> None:
     """Owns a `Producer` (ring + server process); writes `fill` batches on request, idle otherwise."""
     setup_env()
     try:
         from transport.facade import Producer
 
         data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
-        with Producer(slots=slots, slot_bytes=size, ports=ports) as producer:
+        with Producer(slots=slots, slot_bytes=size, ports=ports, server_options=server_options) as producer:
             conn.send(("ready", producer.server.pid, producer.ring.name, os.getpid()))
             while True:
                 cmd, arg = conn.recv()
@@ -443,10 +449,14 @@ def producer_main(size: int, slots: int, ports: int, conn: Any) -> None:
 class ProducerHost:
     """A spawned process holding a Producer; `fill(n)` returns n fresh descriptors."""
 
-    def __init__(self, size: int, slots: int, ports: int) -> None:
+    def __init__(
+        self, size: int, slots: int, ports: int, server_options: dict[str, Any] | None = None
+    ) -> None:
         self.size = size
         self.slots = slots
-        self.proc, self.conn = _spawn(producer_main, size, slots, ports, name="bench-producer")
+        self.proc, self.conn = _spawn(
+            producer_main, size, slots, ports, server_options, name="bench-producer"
+        )
         try:
             _, self.server_pid, self.ring_name, self.pid = _recv(self.conn, 90, "producer start")
         except BaseException:
@@ -502,11 +512,16 @@ def ring_slots(cfg: BenchConfig, size: int) -> int:
 
 
 def bench_stack_size(
-    cfg: BenchConfig, size: int, hosts: list[ProducerHost], log: Callable[[str], None]
+    cfg: BenchConfig,
+    size: int,
+    hosts: list[ProducerHost],
+    log: Callable[[str], None],
+    server_options: dict[str, Any] | None = None,
+    label: str = "stack",
 ) -> dict[str, Any]:
     from transport.facade import Consumer
 
-    host = ProducerHost(size, ring_slots(cfg, size), cfg.ports)
+    host = ProducerHost(size, ring_slots(cfg, size), cfg.ports, server_options)
     hosts.append(host)
     consumer = Consumer()
     try:
@@ -544,7 +559,8 @@ def bench_stack_size(
         "client": client_stats,
     }
     log(
-        f"stack {human_size(size):>7}: {cell['median_gib_s']:.3f} GiB/s, {cell['median_slots_s']:.0f} slots/s"
+        f"{label} {human_size(size):>7}: {cell['median_gib_s']:.3f} GiB/s, "
+        f"{cell['median_slots_s']:.0f} slots/s"
     )
     return cell
 
@@ -772,6 +788,8 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
         for size in cfg.sizes:
             stack[str(size)] = bench_stack_size(cfg, size, hosts, log)
         report["load"]["after_stack"] = _load()
+        if cfg.compare_server_options is not None:
+            report["compare"] = compare_stack(cfg, stack, hosts, log)
         get_many, idle = bench_get_many_and_idle(cfg, hosts, log)
     finally:
         for host in hosts:
@@ -785,6 +803,29 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
     report["passed"] = all(judged)
     report["duration_s"] = time.time() - started
     return report
+
+
+def compare_stack(
+    cfg: BenchConfig, stack: dict[str, Any], hosts: list[ProducerHost], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The stack again with `compare_server_options`, interleaved with fresh plain cells so load
+    drift hits both alike; ratio = with options / plain (1.0 = free)."""
+    rows = []
+    for size in cfg.sizes:
+        plain = [stack[str(size)]["median_gib_s"]]
+        other = []
+        for _ in range(2):
+            other.append(
+                bench_stack_size(cfg, size, hosts, log, cfg.compare_server_options, cfg.compare_label)[
+                    "median_gib_s"
+                ]
+            )
+            plain.append(bench_stack_size(cfg, size, hosts, log)["median_gib_s"])
+        base, with_options = statistics.median(plain), statistics.median(other)
+        rows.append(
+            {"size": size, "plain_gib_s": base, "with_gib_s": with_options, "ratio": with_options / base}
+        )
+    return {"label": cfg.compare_label, "rows": rows}
 
 
 def default_json_path() -> Path:
@@ -881,12 +922,29 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     )
 
 
+def print_compare(report: dict[str, Any], console: Any) -> None:
+    compare = report.get("compare")
+    if not compare:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"stack with {compare['label']} vs plain stack (same run, medians)")
+    for col in ("size", "plain GiB/s", f"{compare['label']} GiB/s", "ratio"):
+        table.add_column(col, justify="right")
+    for r in compare["rows"]:
+        table.add_row(
+            human_size(r["size"]), f"{r['plain_gib_s']:.3f}", f"{r['with_gib_s']:.3f}", f"{r['ratio']:.2f}"
+        )
+    console.print(table)
+
+
 def run_and_report(cfg: BenchConfig, console: Any = None) -> tuple[dict[str, Any], Path, int]:
     """Run, print, write the JSON; returns (report, json path, exit code)."""
     console = console or make_console()
     report = run(cfg, log=lambda msg: console.print(f"[dim]{msg}[/]"))
     path = write_json(report, cfg.json_path)
     print_report(report, console)
+    print_compare(report, console)
     console.print(f"JSON: {path}")
     code = 0 if report["passed"] or cfg.quick else EXIT_TARGET_MISSED
     return report, path, code
