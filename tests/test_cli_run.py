@@ -158,3 +158,30 @@ def test_parallel_jobs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert sorted(s["name"] for s in results["scenarios"]) == ["quick-par-0", "quick-par-1"]
+
+
+def test_baseline_regression_fails_the_run_only_with_the_flag(tmp_path: Path) -> None:
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    fast.mkdir()
+    slow.mkdir()
+    scenario(fast, "quick-regress")
+    slow_file = scenario(slow, "quick-regress")
+    slow_file.write_text(slow_file.read_text().replace("rate: 50/s", "rate: 15/s"))  # same name, 70 % slower
+    base = chaos("run", str(fast / "quick-regress.yaml"), "--out", str(tmp_path / "base"))
+    assert base.returncode == 0, base.stdout + base.stderr
+    lenient = chaos(
+        "run", str(slow_file), "--out", str(tmp_path / "r1"), "--baseline", str(tmp_path / "base")
+    )
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    assert "REGRESSION quick-regress" in lenient.stderr and "throughput" in lenient.stderr
+    strict = chaos(
+        "run",
+        str(slow_file),
+        "--out",
+        str(tmp_path / "r2"),
+        "--baseline",
+        str(tmp_path / "base" / "results.json"),
+        "--fail-on-regression",
+    )
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert strict.stderr.index("REGRESSION") < strict.stderr.index("reports:"), "regressions come first"
