@@ -228,16 +228,28 @@ class SlotClient:
         )
         generation = desc.generation
         payload: np.ndarray | None = None
+        payload_recv: asyncio.Task[None] | None = None
         try:
             await self._step(link.send(proto.encode(cr.request_frame()), Phase.REQUEST))
             buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-            await self._step(link.recv(buf, Phase.STATUS))
+            status_recv = link.recv(buf, Phase.STATUS)
+            if not legacy and desc.nbytes:
+                # Post the payload receive right behind the status one (the descriptor says its size):
+                # a large payload's rendezvous then starts without waiting for us to read the status.
+                # Ordering holds: the status receive is posted when awaited below, this task a step later.
+                payload = self._buffer(desc.nbytes, out)
+                payload_recv = asyncio.ensure_future(link.recv(payload, Phase.PAYLOAD))
+            await self._step(status_recv)
             nbytes = cr.on_status(buf)
             if legacy:
                 generation = proto.decode(buf).generation  # the legacy server serves whatever is there
-            payload = self._buffer(nbytes, out)
-            if nbytes:
-                await self._step(link.recv(payload, Phase.PAYLOAD))
+            if payload_recv is not None:
+                await self._step(payload_recv)
+            else:
+                payload = self._buffer(nbytes, out)
+                if nbytes:
+                    await self._step(link.recv(payload, Phase.PAYLOAD))
+            assert payload is not None
             commit = cr.on_payload(checksum(payload))
             if commit is None:
                 return ReadResult(payload, port, generation)
@@ -251,6 +263,12 @@ class SlotClient:
         except Exception as exc:
             if cr.state not in (proto.ClientState.FAILED, proto.ClientState.IN_DOUBT) or cr.error is not exc:
                 cr.on_error(exc)
+        finally:
+            if payload_recv is not None:
+                if not payload_recv.done():
+                    payload_recv.cancel()  # the link is aborted on any failure; never leave it behind
+                elif not payload_recv.cancelled():
+                    payload_recv.exception()  # retrieved: its failure is already reported via the status
         if cr.state is proto.ClientState.FAILED:
             assert cr.error is not None
             raise cr.error
