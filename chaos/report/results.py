@@ -125,18 +125,9 @@ class ScenarioResult(_Model):
         reproduce: str | None = None,
     ) -> ScenarioResult:
         """A scenario the checker judged: status follows `verdict.passed`."""
-        return cls(
-            name=scenario.name,
-            file=str(file),
-            status="passed" if verdict.passed else "failed",
-            seed=scenario.seed,
-            protocol=scenario.protocol,
-            config=scenario.to_dict(),
-            verdict=verdict.to_dict(),
-            reproduce=reproduce or reproduce_command(file, scenario.seed),
-            started=started,
-            duration_s=duration_s,
-            run_dir=str(run_dir),
+        status: Status = "passed" if verdict.passed else "failed"
+        return cls._of(
+            scenario, status, verdict.to_dict(), None, file, started, duration_s, run_dir, reproduce
         )
 
     @classmethod
@@ -152,14 +143,29 @@ class ScenarioResult(_Model):
         reproduce: str | None = None,
     ) -> ScenarioResult:
         """A scenario the harness could not judge (exit code 3): no verdict, `error` says why."""
+        return cls._of(scenario, "error", None, error, file, started, duration_s, run_dir, reproduce)
+
+    @classmethod
+    def _of(
+        cls,
+        scenario: ScenarioSource,
+        status: Status,
+        verdict: dict[str, Any] | None,
+        error: str | None,
+        file: str | Path,
+        started: datetime,
+        duration_s: float,
+        run_dir: str | Path,
+        reproduce: str | None,
+    ) -> ScenarioResult:
         return cls(
             name=scenario.name,
             file=str(file),
-            status="error",
+            status=status,
             seed=scenario.seed,
             protocol=scenario.protocol,
             config=scenario.to_dict(),
-            verdict=None,
+            verdict=verdict,
             error=error,
             reproduce=reproduce or reproduce_command(file, scenario.seed),
             started=started,
