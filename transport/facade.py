@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import multiprocessing as mp
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from transport.descriptor import SlotDescriptor
 from transport.errors import ConfigError, TransportError
 from transport.packer import BatchResult, fetch_batch, fetch_one
 from transport.ring import SharedRing
-from transport.serve import ServerProcess
+from transport.serve import ServerConfig, ServerProcess
 
 T = TypeVar("T")
 
@@ -52,13 +51,14 @@ class Producer:
         self.host = host
         self.ring = SharedRing.create(slots, slot_bytes, policy=policy, name=name)
         try:
-            self.server = ServerProcess(
-                self.ring.name,
-                port_list,
+            config = ServerConfig(
+                ring_name=self.ring.name,
+                ports=port_list,
                 protocol=protocol,
                 idle_evict=idle_evict,
                 **(server_options or {}),
             )
+            self.server = ServerProcess(config)
             self.ports = self.server.start(timeout=start_timeout)
         except BaseException:
             self.ring.close()
@@ -211,8 +211,3 @@ class Consumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def spawn_context() -> mp.context.SpawnContext:
-    """Processes that touch UCX must be spawned: a fork after ucxx init hangs the child."""
-    return mp.get_context("spawn")

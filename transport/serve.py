@@ -12,9 +12,10 @@ import faulthandler
 import importlib
 import logging
 import multiprocessing as mp
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,10 +99,22 @@ def server_main(config: ServerConfig, conn: Any) -> None:
 
 
 class ServerProcess:
-    """Owns one spawned server process: start (wait for its ports), stop (bounded), kill."""
+    """Owns one spawned server process: start (wait for its ports), stop (bounded), kill.
 
-    def __init__(self, ring_name: str, ports: Sequence[int], **options: Any) -> None:
-        self.config = ServerConfig(ring_name=ring_name, ports=list(ports), **options)
+    `target(*target_args, config, conn)` is the process entry point: `server_main`, or a wrapper
+    around it (the chaos harness adds log redirection and stack dumps).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        target: Callable[..., None] = server_main,
+        target_args: tuple[Any, ...] = (),
+    ) -> None:
+        self.config = config
+        self.target = target
+        self.target_args = target_args
         self.process: mp.process.BaseProcess | None = None
         self._conn: Any = None
 
@@ -110,9 +123,12 @@ class ServerProcess:
         return self.process.pid if self.process else None
 
     def start(self, timeout: float = 60.0) -> list[int]:
+        self.kill()  # reap a previous (killed) process and close its pipe before starting again
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self.process = ctx.Process(target=server_main, args=(self.config, child), name="slotwire-server")
+        self.process = ctx.Process(
+            target=self.target, args=(*self.target_args, self.config, child), name="slotwire-server"
+        )
         self.process.start()
         child.close()
         self._conn = parent
@@ -137,6 +153,7 @@ class ServerProcess:
         if self.process is None:
             return
         if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
             self.process.terminate()
             self.process.join(timeout)
         self.kill()

@@ -32,9 +32,10 @@ from chaos.history import read_history
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
 from chaos.scenario.model import Scenario
+from transport.errors import TransportError
 from transport.events import JsonlSink
 from transport.ring import SharedRing, SlotState
-from transport.serve import ServerConfig
+from transport.serve import ServerConfig, ServerProcess
 
 SPAWN = mp.get_context("spawn")
 STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
@@ -178,19 +179,13 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
 # -- process handles ----------------------------------------------------------------------------
 
 
-class ServerHandle:
-    """The server process; `restart()` brings it back on the same ports with a fresh RNG stream."""
+class ServerHandle(ServerProcess):
+    """The server process under `server_role` (log file, stack dumps); `restart()` brings it back on
+    the same ports with a fresh RNG stream."""
 
     def __init__(self, run_dir: Path, config: ServerConfig) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.process: mp.process.BaseProcess | None = None
-        self.conn: Any = None
+        super().__init__(config, target=server_role, target_args=(str(run_dir),))
         self.starts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -202,44 +197,14 @@ class ServerHandle:
                 **self.config.link_wrapper_args,
                 "stream": f"server#{self.starts}",
             }
-        parent, child = SPAWN.Pipe()
-        self.process = SPAWN.Process(
-            target=server_role, args=(str(self.run_dir), self.config, child), name="chaos-server"
-        )
-        self.process.start()
-        child.close()
-        self.conn = parent
-        if not parent.poll(timeout):
-            self.stop()
-            raise HarnessError(f"server did not start within {timeout:.0f}s (see logs/server.log)")
         try:
-            kind, value = parent.recv()
-        except EOFError:
-            self.stop()
-            raise HarnessError("server exited during start (see logs/server.log)") from None
-        if kind != "ready":
-            self.stop()
-            raise HarnessError(f"server failed to start: {value}")
-        self.config.ports = list(value)
-        return list(value)
+            return super().start(timeout)
+        except TransportError as exc:
+            raise HarnessError(f"{exc} (see logs/server.log)") from exc
 
     def restart(self) -> None:
         self.stop()
         self.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.process is None:
-            return
-        if self.process.is_alive():
-            os.kill(self.process.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
-            self.process.terminate()
-            self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout)
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
 
 
 class RoleHandle:
