@@ -71,7 +71,17 @@ class _Attempt:
 
 
 class ChaosLinkWrapper:
-    """The `LinkWrapper` the server receives: shares triggers and the heal switch across its links."""
+    """The `LinkWrapper` the server receives: shares triggers and the heal switch across its links.
+
+    `faults` may hold every layer's specs; only transport kinds are used (client links pass through
+    unchanged). `run_start` and `heal_at` are `clock()` (wall-clock) times so every process of a run
+    agrees on the windows. `port_index` maps a real port to its index in the server's list (what
+    events report and what keys the seeded streams; the real port if absent); `transport.serve` also
+    sets it through `bind_ports` once the listeners are up. `ports_by_index=True` reads
+    `FaultSpec.ports` as indexes into the server's port list instead of real port numbers (what a
+    scenario with ephemeral ports needs). `stream` names the process in the RNG key: give a
+    restarted server a new one (`server#2`) so it does not replay the same decisions.
+    """
 
     def __init__(
         self,
@@ -160,42 +170,8 @@ class ChaosLinkWrapper:
             await asyncio.sleep(min(HOLD_STEP_S, remaining))
 
 
-def make_link_wrapper(
-    faults: Iterable[FaultSpec],
-    seed: int,
-    events: EventSink,
-    run_start: float,
-    *,
-    port_index: dict[int, int] | None = None,
-    ports_by_index: bool = False,
-    read_timeout: float = 2.0,
-    heal_at: float | None = None,
-    stream: str = "server",
-    clock: Clock = time.time,
-) -> ChaosLinkWrapper:
-    """The factory a server (or client: identity there) gets as `link_wrapper=`.
-
-    `faults` may hold every layer's specs; only transport kinds are used. `run_start` and `heal_at`
-    are `clock()` (wall-clock) times so every process of a run agrees on the windows. `port_index`
-    maps a real port to its index in the server's list (what events report and what keys the
-    seeded streams; the real port if absent); `transport.serve` also sets it through `bind_ports`
-    once the listeners are up. `ports_by_index=True` reads `FaultSpec.ports` as indexes into the
-    server's port list instead of real port numbers (what a scenario with ephemeral ports needs).
-    `stream` names the process in the RNG key: give a restarted server a new one (`server#2`) so it
-    does not replay the same decisions.
-    """
-    return ChaosLinkWrapper(
-        faults,
-        seed,
-        events,
-        run_start,
-        port_index=port_index,
-        ports_by_index=ports_by_index,
-        read_timeout=read_timeout,
-        heal_at=heal_at,
-        stream=stream,
-        clock=clock,
-    )
+# The factory a server gets by name (`link_wrapper="chaos.faults.transport:make_link_wrapper"`).
+make_link_wrapper = ChaosLinkWrapper
 
 
 def wrong_size(buf: Any) -> np.ndarray:
