@@ -502,7 +502,14 @@ def _ucxx_child(results: Any) -> None:
             await asyncio.to_thread(ctl.reset)
             out["recovered"] = await asyncio.wait_for(connect_and_exchange(), 10)
             await asyncio.to_thread(ctl.down, 0)
-            out["down"] = await failure(exchange(ep))
+
+            async def exchange_until_broken() -> None:
+                # Data lanes may bypass the proxy; the break arrives via the closed CM link, asynchronously,
+                # so an exchange already in flight can still complete. Keep exchanging until it fails.
+                while await exchange(ep):
+                    await asyncio.sleep(0.01)
+
+            out["down"] = await failure(exchange_until_broken())
         finally:
             await asyncio.to_thread(ctl.close)
             listener.close()
