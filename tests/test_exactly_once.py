@@ -40,7 +40,8 @@ def _run(tmp_path: Path, protocol: str, kill_probability: float, count: int) -> 
     }
     producer = ctx.Process(target=e2e_roles.producer_main, args=(cfg, descriptors, control, reports))
     consumers = [
-        ctx.Process(target=e2e_roles.consumer_main, args=(f"c{i}", cfg, descriptors, results)) for i in range(3)
+        ctx.Process(target=e2e_roles.consumer_main, args=(f"c{i}", cfg, descriptors, results))
+        for i in range(3)
     ]
     got: list[tuple[Any, ...]] = []
     try:

@@ -147,9 +147,9 @@ async def _raw_exchange(port: int, message: bytes | np.ndarray) -> tuple[bytes |
 
 
 def _run_raw(port: int, message: bytes) -> tuple[bytes | None, bool]:
-    from transport.facade import _LoopThread
+    from transport.syncloop import SharedLoop
 
-    return _LoopThread.get().run(_raw_exchange(port, message), 30)
+    return SharedLoop.get().run(_raw_exchange(port, message), 30)
 
 
 @pytest.mark.parametrize(
@@ -242,10 +242,24 @@ def test_data_packer_mixin_fetches_batches(producer: Producer, consumer: Consume
         def __init__(self) -> None:
             self.slot_client = consumer.client
 
-    from transport.facade import _LoopThread
+    from transport.syncloop import SharedLoop
 
     descs = [producer.put(bytes([i]) * 64) for i in range(5)]
     packer = Packer()
-    batch = _LoopThread.get().run(packer.fetch_slots(descs), 30)
+    batch = SharedLoop.get().run(packer.fetch_slots(descs), 30)
     assert batch.ok and [bytes(x) for x in batch.delivered()] == [bytes([i]) * 64 for i in range(5)]
     assert packer.last_fetch_seconds > 0 and len(batch.seconds) == 5
+
+
+def test_threads_share_the_consumer_loop(producer: Producer, consumer: Consumer) -> None:
+    """Several trainer threads call get at once: each drives the loop or hands over, none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    payloads = [bytes([i % 251]) * (1 + 97 * i) for i in range(48)]
+    descs = [producer.put(p) for p in payloads[:12]]  # the ring has 16 slots: publish in waves
+    got: list[bytes] = []
+    with ThreadPoolExecutor(4) as pool:
+        for wave in range(4):
+            descs = [producer.put(p) for p in payloads[wave * 12 : wave * 12 + 12]] if wave else descs
+            got += [bytes(a) for a in pool.map(consumer.get, descs)]
+    assert got == payloads

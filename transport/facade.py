@@ -2,28 +2,24 @@
 
 The producer's server runs in its own spawned process: the producer process never initialises UCX
 (so it may fork freely), the server does not fight the producer for the GIL, and the harness can
-kill or pause the server on its own. Sync consumers share one background event-loop thread per
-process, because ucxx binds to a single loop.
+kill or pause the server on its own. Sync consumers share one event loop per process (ucxx binds
+to a single loop), driven by the calling thread itself (`transport.syncloop`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import threading
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from transport.client import SlotClient
 from transport.descriptor import SlotDescriptor
-from transport.errors import ConfigError, TransportError
+from transport.errors import ConfigError
 from transport.packer import BatchResult, fetch_batch, fetch_one
 from transport.ring import SharedRing
 from transport.serve import ServerConfig, ServerProcess
-
-T = TypeVar("T")
+from transport.syncloop import SharedLoop
 
 
 class Producer:
@@ -98,33 +94,6 @@ class Producer:
         self.close()
 
 
-class _LoopThread:
-    """One daemon thread running the process's UCX event loop for every sync Consumer."""
-
-    _instance: _LoopThread | None = None
-    _guard = threading.Lock()
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="slotwire-ucx", daemon=True)
-        self.thread.start()
-
-    @classmethod
-    def get(cls) -> _LoopThread:
-        with cls._guard:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError as exc:
-            future.cancel()
-            raise TransportError(f"operation did not finish within {timeout:.1f}s") from exc
-
-
 class AsyncConsumer:
     """Fetches slots from asyncio code: `await get(desc)`, `await get_many(descs)`."""
 
@@ -183,7 +152,7 @@ class Consumer:
         rounds: int = 3,
         **options: Any,
     ) -> None:
-        self._loop = _LoopThread.get()
+        self._loop = SharedLoop.get()
         self._inner = AsyncConsumer(read_timeout, quarantine, max_attempts, rounds, **options)
         client = self._inner.client
         # Bound for one slot: every attempt may connect, run 4 steps and resolve.
@@ -203,7 +172,7 @@ class Consumer:
         return self._loop.run(self._inner.get_many(descriptors), self._slot_bound * waves * self._rounds)
 
     def close(self) -> None:
-        # The shared loop thread lives on, so ucxx stays up for the next Consumer of this process.
+        # The shared loop lives on, so ucxx stays up for the next Consumer of this process.
         self._loop.run(self._inner.client.close(release_ucx=False), 10.0)
 
     def __enter__(self) -> Consumer:
