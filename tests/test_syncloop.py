@@ -76,7 +76,7 @@ def test_timeout_is_a_transport_error_and_cancels_the_work(shared: SharedLoop) -
             cancelled.set()
             raise
 
-    with pytest.raises(TransportError, match="within 0.2s"):
+    with pytest.raises(TransportError, match=r"within 0\.2s"):
         shared.run(stuck(), 0.2)
     assert cancelled.is_set()
 
@@ -100,7 +100,7 @@ def test_timeout_of_a_handed_over_call(shared: SharedLoop) -> None:
         driver = pool.submit(shared.run, slow(), 5)
         while not shared._driver.locked():
             pass
-        with pytest.raises(TransportError, match="within 0.2s"):
+        with pytest.raises(TransportError, match=r"within 0\.2s"):
             shared.run(stuck(), 0.2)
         driver.result(5)
 

@@ -82,9 +82,11 @@ class HybridProgress:
     async def _run(self) -> None:
         worker = self.worker
         while True:
-            worker.progress()
+            progressed = worker.progress_once()
+            if progressed:
+                worker.progress()
             now = time.monotonic()
-            if self._pending and self._complete():
+            if (self._pending and self._complete()) or progressed:
                 self._last = now
             # Spin only just after activity: a handler waiting seconds for its next request keeps
             # a recv pending, and spinning on that would burn a core.

@@ -17,6 +17,7 @@ import numpy as np
 
 from transport import protocol as proto
 from transport import ucx
+from transport.deadline import StepDeadline
 from transport.errors import ConfigError
 from transport.events import EventSink, NullSink
 from transport.link import Link, LinkWrapper, Phase, UcxLink, identity
@@ -151,16 +152,18 @@ class SlotServer:
     async def _handle(self, endpoint: Any, index: int) -> None:
         port = self.ports[index]
         link = self.link_wrapper(UcxLink(endpoint, port, "server"))
+        # One reusable timer each for the idle wait and the protocol steps of this handler's task.
+        idle, step = StepDeadline(self.idle_evict), StepDeadline(self.step_timeout)
         try:
             while not self._stopping:
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
                 try:
-                    async with asyncio.timeout(self.idle_evict):
+                    async with idle:
                         await link.recv(buf, Phase.REQUEST)
                 except TimeoutError:
                     self.stats["evicted"] += 1
                     break
-                if not await self._serve_one(link, buf, index):
+                if not await self._serve_one(link, buf, index, step):
                     break
         except asyncio.CancelledError:
             raise
@@ -168,10 +171,12 @@ class SlotServer:
             self.stats["errors"] += 1
             log.debug("endpoint on port %s ended: %r", port, exc)
         finally:
+            idle.close()
+            step.close()
             if not link.closed:
                 link.abort()
 
-    async def _serve_one(self, link: Link, request: np.ndarray, index: int) -> bool:
+    async def _serve_one(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
         srv = proto.ServerRead(self._secret, self.commit_log, self.protocol, slots=ring.slots)
@@ -179,7 +184,7 @@ class SlotServer:
         try:
             while not isinstance(action, proto.Done | proto.Close):
                 try:
-                    action = await self._perform(link, srv, action, index)
+                    action = await self._perform(link, srv, action, index, step)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # reset, timeout, cancel of one step
@@ -190,7 +195,12 @@ class SlotServer:
         return isinstance(action, proto.Done)
 
     async def _perform(
-        self, link: Link, srv: proto.ServerRead, action: proto.ServerAction, index: int
+        self,
+        link: Link,
+        srv: proto.ServerRead,
+        action: proto.ServerAction,
+        index: int,
+        step: StepDeadline,
     ) -> proto.ServerAction:
         ring = self.ring
         match action:
@@ -218,18 +228,20 @@ class SlotServer:
                     self.stats["unauthorized"] += 1
                 elif frame.code == proto.Status.BAD_REQUEST and frame.type == proto.MsgType.STATUS:
                     self.stats["bad_requests"] += 1
-                await self._send(link, data, _REPLY_PHASE.get(frame.type, Phase.STATUS))
+                async with step:
+                    await link.send(data, _REPLY_PHASE.get(frame.type, Phase.STATUS))
                 return srv.on_sent()
             case proto.SendPayload(slot=slot, nbytes=nbytes):
                 view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
                 try:
-                    await self._send(link, view, Phase.PAYLOAD)
+                    async with step:
+                        await link.send(view, Phase.PAYLOAD)
                 finally:
                     del view
                 return srv.on_sent()
             case proto.AwaitCommit():
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-                async with asyncio.timeout(self.step_timeout):
+                async with step:
                     await link.recv(buf, Phase.COMMIT)
                 return srv.on_commit(buf)
             case proto.Finalise(kind=kind, slot=slot, generation=generation, token=token):
@@ -278,10 +290,6 @@ class SlotServer:
         if ok:
             self.stats["released"] += 1
         return ok
-
-    async def _send(self, link: Link, buf: Any, phase: Phase) -> None:
-        async with asyncio.timeout(self.step_timeout):  # cheaper than wait_for: no extra task
-            await link.send(buf, phase)
 
 
 _REPLY_PHASE = {
