@@ -32,7 +32,7 @@ from transport.errors import (
     TruncatedError,
 )
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, identity
+from transport.link import Link, LinkWrapper, Phase, UcxLink, identity, post_recv
 from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
@@ -231,17 +231,20 @@ class SlotClient:
         generation = desc.generation
         bound = StepDeadline(self.read_timeout)  # one reusable timer for every step of this attempt
         payload: np.ndarray | None = None
-        payload_recv: asyncio.Task[None] | None = None
+        payload_recv: asyncio.Future[None] | None = None
+        committed: asyncio.Future[None] | None = None
+        bare = hasattr(link, "post_recv")  # a bare UcxLink: receives can be posted ahead, in order
         try:
             await self._step(link.send(proto.encode(cr.request_frame()), Phase.REQUEST), bound)
             buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-            status_recv = link.recv(buf, Phase.STATUS)
+            status_recv = post_recv(link, buf, Phase.STATUS) if bare else link.recv(buf, Phase.STATUS)
             if not legacy and desc.nbytes:
                 # Post the payload receive right behind the status one (the descriptor says its size):
                 # a large payload's rendezvous then starts without waiting for us to read the status.
-                # Ordering holds: the status receive is posted when awaited below, this task a step later.
+                # Order holds: a bare link posts both now; on a wrapped link the status receive starts
+                # when awaited below and this task a loop step later.
                 payload = self._buffer(desc.nbytes, out)
-                payload_recv = asyncio.ensure_future(link.recv(payload, Phase.PAYLOAD))
+                payload_recv = post_recv(link, payload, Phase.PAYLOAD)
             await self._step(status_recv, bound)
             nbytes = cr.on_status(buf)
             if legacy:
@@ -256,9 +259,11 @@ class SlotClient:
             commit = cr.on_payload(checksum(payload))
             if commit is None:
                 return ReadResult(payload, port, generation)
-            await self._step(link.send(proto.encode(commit), Phase.COMMIT), bound)
             buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-            await self._step(link.recv(buf, Phase.COMMITTED), bound)
+            if bare:
+                committed = post_recv(link, buf, Phase.COMMITTED)  # posted before COMMIT can be answered
+            await self._step(link.send(proto.encode(commit), Phase.COMMIT), bound)
+            await self._step(committed or link.recv(buf, Phase.COMMITTED), bound)
             cr.on_committed(buf)
             return ReadResult(payload, port, generation)
         except asyncio.CancelledError:
@@ -268,11 +273,13 @@ class SlotClient:
                 cr.on_error(exc)
         finally:
             bound.close()
-            if payload_recv is not None:
-                if not payload_recv.done():
-                    payload_recv.cancel()  # the link is aborted on any failure; never leave it behind
-                elif not payload_recv.cancelled():
-                    payload_recv.exception()  # retrieved: its failure is already reported via the status
+            for posted in (payload_recv, committed):
+                if posted is None:
+                    continue
+                if not posted.done():
+                    posted.cancel()  # the link is aborted on any failure; never leave it behind
+                elif not posted.cancelled():
+                    posted.exception()  # retrieved: the failure is already reported another way
         if cr.state is proto.ClientState.FAILED:
             assert cr.error is not None
             raise cr.error

@@ -6,6 +6,7 @@ moved inside the process); with chaos off the wrapper is the identity and costs 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, Protocol
@@ -43,6 +44,24 @@ class Link(Protocol):
 LinkWrapper = Callable[[Link], Link]
 
 
+def post_recv(link: Link, buf: Any, phase: Phase) -> asyncio.Future[None]:
+    """Start a receive now, so receives are matched in the order they were started; await it later.
+
+    A bare `UcxLink` posts straight to UCX; any other link (a fault wrapper) runs its `recv` as a task,
+    which starts in creation order.
+    """
+    post = getattr(link, "post_recv", None)
+    if post is not None:
+        return post(buf, phase)  # type: ignore[no-any-return]
+    return asyncio.ensure_future(link.recv(buf, phase))
+
+
+def post_send(link: Link, buf: Any, phase: Phase) -> asyncio.Future[None] | None:
+    """Post a send now on a bare `UcxLink` (None for other links: they send step by step)."""
+    post = getattr(link, "post_send", None)
+    return post(buf, phase) if post is not None else None  # type: ignore[no-any-return]
+
+
 def identity(link: Link) -> Link:
     return link
 
@@ -55,6 +74,18 @@ class UcxLink:
         self.port = port
         self.role = role
         self._aborted = False
+
+    def post_send(self, buf: Any, phase: Phase) -> asyncio.Future[None]:
+        engine = ucx.engine()
+        if engine is not None:
+            return engine.post_send(self.endpoint, buf)
+        return asyncio.ensure_future(self.endpoint.send(buf))
+
+    def post_recv(self, buf: Any, phase: Phase) -> asyncio.Future[None]:
+        engine = ucx.engine()
+        if engine is not None:
+            return engine.post_recv(self.endpoint, buf)
+        return asyncio.ensure_future(self.endpoint.recv(buf))
 
     async def send(self, buf: Any, phase: Phase) -> None:
         engine = ucx.engine()

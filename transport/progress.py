@@ -25,9 +25,12 @@ class HybridProgress:
 
     def __init__(self, spin_s: float = SPIN_S) -> None:
         import ucxx
+        from ucxx._lib.arr import Array
         from ucxx._lib_async.application_context import ProgressTasks
+        from ucxx.types import Tag, TagMaskFull
 
         self.spin_s = spin_s
+        self._array, self._tag, self._mask_full = Array, Tag, TagMaskFull
         self.loop = asyncio.get_running_loop()
         ucxx.init(progress_mode="polling")
         ctx = ucxx.core._get_ctx()
@@ -40,36 +43,50 @@ class HybridProgress:
         self._last = time.monotonic()
         self._task = self.loop.create_task(self._run(), name="slotwire-ucx-progress")
 
+    def track(self, request: Any) -> asyncio.Future[None]:
+        """A future this engine completes with `request` (already done if the request is)."""
+        future = self.loop.create_future()
+        if request.completed:
+            try:
+                request.check_error()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+            return future
+        self._pending[request] = future
+        self._last = time.monotonic()
+        self._wake.set()
+        return future
+
     async def wait(self, request: Any) -> None:
         if request.completed:
             request.check_error()
             return
-        future = self.loop.create_future()
-        self._pending[request] = future
-        self._last = time.monotonic()
-        self._wake.set()
-        try:
-            await future
-        finally:
-            self._pending.pop(request, None)
+        await self.track(request)
+
+    def post_send(self, endpoint: Any, buf: Any) -> asyncio.Future[None]:
+        """Post a send now (in order with every other post on `endpoint`); await the result later."""
+        return self.track(endpoint._ep.tag_send(self._array(buf), self._tag(endpoint._tags["msg_send"])))
+
+    def post_recv(self, endpoint: Any, buf: Any) -> asyncio.Future[None]:
+        """Post a receive now (matched in posting order); await the result later."""
+        tag = self._tag(endpoint._tags["msg_recv"])
+        return self.track(endpoint._ep.tag_recv(self._array(buf), tag, self._mask_full))
 
     async def send(self, endpoint: Any, buf: Any) -> None:
-        from ucxx._lib.arr import Array
-        from ucxx.types import Tag
-
-        await self.wait(endpoint._ep.tag_send(Array(buf), Tag(endpoint._tags["msg_send"])))
+        await self.wait(endpoint._ep.tag_send(self._array(buf), self._tag(endpoint._tags["msg_send"])))
 
     async def recv(self, endpoint: Any, buf: Any) -> None:
-        from ucxx._lib.arr import Array
-        from ucxx.types import Tag, TagMaskFull
-
-        await self.wait(endpoint._ep.tag_recv(Array(buf), Tag(endpoint._tags["msg_recv"]), TagMaskFull))
+        tag = self._tag(endpoint._tags["msg_recv"])
+        await self.wait(endpoint._ep.tag_recv(self._array(buf), tag, self._mask_full))
 
     def _complete(self) -> bool:
-        done = [request for request in self._pending if request.completed]
+        pending = self._pending
+        done = [request for request, future in pending.items() if request.completed or future.done()]
         for request in done:
-            future = self._pending.pop(request)
-            if future.done():
+            future = pending.pop(request)
+            if future.done():  # cancelled by a timed-out step: the link is aborted anyway
                 continue
             try:
                 request.check_error()

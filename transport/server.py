@@ -20,7 +20,7 @@ from transport import ucx
 from transport.deadline import StepDeadline
 from transport.errors import ConfigError
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, identity
+from transport.link import Link, LinkWrapper, Phase, UcxLink, identity, post_send
 from transport.ring import ReadCode, SharedRing
 from transport.ucx import init_in_loop
 
@@ -228,8 +228,28 @@ class SlotServer:
                     self.stats["unauthorized"] += 1
                 elif frame.code == proto.Status.BAD_REQUEST and frame.type == proto.MsgType.STATUS:
                     self.stats["bad_requests"] += 1
-                async with step:
-                    await link.send(data, _REPLY_PHASE.get(frame.type, Phase.STATUS))
+                phase = _REPLY_PHASE.get(frame.type, Phase.STATUS)
+                status_sent = post_send(link, data, phase)
+                if status_sent is None:  # a wrapped link: one step at a time, as its faults expect
+                    async with step:
+                        await link.send(data, phase)
+                    return srv.on_sent()
+                # A bare link: post the payload right behind the status and wait for both at once
+                # (a completed send never meant the peer had it, so nothing is lost by not waiting).
+                after = srv.on_sent()
+                if not isinstance(after, proto.SendPayload):
+                    async with step:
+                        await status_sent
+                    return after
+                view = np.frombuffer(ring.payload_view(after.slot, after.nbytes), dtype=np.uint8)
+                payload_sent = post_send(link, view, Phase.PAYLOAD)
+                try:
+                    async with step:
+                        await status_sent
+                        await payload_sent  # type: ignore[misc]
+                finally:
+                    del view
+                    _settle(payload_sent)
                 return srv.on_sent()
             case proto.SendPayload(slot=slot, nbytes=nbytes):
                 view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
@@ -297,3 +317,13 @@ _REPLY_PHASE = {
     proto.MsgType.COMMITTED: Phase.COMMITTED,
     proto.MsgType.RESOLVED: Phase.RESOLVE,
 }
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    """A posted send nobody will await any more: cancel it, or mark its error as seen."""
+    if future is None:
+        return
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
