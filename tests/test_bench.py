@@ -108,3 +108,16 @@ def test_chaos_overhead_compares_the_stack_with_a_quiet_chaos_wrapper(tmp_path: 
     (row,) = compare["rows"]
     assert row["size"] == 4096 and all(_positive(row[k]) for k in ("plain_gib_s", "with_gib_s", "ratio"))
     assert "chaos p=0" in proc.stdout
+
+
+def test_own_engine_is_reported_but_never_the_raw_baseline() -> None:
+    from transport.bench import build_rows
+
+    def cells(gib: float) -> dict[str, object]:
+        return {"cells": {"4096": {"median_gib_s": gib, "median_slots_s": gib * 1000}}}
+
+    raw = {"polling": cells(0.15), "hybrid": cells(0.30)}  # hybrid faster here: still not the baseline
+    stack = {"4096": {"median_gib_s": 0.03, "median_slots_s": 30.0}}
+    (row,) = build_rows(raw, stack, [4096], "hybrid")
+    assert row["raw_mode"] == "polling" and row["ratio"] == pytest.approx(0.2)
+    assert row["ratio_same_mode"] == pytest.approx(0.1)

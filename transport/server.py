@@ -101,10 +101,7 @@ class SlotServer:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Close listeners, abort live endpoints (their handlers release held slots), within `timeout`."""
-        self._stopping = True
-        for listener in self._listeners:
-            listener.close()
-        self._listeners.clear()
+        self._stopping = True  # from here new endpoints are aborted on arrival
         if self._reclaimer is not None:
             self._reclaimer.cancel()
         for task in list(self._handlers):
@@ -113,6 +110,13 @@ class SlotServer:
         if pending:
             await asyncio.wait(pending, timeout=timeout)
         self._handlers.clear()
+        # Listeners last, a loop turn after their handlers ended: ucxx warns about a listener
+        # destroyed while its handlers are still tracked.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
         if self._ucx_acquired:
             self._ucx_acquired = False
             ucx.release()
