@@ -5,7 +5,8 @@ What one run measures (issue 2, acceptance point 6):
 * **raw**: two spawned processes per progress mode. The client sends an 8-byte request (the size),
   the server replies with that many bytes from a preallocated buffer, the client receives into a
   preallocated buffer. Modes: `polling`, `blocking`, `thread`, `thread+futures` (python futures, enabled
-  by `ucxx.init(..., enable_python_future=True)` inside the running loop). The best mode per size is "raw".
+  by `ucxx.init(..., enable_python_future=True)` inside the running loop), and `hybrid` (this package's
+  engine on the same pattern, reported but never the baseline). The best stock mode per size is "raw".
 * **stack**: a `Producer` (ring + its server process) in its own spawned process; `Consumer.get` in this
   process. The producer fills the ring between timed stretches and is idle while the consumer fetches,
   so only the consumer's fetch rate is timed (never the producer's write speed); a ring bigger than the
@@ -14,8 +15,10 @@ What one run measures (issue 2, acceptance point 6):
   and of a consumer process holding pooled connections (psutil, percent of one core).
 
 Each cell: an untimed warm-up that also calibrates the iteration count (so one timed repetition takes
-about `cell_seconds`), then `reps` timed repetitions; the median is reported. The stack runs in the
-progress mode of `SLOTWIRE_PROGRESS_MODE` (default `thread` with python futures, see transport/ucx.py);
+about `cell_seconds`), then `reps` timed repetitions. Raw and stack are measured in alternation
+`rounds` times (this machine drifts within a run) and the median over all repetitions is reported,
+with each round's own ratio beside it. The stack runs in the
+progress mode of `SLOTWIRE_PROGRESS_MODE` (default `hybrid`, see transport/progress.py);
 `--stack-mode` sets it for this run.
 """
 
@@ -89,7 +92,10 @@ class BenchConfig:
     sizes: tuple[int, ...] = DEFAULT_SIZES
     modes: tuple[str, ...] = DEFAULT_MODES
     quick: bool = False
-    reps: int = 3
+    reps: int = 2
+    # raw and stack are measured in alternation this many times: the machine drifts by up to 30 %
+    # within a run, and a raw phase measured minutes before the stack phase skews their ratio
+    rounds: int = 2
     cell_seconds: float = 1.0  # one timed repetition
     warmup_seconds: float = 0.25  # calibration batch length (untimed)
     idle_seconds: float = 3.0
@@ -109,7 +115,7 @@ class BenchConfig:
         base: dict[str, Any] = {}
         if quick:
             base = dict(
-                quick=True, reps=1, cell_seconds=0.15, warmup_seconds=0.05, idle_seconds=1.0,
+                quick=True, reps=1, rounds=1, cell_seconds=0.15, warmup_seconds=0.05, idle_seconds=1.0,
                 ring_budget=256 * MiB,
             )  # fmt: skip
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -125,8 +131,8 @@ class BenchConfig:
             raise ValueError(f"modes: unknown {unknown}; choose from {', '.join(RAW_MODES)}")
         if self.stack_mode is not None and self.stack_mode not in PROGRESS_MODES:
             raise ValueError(f"stack mode {self.stack_mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
-        if self.reps < 1 or self.cell_seconds <= 0 or self.ports < 1:
-            raise ValueError("reps and ports must be >= 1, cell_seconds > 0")
+        if self.reps < 1 or self.rounds < 1 or self.cell_seconds <= 0 or self.ports < 1:
+            raise ValueError("reps, rounds and ports must be >= 1, cell_seconds > 0")
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -751,6 +757,29 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def merge_cells(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One cell from the same cell measured in several rounds: medians over every repetition."""
+    if len(cells) == 1:
+        return cells[0]
+    rates = [g for c in cells for g in c["gib_s"]]
+    slots = [c["iterations"] / s for c in cells for s in c["seconds"]]
+    return {
+        **cells[0],
+        "seconds": [s for c in cells for s in c["seconds"]],
+        "iterations_by_round": [c["iterations"] for c in cells],
+        "gib_s": rates,
+        "median_gib_s": statistics.median(rates),
+        "median_slots_s": statistics.median(slots),
+        "rounds": len(cells),
+    }
+
+
+def merge_raw_mode(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    keys = results[0]["cells"]
+    merged = {k: merge_cells([r["cells"][k] for r in results]) for k in keys}
+    return {**results[-1], "cells": merged}
+
+
 def build_rows(
     raw: dict[str, Any], stack: dict[str, Any], sizes: Sequence[int], stack_mode: str
 ) -> list[dict[str, Any]]:
@@ -804,17 +833,19 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
         "stack_mode": stack_mode_label(stack_env_mode),
         "load": {"start": _load()},
     }
-    raw: dict[str, Any] = {}
-    for mode_name in cfg.modes:
-        raw[mode_name] = bench_raw_mode(cfg, mode_name, log)
-    report["load"]["after_raw"] = _load()
-
+    raw_rounds: list[dict[str, Any]] = []
+    stack_rounds: list[dict[str, Any]] = []
     hosts: list[ProducerHost] = []
     try:
-        stack: dict[str, Any] = {}
-        for size in cfg.sizes:
-            stack[str(size)] = bench_stack_size(cfg, size, hosts, log)
-        report["load"]["after_stack"] = _load()
+        for round_no in range(1, cfg.rounds + 1):
+            if cfg.rounds > 1:
+                log(f"round {round_no}/{cfg.rounds}")
+            raw_rounds.append({mode_name: bench_raw_mode(cfg, mode_name, log) for mode_name in cfg.modes})
+            report["load"][f"after_raw_{round_no}"] = _load()
+            stack_rounds.append({str(size): bench_stack_size(cfg, size, hosts, log) for size in cfg.sizes})
+            report["load"][f"after_stack_{round_no}"] = _load()
+        raw = {m: merge_raw_mode([r[m] for r in raw_rounds]) for m in cfg.modes}
+        stack = {key: merge_cells([r[key] for r in stack_rounds]) for key in stack_rounds[0]}
         if cfg.compare_server_options is not None:
             report["compare"] = compare_stack(cfg, stack, hosts, log)
         get_many, idle = bench_get_many_and_idle(cfg, hosts, log)
@@ -825,6 +856,11 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
             host.reap()
     report["load"]["end"] = _load()
     rows = build_rows(raw, stack, cfg.sizes, report["stack_mode"])
+    for i, row in enumerate(rows):  # the ratio within each round too: how much drift moved it
+        row["ratio_by_round"] = [
+            build_rows(r, st, cfg.sizes, report["stack_mode"])[i]["ratio"]
+            for r, st in zip(raw_rounds, stack_rounds, strict=True)
+        ]
     report.update(raw=raw, stack=stack, rows=rows, get_many=get_many, idle_cpu=idle)
     judged = [r["pass"] for r in rows if r["pass"] is not None] + [get_many["pass"], idle["pass"]]
     report["passed"] = all(judged)
@@ -894,6 +930,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     ):
         table.add_column(col, justify="left" if col == "size" else "right")
     table.add_column(f"ratio vs raw {report['stack_mode']}", justify="right")
+    table.add_column("ratio by round", justify="right")
     for r in report["rows"]:
         passed = {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[r["pass"]]
         table.add_row(
@@ -905,6 +942,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             "-" if r["target"] is None else f">= {r['target']:.2f}",
             passed,
             "-" if r["ratio_same_mode"] is None else f"{r['ratio_same_mode']:.2f}",
+            " ".join(f"{x:.2f}" for x in r.get("ratio_by_round", ())),
         )
     console.print(table)
 
@@ -988,7 +1026,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="few iterations: a smoke test, not a measurement"
     )
-    parser.add_argument("--reps", type=int, help="timed repetitions per cell (median reported)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per cell and round (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, help="alternate raw and stack measurements this many times (default 2)"
+    )
     parser.add_argument("--cell-seconds", type=float, help="target length of one timed repetition")
     parser.add_argument("--stack-mode", choices=PROGRESS_MODES, help="SLOTWIRE_PROGRESS_MODE for the stack")
     parser.add_argument("--ports", type=int, help="server ports of the stack's producer (default 4)")
@@ -1002,6 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sizes=args.sizes,
             modes=args.modes,
             reps=args.reps,
+            rounds=args.rounds,
             cell_seconds=args.cell_seconds,
             stack_mode=args.stack_mode,
             ports=args.ports,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,25 +137,27 @@ async def fetch_batch(
     seconds = [0.0] * n
     last_error: dict[int, TransportError] = {}
     final: set[int] = set()
-    gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
-        async with gate:
-            started = time.perf_counter()
-            try:
-                result, used = await fetch_one(client, descriptors[i], max_attempts=max_attempts)
-            except TransportError as exc:
-                seconds[i] += time.perf_counter() - started
-                attempts[i] += len(getattr(exc, "causes", ())) or 1
-                last_error[i] = exc
-                if not exc.retryable:
-                    final.add(i)
-                return
-            attempts[i] += used
+        started = time.perf_counter()
+        try:
+            result, used = await fetch_one(client, descriptors[i], max_attempts=max_attempts)
+        except TransportError as exc:
             seconds[i] += time.perf_counter() - started
-            payloads[i] = result.payload
-            ports[i] = result.port
-            last_error.pop(i, None)
+            attempts[i] += len(getattr(exc, "causes", ())) or 1
+            last_error[i] = exc
+            if not exc.retryable:
+                final.add(i)
+            return
+        attempts[i] += used
+        seconds[i] += time.perf_counter() - started
+        payloads[i] = result.payload
+        ports[i] = result.port
+        last_error.pop(i, None)
+
+    async def worker(queue: Iterator[int]) -> None:
+        for i in queue:  # shared iterator: each index is taken by exactly one worker
+            await one(i)
 
     todo = list(range(n))
     for round_no in range(rounds):
@@ -163,7 +165,9 @@ async def fetch_batch(
             break
         if round_no:
             await asyncio.sleep(min(client.read_timeout, round_pause * 2**round_no))
-        await asyncio.gather(*(one(i) for i in todo))
+        # `concurrency` workers over one queue: fewer tasks and no semaphore per slot than one task each.
+        queue = iter(todo)
+        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(todo)))))
         todo = [i for i in todo if payloads[i] is None and i not in final]
 
     failures = [
