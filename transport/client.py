@@ -337,7 +337,7 @@ class SlotClient:
         """Close pooled endpoints (bounded) and let ucxx shut down if this was its last user.
 
         `release_ucx=False` keeps ucxx up: right for a loop that outlives the client (the sync
-        Consumer's shared loop thread), where a reset would only cost a second per close.
+        Consumer's shared loop), where a reset would only cost a second per close.
         """
         self._closed = True
         pooled = [p.link for idle in self._pool.values() for p in idle]

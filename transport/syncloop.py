@@ -1,9 +1,9 @@
 """The process's one UCX event loop, driven by whichever sync caller needs it.
 
 ucxx binds to one event loop per process, so every sync `Consumer` shares this loop. A background
-thread running it would cost each `get` two thread hand-offs and a GIL fight with that thread
-(measured: 296 us vs 152 us per 4 KiB get, docs/decisions.md). Instead the calling thread runs the
-loop itself for as long as its own coroutine needs. A second thread that arrives while the loop is
+thread running it (the first design) cost each `get` two thread hand-offs and a GIL fight with that
+thread (measured: 296 us vs 152 us per 4 KiB get, docs/decisions.md). Instead the calling thread runs
+the loop itself for as long as its own coroutine needs. A second thread that arrives while the loop is
 being driven hands its coroutine to the running loop and waits; when the driver's own work is done it
 wakes the waiters, and one of them takes over driving. Between calls nothing runs: an idle sync
 consumer uses no CPU at all.

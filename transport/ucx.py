@@ -11,8 +11,9 @@ Progress mode, measured on this 2-core machine (ucxx 0.52, two endpoints in one 
 | thread + python futures | 106 us | 2 % |
 
 A producer, a server and several consumers share 2 cores in the harness, so an idle process must
-not burn a core: the default is `thread` with python futures (`SLOTWIRE_PROGRESS_MODE` overrides
-it, e.g. `polling` for a dedicated box where small-payload latency matters more than idle CPU).
+not burn a core: the default is this package's `hybrid` engine (`transport.progress`: spin while
+busy, sleep on the worker's epoll fd when idle). `SLOTWIRE_PROGRESS_MODE` selects a stock mode
+instead, e.g. `polling` for a dedicated box.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def setup_env() -> None:
 
 
 def progress_mode() -> tuple[str, bool]:
-    """(progress_mode, enable_python_future) from `SLOTWIRE_PROGRESS_MODE` (default thread+futures)."""
+    """(progress_mode, enable_python_future) from `SLOTWIRE_PROGRESS_MODE` (default `hybrid`)."""
     mode = os.environ.get("SLOTWIRE_PROGRESS_MODE", DEFAULT_MODE)
     if mode not in PROGRESS_MODES:
         raise ValueError(f"SLOTWIRE_PROGRESS_MODE={mode!r}: expected one of {', '.join(PROGRESS_MODES)}")
