@@ -47,12 +47,7 @@ class HybridProgress:
         """A future this engine completes with `request` (already done if the request is)."""
         future = self.loop.create_future()
         if request.completed:
-            try:
-                request.check_error()
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
+            _settle(future, request)
             return future
         self._pending[request] = future
         self._last = time.monotonic()
@@ -86,14 +81,8 @@ class HybridProgress:
         done = [request for request, future in pending.items() if request.completed or future.done()]
         for request in done:
             future = pending.pop(request)
-            if future.done():  # cancelled by a timed-out step: the link is aborted anyway
-                continue
-            try:
-                request.check_error()
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
+            if not future.done():  # done: cancelled by a timed-out step; the link is aborted anyway
+                _settle(future, request)
         return bool(done)
 
     async def _run(self) -> None:
@@ -124,3 +113,13 @@ class HybridProgress:
     def close(self) -> None:
         self._task.cancel()
         self.loop.remove_reader(self.worker.epoll_file_descriptor)
+
+
+def _settle(future: asyncio.Future[None], request: Any) -> None:
+    """Complete `future` with the outcome of the completed UCX `request`."""
+    try:
+        request.check_error()
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
