@@ -92,12 +92,18 @@ class HybridProgress:
             if progressed:
                 worker.progress()
             now = time.monotonic()
-            if (self._pending and self._complete()) or progressed:
+            # A request completes inside progress (or at once when posted, see `track`), so the
+            # pending ones are scanned only after progress: the scan is most of an idle spin's cost.
+            if progressed:
                 self._last = now
+                if self._pending:
+                    self._complete()
             # Spin only just after activity: a handler waiting seconds for its next request keeps
             # a recv pending, and spinning on that would burn a core.
             if now - self._last < self.spin_s:
                 await asyncio.sleep(0)
+                continue
+            if self._pending and self._complete():  # a last full scan before sleeping
                 continue
             if not worker.arm():  # events arrived meanwhile: progress again
                 await asyncio.sleep(0)
