@@ -261,6 +261,36 @@ async def test_reset_aborts_at_its_phase(phase: str, before: list[str]) -> None:
     assert wrapper.fired[(3, 2)] == 1
 
 
+class PostingFakeLink(FakeLink):
+    """A FakeLink that can post sends ahead, like a bare UcxLink."""
+
+    def post_send(self, buf: Any, phase: Phase) -> asyncio.Future[None]:
+        self.sent.append((phase, np.frombuffer(buf, dtype=np.uint8).nbytes, time.monotonic()))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_fault_free_attempts_post_through_and_faulty_ones_go_step_by_step() -> None:
+    quiet = FaultSpec(index=0, kind="reset", phase="status", probability=0.0)
+    wrapper, _, events = wrapped(quiet)
+    fake = PostingFakeLink()
+    link = wrapper(fake)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
+    posted = link.post_send(np.zeros(FRAME, np.uint8), Phase.STATUS)
+    assert posted is not None and posted.done()  # chaos at probability 0 costs no step-by-step send
+    assert sent_phases(fake) == ["status"] and events.of("fault") == []
+
+    wrapper, _, events = wrapped(FaultSpec(index=0, kind="reset", phase="status"))
+    fake = PostingFakeLink()
+    link = wrapper(fake)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
+    assert link.post_send(np.zeros(FRAME, np.uint8), Phase.STATUS) is None  # a drawn fault: no shortcut
+    with pytest.raises(InjectedFaultError):
+        await link.send(np.zeros(FRAME, np.uint8), Phase.STATUS)
+    assert fake.sent == [] and len(events.of("fault")) == 1
+
+
 async def test_reset_at_commit_never_fires_in_single_chunk() -> None:
     wrapper, fake, events = wrapped(FaultSpec(index=0, kind="reset", phase="commit"))
     await serve_legacy(wrapper(fake))

@@ -250,7 +250,7 @@ class SlotServer:
                 try:
                     async with step:
                         await status_sent
-                        await payload_sent  # type: ignore[misc]
+                        await (payload_sent or link.send(view, Phase.PAYLOAD))
                 finally:
                     del view
                     _settle(payload_sent)

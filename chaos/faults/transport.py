@@ -243,6 +243,22 @@ class ChaosLink:
             self._reset(spec, phase)
         await self.inner.recv(buf, phase)
 
+    def post_send(self, buf: Any, phase: Phase) -> asyncio.Future[None] | None:
+        """Post straight through when this attempt drew no fault (None otherwise: send step by step).
+
+        What keeps chaos at probability 0 as cheap as the plain transport, which posts ahead.
+        """
+        attempt = self._attempt
+        inner_post = getattr(self.inner, "post_send", None)
+        if attempt is None or attempt.pending or inner_post is None:
+            return None
+        future: asyncio.Future[None] = inner_post(buf, phase)
+        if phase == Phase.PAYLOAD:
+            attempt.sent_payload = True
+        elif phase == Phase.COMMITTED:
+            attempt.sent_committed = True
+        return future
+
     async def send(self, buf: Any, phase: Phase) -> None:
         spec = self._take("reset", phase)
         if spec is not None:
