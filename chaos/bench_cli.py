@@ -69,7 +69,12 @@ def chaos_off_options() -> dict[str, object]:
 )
 @click.option("--quick", is_flag=True, help="Few iterations: a smoke test, not a measurement.")
 @click.option(
-    "--reps", type=click.IntRange(min=1), help="Timed repetitions per cell (the median is reported)."
+    "--reps", type=click.IntRange(min=1), help="Timed repetitions per cell and round (default 2)."
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    help="Alternate raw and stack measurements this many times (default 2; the machine drifts).",
 )
 @click.option(
     "--cell-seconds", type=click.FloatRange(min=0, min_open=True), help="Length of one timed repetition."
@@ -94,6 +99,7 @@ def bench(
     modes: tuple[str, ...] | None,
     quick: bool,
     reps: int | None,
+    rounds: int | None,
     cell_seconds: float | None,
     stack_mode: str | None,
     ports: int | None,
@@ -111,6 +117,7 @@ def bench(
             sizes=sizes,
             modes=modes,
             reps=reps,
+            rounds=rounds,
             cell_seconds=cell_seconds,
             stack_mode=stack_mode,
             ports=ports,
