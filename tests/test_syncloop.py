@@ -43,14 +43,19 @@ def test_concurrent_callers_all_finish(shared: SharedLoop) -> None:
 def test_waiter_takes_over_when_the_driver_returns(shared: SharedLoop) -> None:
     """B's work outlives A's: once A returns, nobody drives unless B takes over."""
     ran_on: list[int] = []
+    b_started = threading.Event()
 
     async def short() -> str:
-        await asyncio.sleep(0.2)
+        for _ in range(500):  # drive until B's first step ran on this loop (bounded: 5 s)
+            if b_started.is_set():
+                break
+            await asyncio.sleep(0.01)
         return "a"
 
     async def long() -> str:
         for _ in range(10):
             ran_on.append(threading.get_ident())
+            b_started.set()
             await asyncio.sleep(0.05)
         return "b"
 
