@@ -32,11 +32,11 @@ def test_each_step_gets_its_full_budget_from_its_own_start() -> None:
     """Step 1's timer fires mid-step-2; it must re-arm, not cut step 2 short."""
 
     async def main() -> None:
-        bound = StepDeadline(0.3)
+        bound = StepDeadline(0.4)
         async with bound:
-            await asyncio.sleep(0.2)
-        async with bound:  # starts at ~0.2 s: the old timer fires at ~0.3 s
-            await asyncio.sleep(0.25)  # ends at ~0.45 s, inside its own 0.5 s deadline
+            await asyncio.sleep(0.3)
+        async with bound:  # starts at ~0.3 s: the old timer fires at ~0.4 s
+            await asyncio.sleep(0.2)  # ends at ~0.5 s, well inside its own 0.7 s deadline
 
     asyncio.run(main())
 
@@ -76,10 +76,10 @@ def test_outside_cancellation_stays_a_cancellation() -> None:
 
 def test_a_timed_out_step_leaves_the_task_usable() -> None:
     async def main() -> str:
-        bound = StepDeadline(0.05)
+        bound = StepDeadline(0.3)
         with pytest.raises(TimeoutError):
             async with bound:
-                await asyncio.sleep(1)
+                await asyncio.sleep(2)
         async with bound:
             await asyncio.sleep(0.01)  # no leftover cancellation hits this step
         return "ok"
