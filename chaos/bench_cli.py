@@ -68,9 +68,7 @@ def chaos_off_options() -> dict[str, object]:
     help=f"Raw ucxx progress modes (default: {','.join(DEFAULT_MODES)}; any of {', '.join(RAW_MODES)}).",
 )
 @click.option("--quick", is_flag=True, help="Few iterations: a smoke test, not a measurement.")
-@click.option(
-    "--reps", type=click.IntRange(min=1), help="Timed repetitions per cell and round (default 2)."
-)
+@click.option("--reps", type=click.IntRange(min=1), help="Timed repetitions per cell and round (default 2).")
 @click.option(
     "--rounds",
     type=click.IntRange(min=1),

@@ -856,11 +856,13 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
             host.reap()
     report["load"]["end"] = _load()
     rows = build_rows(raw, stack, cfg.sizes, report["stack_mode"])
-    for i, row in enumerate(rows):  # the ratio within each round too: how much drift moved it
-        row["ratio_by_round"] = [
-            build_rows(r, st, cfg.sizes, report["stack_mode"])[i]["ratio"]
-            for r, st in zip(raw_rounds, stack_rounds, strict=True)
-        ]
+    # The ratio within each round too: how much drift moved it.
+    per_round = [
+        build_rows(r, st, cfg.sizes, report["stack_mode"])
+        for r, st in zip(raw_rounds, stack_rounds, strict=True)
+    ]
+    for i, row in enumerate(rows):
+        row["ratio_by_round"] = [round_rows[i]["ratio"] for round_rows in per_round]
     report.update(raw=raw, stack=stack, rows=rows, get_many=get_many, idle_cpu=idle)
     judged = [r["pass"] for r in rows if r["pass"] is not None] + [get_many["pass"], idle["pass"]]
     report["passed"] = all(judged)

@@ -32,7 +32,7 @@ from transport.errors import (
     TruncatedError,
 )
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, identity, post_recv
+from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_recv
 from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
@@ -273,13 +273,9 @@ class SlotClient:
                 cr.on_error(exc)
         finally:
             bound.close()
-            for posted in (payload_recv, committed):
-                if posted is None:
-                    continue
-                if not posted.done():
-                    posted.cancel()  # the link is aborted on any failure; never leave it behind
-                elif not posted.cancelled():
-                    posted.exception()  # retrieved: the failure is already reported another way
+            # The link is aborted on any failure: never leave a posted receive behind.
+            discard(payload_recv)
+            discard(committed)
         if cr.state is proto.ClientState.FAILED:
             assert cr.error is not None
             raise cr.error

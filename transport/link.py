@@ -62,6 +62,16 @@ def post_send(link: Link, buf: Any, phase: Phase) -> asyncio.Future[None] | None
     return post(buf, phase) if post is not None else None  # type: ignore[no-any-return]
 
 
+def discard(future: asyncio.Future[None] | None) -> None:
+    """A posted transfer nobody will await any more: cancel it, or mark its error as seen."""
+    if future is None:
+        return
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
 def identity(link: Link) -> Link:
     return link
 

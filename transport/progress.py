@@ -60,21 +60,25 @@ class HybridProgress:
             return
         await self.track(request)
 
+    def _tag_send(self, endpoint: Any, buf: Any) -> Any:
+        return endpoint._ep.tag_send(self._array(buf), self._tag(endpoint._tags["msg_send"]))
+
+    def _tag_recv(self, endpoint: Any, buf: Any) -> Any:
+        return endpoint._ep.tag_recv(self._array(buf), self._tag(endpoint._tags["msg_recv"]), self._mask_full)
+
     def post_send(self, endpoint: Any, buf: Any) -> asyncio.Future[None]:
         """Post a send now (in order with every other post on `endpoint`); await the result later."""
-        return self.track(endpoint._ep.tag_send(self._array(buf), self._tag(endpoint._tags["msg_send"])))
+        return self.track(self._tag_send(endpoint, buf))
 
     def post_recv(self, endpoint: Any, buf: Any) -> asyncio.Future[None]:
         """Post a receive now (matched in posting order); await the result later."""
-        tag = self._tag(endpoint._tags["msg_recv"])
-        return self.track(endpoint._ep.tag_recv(self._array(buf), tag, self._mask_full))
+        return self.track(self._tag_recv(endpoint, buf))
 
     async def send(self, endpoint: Any, buf: Any) -> None:
-        await self.wait(endpoint._ep.tag_send(self._array(buf), self._tag(endpoint._tags["msg_send"])))
+        await self.wait(self._tag_send(endpoint, buf))
 
     async def recv(self, endpoint: Any, buf: Any) -> None:
-        tag = self._tag(endpoint._tags["msg_recv"])
-        await self.wait(endpoint._ep.tag_recv(self._array(buf), tag, self._mask_full))
+        await self.wait(self._tag_recv(endpoint, buf))
 
     def _complete(self) -> bool:
         pending = self._pending

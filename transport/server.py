@@ -20,7 +20,7 @@ from transport import ucx
 from transport.deadline import StepDeadline
 from transport.errors import ConfigError
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, identity, post_send
+from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_send
 from transport.ring import ReadCode, SharedRing
 from transport.ucx import init_in_loop
 
@@ -253,7 +253,7 @@ class SlotServer:
                         await (payload_sent or link.send(view, Phase.PAYLOAD))
                 finally:
                     del view
-                    _settle(payload_sent)
+                    discard(payload_sent)
                 return srv.on_sent()
             case proto.SendPayload(slot=slot, nbytes=nbytes):
                 view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
@@ -321,13 +321,3 @@ _REPLY_PHASE = {
     proto.MsgType.COMMITTED: Phase.COMMITTED,
     proto.MsgType.RESOLVED: Phase.RESOLVE,
 }
-
-
-def _settle(future: asyncio.Future[None] | None) -> None:
-    """A posted send nobody will await any more: cancel it, or mark its error as seen."""
-    if future is None:
-        return
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled():
-        future.exception()
