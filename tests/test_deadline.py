@@ -100,3 +100,36 @@ def test_nesting_and_bad_values_are_refused() -> None:
         bound.close()
 
     asyncio.run(main())
+
+
+def test_restart_gives_each_step_of_one_block_its_own_budget() -> None:
+    """Three 0.25 s steps in one 0.4 s block pass (0.75 s in all); a step over budget still times out."""
+
+    async def main() -> tuple[float, float]:
+        bound = StepDeadline(0.4)
+        start = time.monotonic()
+        async with bound:
+            for _ in range(3):
+                bound.restart()
+                await asyncio.sleep(0.25)
+        passed = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            async with bound:
+                await asyncio.sleep(0.1)
+                bound.restart()
+                await asyncio.sleep(5)  # the restarted step's own 0.4 s runs out
+        return passed, time.monotonic() - start
+
+    passed, timed_out = asyncio.run(main())
+    assert passed >= 0.75
+    assert 0.45 <= timed_out < 2.0
+
+
+def test_restart_outside_its_block_is_refused() -> None:
+    async def main() -> None:
+        bound = StepDeadline(1.0)
+        with pytest.raises(RuntimeError, match="outside"):
+            bound.restart()
+
+    asyncio.run(main())

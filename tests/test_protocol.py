@@ -225,7 +225,7 @@ ALL_FRAMES = [
     p.committed(3, 7, 99, p.Status.ERROR, "commit refused"),
     p.resolve((1 << 32) - 1, (1 << 64) - 1, (1 << 64) - 1, SECRET),
     *(p.resolved(r, 3, 7, 99) for r in p.Resolution),
-    replace(p.request(1, 2, 3, SECRET), flags=0xFFFF),
+    p.request(1, 2, 3, SECRET)._replace(flags=0xFFFF),
 ]
 
 
@@ -551,7 +551,7 @@ def test_malformed_requests_get_bad_request_then_close(request_bytes: bytes, wor
     client = net.client(0)
     client.request_frame()
     with pytest.raises(ServerError):  # blank or matching echo: the server's refusal is reported
-        client.on_status(replace(reply, slot=0, generation=0, token=0))
+        client.on_status(reply._replace(slot=0, generation=0, token=0))
 
 
 def test_wrong_token_commit_releases_then_bad_request_and_close() -> None:
@@ -560,7 +560,7 @@ def test_wrong_token_commit_releases_then_bad_request_and_close() -> None:
     srv, _, commit = fetch_until_commit(net, client)
     assert commit is not None
     wire: list[bytes] = []
-    action = drive(srv, srv.on_commit(replace(commit, token=commit.token ^ 1)), net.ring, wire)
+    action = drive(srv, srv.on_commit(commit._replace(token=commit.token ^ 1)), net.ring, wire)
     assert isinstance(action, p.Close) and "token" in action.reason
     assert net.ring.meta[0].state is SlotState.READY and not srv.committed
     assert p.decode(wire[0]).code is p.Status.BAD_REQUEST
@@ -792,7 +792,7 @@ def test_resolve_after_overwrite_drop_is_not_committed_when_covered() -> None:
 def test_resolve_gets_unauthorized_stays_in_doubt() -> None:
     net = new_net()
     client = commit_then_lose_reply(net)
-    _, action, wire = net.serve(replace(client.resolve_frame(), secret=OTHER_SECRET))
+    _, action, wire = net.serve(client.resolve_frame()._replace(secret=OTHER_SECRET))
     assert isinstance(action, p.Close)
     with pytest.raises(InDoubtError) as info:
         client.on_resolved(wire[0])

@@ -13,7 +13,6 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -168,11 +167,6 @@ class SlotClient:
             return
         self._pool.setdefault((host, port), []).append(_PooledLink(link, time.monotonic()))
 
-    @staticmethod
-    async def _step(awaitable: Any, bound: StepDeadline) -> None:
-        async with bound:
-            await awaitable
-
     # -- one read attempt ----------------------------------------------------------------------------
 
     async def read(self, desc: SlotDescriptor, out: np.ndarray | None = None) -> ReadResult:
@@ -235,37 +229,43 @@ class SlotClient:
         committed: asyncio.Future[None] | None = None
         bare = hasattr(link, "post_recv")  # a bare UcxLink: receives can be posted ahead, in order
         try:
-            await self._step(link.send(proto.encode(cr.request_frame()), Phase.REQUEST), bound)
-            buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-            status_recv = post_recv(link, buf, Phase.STATUS) if bare else link.recv(buf, Phase.STATUS)
-            if not legacy and desc.nbytes:
-                # Post the payload receive right behind the status one (the descriptor says its size):
-                # a large payload's rendezvous then starts without waiting for us to read the status.
-                # Order holds: a bare link posts both now; on a wrapped link the status receive starts
-                # when awaited below and this task a loop step later.
-                payload = self._buffer(desc.nbytes, out)
-                payload_recv = post_recv(link, payload, Phase.PAYLOAD)
-            await self._step(status_recv, bound)
-            nbytes = cr.on_status(buf)
-            if legacy:
-                generation = proto.decode(buf).generation  # the legacy server serves whatever is there
-            if payload_recv is not None:
-                await self._step(payload_recv, bound)
-            else:
-                payload = self._buffer(nbytes, out)
-                if nbytes:
-                    await self._step(link.recv(payload, Phase.PAYLOAD), bound)
-            assert payload is not None
-            commit = cr.on_payload(checksum(payload))
-            if commit is None:
+            # One block bounds the whole exchange; `restart()` gives each step its own read_timeout.
+            async with bound:
+                await link.send(proto.encode(cr.request_frame()), Phase.REQUEST)
+                bound.restart()
+                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+                status_recv = post_recv(link, buf, Phase.STATUS) if bare else link.recv(buf, Phase.STATUS)
+                if not legacy and desc.nbytes:
+                    # Post the payload receive right behind the status one (the descriptor says its
+                    # size): a large payload's rendezvous then starts without waiting for us to read
+                    # the status. Order holds: a bare link posts both now; on a wrapped link the
+                    # status receive starts when awaited below and this task a loop step later.
+                    payload = self._buffer(desc.nbytes, out)
+                    payload_recv = post_recv(link, payload, Phase.PAYLOAD)
+                await status_recv
+                nbytes = cr.on_status(buf)
+                if legacy:
+                    generation = proto.decode(buf).generation  # the legacy server serves whatever is there
+                bound.restart()
+                if payload_recv is not None:
+                    await payload_recv
+                else:
+                    payload = self._buffer(nbytes, out)
+                    if nbytes:
+                        await link.recv(payload, Phase.PAYLOAD)
+                assert payload is not None
+                commit = cr.on_payload(checksum(payload))
+                if commit is None:
+                    return ReadResult(payload, port, generation)
+                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+                if bare:
+                    committed = post_recv(link, buf, Phase.COMMITTED)  # posted before COMMIT is answered
+                bound.restart()
+                await link.send(proto.encode(commit), Phase.COMMIT)
+                bound.restart()
+                await (committed or link.recv(buf, Phase.COMMITTED))
+                cr.on_committed(buf)
                 return ReadResult(payload, port, generation)
-            buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-            if bare:
-                committed = post_recv(link, buf, Phase.COMMITTED)  # posted before COMMIT can be answered
-            await self._step(link.send(proto.encode(commit), Phase.COMMIT), bound)
-            await self._step(committed or link.recv(buf, Phase.COMMITTED), bound)
-            cr.on_committed(buf)
-            return ReadResult(payload, port, generation)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -300,9 +300,11 @@ class SlotClient:
                     self._link_failed(port, exc)
                     continue
                 try:
-                    await self._step(link.send(proto.encode(cr.resolve_frame()), Phase.RESOLVE), bound)
                     buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-                    await self._step(link.recv(buf, Phase.RESOLVE), bound)
+                    async with bound:
+                        await link.send(proto.encode(cr.resolve_frame()), Phase.RESOLVE)
+                        bound.restart()
+                        await link.recv(buf, Phase.RESOLVE)
                     cr.on_resolved(buf)
                     self._checkin(desc.host, port, link)
                     return
