@@ -38,7 +38,7 @@ def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "COLUMNS": "140"},
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ratio stack/raw" in proc.stdout and "get_many" in proc.stdout
@@ -100,7 +100,7 @@ def test_chaos_overhead_compares_the_stack_with_a_quiet_chaos_wrapper(tmp_path: 
         capture_output=True,
         text=True,
         timeout=140,
-        env={**os.environ, "COLUMNS": "140"},
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     compare = json.loads(out.read_text())["compare"]
@@ -121,3 +121,41 @@ def test_own_engine_is_reported_but_never_the_raw_baseline() -> None:
     (row,) = build_rows(raw, stack, [4096], "hybrid")
     assert row["raw_mode"] == "polling" and row["ratio"] == pytest.approx(0.2)
     assert row["ratio_same_mode"] == pytest.approx(0.1)
+
+
+def test_design_floor_is_reported_beside_the_baseline_never_as_it() -> None:
+    """The DESIGN-pattern modes give the floor columns; the stock baseline stays the best stock mode."""
+    from transport.bench import DESIGN_MODES, build_rows
+
+    def cells(gib: float) -> dict[str, object]:
+        return {"cells": {"4096": {"median_gib_s": gib, "median_slots_s": gib * 1000}}}
+
+    raw = {"polling": cells(0.16), DESIGN_MODES[0]: cells(0.06), DESIGN_MODES[1]: cells(0.08)}
+    stack = {"4096": {"median_gib_s": 0.04, "median_slots_s": 40.0}}
+    (row,) = build_rows(raw, stack, [4096], "hybrid")
+    assert row["raw_mode"] == "polling" and row["ratio"] == pytest.approx(0.25)
+    assert row["floor_mode"] == DESIGN_MODES[1] and row["floor_gib_s"] == pytest.approx(0.08)
+    assert row["floor_ratio"] == pytest.approx(0.5) and row["ratio_to_floor"] == pytest.approx(0.5)
+
+    (bare,) = build_rows({"polling": cells(0.16)}, stack, [4096], "hybrid")
+    assert bare["floor_ratio"] is None and bare["ratio_to_floor"] is None
+
+
+@pytest.mark.timeout(150)
+def test_quick_bench_with_a_design_mode_reports_the_floor(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "transport.bench", "--quick", "--sizes", "64KiB"]
+    proc = subprocess.run(
+        [*cmd, "--modes", "polling,hybrid/design", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    design = report["raw"]["hybrid/design"]["cells"][str(64 * 1024)]
+    assert design["iterations"] >= 1 and _positive(design["median_gib_s"])
+    (row,) = report["rows"]
+    assert row["raw_mode"] == "polling" and row["floor_mode"] == "hybrid/design"
+    assert _positive(row["floor_ratio"]) and _positive(row["ratio_to_floor"])
+    assert "floor/raw" in proc.stdout

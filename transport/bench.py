@@ -7,6 +7,10 @@ What one run measures (issue 2, acceptance point 6):
   preallocated buffer. Modes: `polling`, `blocking`, `thread`, `thread+futures` (python futures, enabled
   by `ucxx.init(..., enable_python_future=True)` inside the running loop), and `hybrid` (this package's
   engine on the same pattern, reported but never the baseline). The best stock mode per size is "raw".
+* **floor** (`polling/design`, `hybrid/design`): raw ucxx exchanging DESIGN §2's five messages per read
+  (REQUEST; STATUS and PAYLOAD; the payload's checksum; COMMIT; COMMITTED) from preallocated buffers,
+  with nothing of the stack in between. floor/raw is the highest ratio any implementation of the design
+  can reach on this machine, which puts each target in context; never the baseline either.
 * **stack**: a `Producer` (ring + its server process) in its own spawned process; `Consumer.get` in this
   process. The producer fills the ring between timed stretches and is idle while the consumer fetches,
   so only the consumer's fetch rate is timed (never the producer's write speed); a ring bigger than the
@@ -62,9 +66,14 @@ RAW_MODES: dict[str, tuple[str, bool]] = {
     # This package's own engine driving the same raw pattern: separates the stack's protocol cost from
     # the progress-mode choice. Not a stock ucxx mode, so never the "best raw" baseline.
     "hybrid": ("hybrid", False),
+    # The protocol floor: raw ucxx exchanging DESIGN §2's five messages (see `_raw_client`), nothing else.
+    "polling/design": ("polling", False),
+    "hybrid/design": ("hybrid", False),
 }
-DEFAULT_MODES = ("polling", "blocking", "thread", "thread+futures", "hybrid")
-OWN_MODES = ("hybrid",)
+DESIGN_MODES = ("polling/design", "hybrid/design")
+DEFAULT_MODES = ("polling", "blocking", "thread", "thread+futures", "hybrid", *DESIGN_MODES)
+OWN_MODES = ("hybrid", *DESIGN_MODES)  # reported, never the raw baseline
+FRAME_BYTES = 128  # transport.protocol.FRAME_SIZE: the size of every control message of the design
 
 # Targets of issue 2, acceptance point 6 (ratio = stack GiB/s / raw GiB/s in the same run).
 TARGETS = {
@@ -302,45 +311,66 @@ def cpu_sample(
 # ----------------------------------------------------------------------------------------- raw ucxx
 
 
-def raw_server_main(mode: str, futures: bool, max_size: int, conn: Any) -> None:
+def raw_server_main(mode: str, futures: bool, max_size: int, design: bool, conn: Any) -> None:
     setup_env()
     try:
-        asyncio.run(_raw_server(mode, futures, max_size, conn))
+        asyncio.run(_raw_server(mode, futures, max_size, conn, design))
     except BaseException as exc:
         _child_error(conn, exc)
         raise
 
 
-def _raw_io(mode: str, futures: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """Initialise ucxx for `mode` inside the running loop; (send, recv) taking (endpoint, buffer)."""
+RawIO = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]
+
+
+def _raw_io(mode: str, futures: bool) -> RawIO:
+    """Initialise ucxx for `mode` inside the running loop; (send, recv, post_recv), each taking
+    (endpoint, buffer). `post_recv` starts a receive now and returns something to await later."""
     if mode == "hybrid":
         os.environ["SLOTWIRE_PROGRESS_MODE"] = "hybrid"
         ucx.init_in_loop()
         ucx.acquire()  # released by _stop_ucxx
         engine = ucx.engine()
         assert engine is not None
-        return engine.send, engine.recv
+        return engine.send, engine.recv, engine.post_recv
     import ucxx
 
     ucxx.init(progress_mode=mode, enable_python_future=futures)
-    return (lambda ep, buf: ep.send(buf)), (lambda ep, buf: ep.recv(buf))
+    # A stock endpoint posts a receive when its coroutine first runs: a task per receive, started
+    # in creation order, posts them in order.
+    return (
+        (lambda ep, buf: ep.send(buf)),
+        (lambda ep, buf: ep.recv(buf)),
+        (lambda ep, buf: asyncio.ensure_future(ep.recv(buf))),
+    )
 
 
-async def _raw_server(mode: str, futures: bool, max_size: int, conn: Any) -> None:
+async def _raw_server(mode: str, futures: bool, max_size: int, conn: Any, design: bool = False) -> None:
+    """Reply with the payload; with `design`, DESIGN §2's messages around it (STATUS, then COMMITTED
+    for the client's COMMIT), all fixed frames from preallocated buffers: no ring, no checks."""
     import ucxx
 
-    send, recv = _raw_io(mode, futures)
+    send, recv, _ = _raw_io(mode, futures)
     payload = np.random.default_rng(1).integers(0, 256, max_size, dtype=np.uint8)  # preallocated, touched
+    status = np.ones(FRAME_BYTES, dtype=np.uint8)
+    committed = np.ones(FRAME_BYTES, dtype=np.uint8)
 
     async def handle(endpoint: Any) -> None:
-        request = np.zeros(1, dtype=np.uint64)  # the 8-byte request: the size to send back
+        # The request: the size to send back, in 8 bytes (a whole frame under the design pattern).
+        request = np.zeros(FRAME_BYTES // 8 if design else 1, dtype=np.uint64)
+        commit = np.zeros(FRAME_BYTES, dtype=np.uint8)
         try:
             while True:
                 await recv(endpoint, request)
                 n = int(request[0])
                 if n == 0 or n > max_size:
                     break
+                if design:
+                    await send(endpoint, status)
                 await send(endpoint, payload[:n])
+                if design:
+                    await recv(endpoint, commit)
+                    await send(endpoint, committed)
         except Exception:
             pass  # the client went away; the benchmark sees that on its side
         finally:
@@ -356,22 +386,34 @@ async def _raw_server(mode: str, futures: bool, max_size: int, conn: Any) -> Non
         _stop_ucxx()
 
 
-def raw_client_main(mode: str, futures: bool, port: int, plan: dict[str, Any], conn: Any) -> None:
+def raw_client_main(
+    mode: str, futures: bool, port: int, plan: dict[str, Any], design: bool, conn: Any
+) -> None:
     setup_env()
     try:
-        asyncio.run(_raw_client(mode, futures, port, plan, conn))
+        asyncio.run(_raw_client(mode, futures, port, plan, conn, design))
     except BaseException as exc:
         _child_error(conn, exc)
         raise
 
 
-async def _raw_client(mode: str, futures: bool, port: int, plan: dict[str, Any], conn: Any) -> None:
+async def _raw_client(
+    mode: str, futures: bool, port: int, plan: dict[str, Any], conn: Any, design: bool = False
+) -> None:
+    """Request and receive; with `design`, the least any implementation of DESIGN §2 must do per read:
+    REQUEST, STATUS and PAYLOAD receives posted together, the checksum of the payload, COMMIT, then
+    COMMITTED (five messages, two round trips) with no Python of the stack in between."""
     import ucxx
 
-    send, recv = _raw_io(mode, futures)
+    from transport.checksum import checksum
+
+    send, recv, post_recv = _raw_io(mode, futures)
     sizes: list[int] = plan["sizes"]
-    request = np.zeros(1, dtype=np.uint64)
+    request = np.zeros(FRAME_BYTES // 8 if design else 1, dtype=np.uint64)
     recv_buf = np.zeros(max(sizes), dtype=np.uint8)  # preallocated and touched
+    status = np.zeros(FRAME_BYTES, dtype=np.uint8)
+    commit = np.ones(FRAME_BYTES, dtype=np.uint8)
+    committed = np.zeros(FRAME_BYTES, dtype=np.uint8)
     endpoint = await asyncio.wait_for(ucxx.create_endpoint("127.0.0.1", port), 30)
     try:
 
@@ -381,7 +423,16 @@ async def _raw_client(mode: str, futures: bool, port: int, plan: dict[str, Any],
             t0 = time.perf_counter()
             for _ in range(n):
                 await send(endpoint, request)
-                await recv(endpoint, view)
+                if not design:
+                    await recv(endpoint, view)
+                    continue
+                got_status = post_recv(endpoint, status)  # both receives posted, in order, at once
+                got_payload = post_recv(endpoint, view)
+                await got_status
+                await got_payload
+                checksum(view)
+                await send(endpoint, commit)
+                await recv(endpoint, committed)
             return time.perf_counter() - t0
 
         results: dict[int, dict[str, Any]] = {}
@@ -411,6 +462,7 @@ async def _raw_client(mode: str, futures: bool, port: int, plan: dict[str, Any],
 def bench_raw_mode(cfg: BenchConfig, mode_name: str, log: Callable[[str], None]) -> dict[str, Any]:
     """One server/client pair in `mode_name`; every size; then idle CPU of both with the endpoint held."""
     mode, futures = RAW_MODES[mode_name]
+    design = mode_name in DESIGN_MODES
     plan = {
         "sizes": list(cfg.sizes),
         "reps": cfg.reps,
@@ -421,9 +473,13 @@ def bench_raw_mode(cfg: BenchConfig, mode_name: str, log: Callable[[str], None])
     server = client = None
     server_conn = client_conn = None
     try:
-        server, server_conn = _spawn(raw_server_main, mode, futures, max(cfg.sizes), name="bench-raw-server")
+        server, server_conn = _spawn(
+            raw_server_main, mode, futures, max(cfg.sizes), design, name="bench-raw-server"
+        )
         _, port, server_pid = _recv(server_conn, 60, f"raw server ({mode_name})")
-        client, client_conn = _spawn(raw_client_main, mode, futures, port, plan, name="bench-raw-client")
+        client, client_conn = _spawn(
+            raw_client_main, mode, futures, port, plan, design, name="bench-raw-client"
+        )
         _, results, client_pid = _recv(client_conn, budget, f"raw client ({mode_name})")
         idle = cpu_percent({"server": server_pid, "client": client_pid}, min(cfg.idle_seconds, 2.0))
         client_conn.send("done")
@@ -796,6 +852,9 @@ def build_rows(
         ratio = cell["median_gib_s"] / best
         target = size_target(size)
         same = raw.get(stack_mode, {}).get("cells", {}).get(key, {}).get("median_gib_s")
+        # The protocol floor: DESIGN §2's messages over raw ucxx, the best any implementation can do.
+        floors = [(m, raw[m]["cells"][key]["median_gib_s"]) for m in DESIGN_MODES if m in raw]
+        floor_mode, floor = max(floors, key=lambda t: t[1]) if floors else (None, None)
         rows.append(
             {
                 "size": size,
@@ -809,6 +868,10 @@ def build_rows(
                 "pass": None if target is None else ratio >= target,
                 "raw_same_mode_gib_s": same,
                 "ratio_same_mode": None if not same else cell["median_gib_s"] / same,
+                "floor_gib_s": floor,
+                "floor_mode": floor_mode,
+                "floor_ratio": None if not floor else floor / best,  # the ratio a zero-cost stack would get
+                "ratio_to_floor": None if not floor else cell["median_gib_s"] / floor,
             }
         )
     return rows
@@ -905,10 +968,10 @@ def write_json(report: dict[str, Any], path: str | Path | None) -> Path:
 
 
 def make_console() -> Any:
-    """A rich console; 120 columns when not a terminal (CI logs), so the table is not squeezed."""
+    """A rich console; 150 columns when not a terminal (CI logs), so the table is not squeezed."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150)
 
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
@@ -933,6 +996,8 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
         table.add_column(col, justify="left" if col == "size" else "right")
     table.add_column(f"ratio vs raw {report['stack_mode']}", justify="right")
     table.add_column("ratio by round", justify="right")
+    table.add_column("floor/raw", justify="right")
+    table.add_column("of floor", justify="right")
     for r in report["rows"]:
         passed = {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[r["pass"]]
         table.add_row(
@@ -945,8 +1010,16 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             passed,
             "-" if r["ratio_same_mode"] is None else f"{r['ratio_same_mode']:.2f}",
             " ".join(f"{x:.2f}" for x in r.get("ratio_by_round", ())),
+            _ratio(r.get("floor_ratio")),
+            _ratio(r.get("ratio_to_floor")),
         )
     console.print(table)
+    if any(r.get("floor_ratio") for r in report["rows"]):
+        console.print(
+            "floor/raw: raw ucxx exchanging only DESIGN §2's five messages per read (two round trips plus "
+            "the checksum), over raw: the highest ratio any implementation of the design can reach here. "
+            "of floor: the stack over that floor."
+        )
 
     modes = Table(title="raw ucxx by progress mode, GiB/s (median); idle CPU % of a core server/client")
     modes.add_column("mode")
@@ -987,6 +1060,10 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
         f"load average (1/5/15 min) start {load['start']}, end {load['end']}; "
         f"took {report['duration_s']:.0f}s; overall {verdict(report['passed'])}"
     )
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def print_compare(report: dict[str, Any], console: Any) -> None:
