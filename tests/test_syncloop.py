@@ -119,3 +119,41 @@ def test_call_from_a_running_loop_is_refused_clearly(shared: SharedLoop) -> None
             shared.run(inner(), 1)
 
     asyncio.run(outer())
+
+
+def test_an_error_propagates_and_the_loop_stays_usable(shared: SharedLoop) -> None:
+    async def boom() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("from the work")
+
+    async def fine() -> int:
+        await asyncio.sleep(0)
+        return 3
+
+    with pytest.raises(ValueError, match="from the work"):
+        shared.run(boom(), 5)
+    assert shared.run(fine(), 5) == 3  # the loop's stop request did not leak into the next call
+
+
+def test_an_interrupted_drive_cancels_its_work_and_the_loop_stays_usable(shared: SharedLoop) -> None:
+    seen: list[str] = []
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    async def work() -> None:
+        asyncio.get_running_loop().call_later(0.05, interrupt)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def fine() -> int:
+        await asyncio.sleep(0)
+        return 4
+
+    with pytest.raises(KeyboardInterrupt):
+        shared.run(work(), 5)
+    assert seen == ["cancelled"]
+    assert shared.run(fine(), 5) == 4

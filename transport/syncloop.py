@@ -65,9 +65,13 @@ class SharedLoop:
     # -- the driving thread --------------------------------------------------------------------
 
     def _drive(self, coro: Coroutine[Any, Any, T]) -> T:
-        task = self.loop.create_task(coro)
+        # The coroutine stops the loop itself as it ends: `run_until_complete` would need one more loop
+        # turn to run its done-callback (a few us of every sync get).
+        task = self.loop.create_task(_stop_when_done(coro, self.loop))
         try:
-            return self.loop.run_until_complete(task)
+            while not task.done():
+                self.loop.run_forever()
+            return task.result()
         except BaseException:
             if not task.done():  # interrupted (KeyboardInterrupt): cancel, never leave it half-run
                 task.cancel()
@@ -127,6 +131,13 @@ class SharedLoop:
         finally:
             with self._waiters_guard:
                 self._waiters.discard(wake)
+
+
+async def _stop_when_done(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> T:
+    try:
+        return await coro
+    finally:
+        loop.stop()
 
 
 async def _bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T:
