@@ -263,3 +263,25 @@ def test_threads_share_the_consumer_loop(producer: Producer, consumer: Consumer)
             descs = [producer.put(p) for p in payloads[wave * 12 : wave * 12 + 12]] if wave else descs
             got += [bytes(a) for a in pool.map(consumer.get, descs)]
     assert got == payloads
+
+
+def test_consumers_opened_and_closed_leave_nothing_running(producer: Producer) -> None:
+    """A trainer that makes a Consumer per epoch must not collect threads or idle CPU."""
+    me = psutil.Process()
+
+    def one_epoch() -> None:
+        c = Consumer(read_timeout=2.0)
+        try:
+            assert bytes(c.get(producer.put(b"epoch"))) == b"epoch"
+        finally:
+            c.close()
+
+    one_epoch()
+    threads = me.num_threads()
+    for _ in range(4):
+        one_epoch()
+    assert me.num_threads() == threads
+    time.sleep(0.3)
+    me.cpu_percent(None)
+    time.sleep(1.0)
+    assert me.cpu_percent(None) < 25.0, "closed consumers must not keep anything spinning"
