@@ -18,6 +18,7 @@ import numpy as np
 
 from transport import protocol as proto
 from transport import ucx
+from transport.buffers import ReceiveBuffers
 from transport.checksum import checksum
 from transport.deadline import StepDeadline
 from transport.descriptor import SlotDescriptor
@@ -92,7 +93,10 @@ class SlotClient:
         protocol: str = "commit",
         link_wrapper: LinkWrapper | None = None,
         events: EventSink | None = None,
+        recycle_bytes: int = 256 << 20,
     ) -> None:
+        if recycle_bytes < 0:
+            raise ConfigError(f"recycle_bytes={recycle_bytes!r}: must be >= 0 (0 turns recycling off)")
         for name, value in (
             ("read_timeout", read_timeout),
             ("connect_timeout", connect_timeout),
@@ -118,6 +122,8 @@ class SlotClient:
         self._rotation = itertools.count()
         self._closed = False
         self._ucx_acquired = False
+        # Large receive buffers nobody holds any more are reused (see transport.buffers).
+        self._buffers = ReceiveBuffers(recycle_bytes)
 
     # -- port choice -----------------------------------------------------------------------------
 
@@ -203,7 +209,7 @@ class SlotClient:
 
     def _buffer(self, nbytes: int, out: np.ndarray | None) -> np.ndarray:
         if out is None:
-            return np.empty(nbytes, dtype=np.uint8)
+            return self._buffers.take(nbytes)
         if out.dtype != np.uint8 or out.ndim != 1 or out.nbytes < nbytes or not out.flags.c_contiguous:
             raise ConfigError(f"out: need a contiguous 1-d uint8 array of at least {nbytes} bytes")
         return out[:nbytes]
@@ -267,10 +273,14 @@ class SlotClient:
                 cr.on_committed(buf)
                 return ReadResult(payload, port, generation)
         except asyncio.CancelledError:
+            if payload is not None:
+                self._buffers.forget(payload)
             raise
         except Exception as exc:
             if cr.state not in (proto.ClientState.FAILED, proto.ClientState.IN_DOUBT) or cr.error is not exc:
                 cr.on_error(exc)
+            if payload is not None and cr.state is not proto.ClientState.IN_DOUBT:
+                self._buffers.forget(payload)  # its receive may still be live (in doubt: it completed)
         finally:
             bound.close()
             # The link is aborted on any failure: never leave a posted receive behind.
@@ -338,6 +348,7 @@ class SlotClient:
         Consumer's shared loop), where a reset would only cost a second per close.
         """
         self._closed = True
+        self._buffers.clear()
         pooled = [p.link for idle in self._pool.values() for p in idle]
         self._pool.clear()
         for link in pooled:
