@@ -95,3 +95,23 @@ def test_consumer_reuses_a_large_buffer_and_every_payload_stays_intact() -> None
             assert np.array_equal(kept, datas[0]) and np.array_equal(third, datas[2])
         finally:
             consumer.close()
+
+
+def test_a_failed_read_gives_its_buffer_up() -> None:
+    """A STALE read had its 40 MiB receive posted: that buffer leaves the pool instead of being lent."""
+    from transport import StaleSlotError
+
+    size = 40 << 20
+    with Producer(slots=1, slot_bytes=size, ports=1) as producer:
+        consumer = Consumer(read_timeout=10.0)
+        try:
+            old = producer.put(np.ones(size, dtype=np.uint8))
+            assert int(consumer.get(old)[0]) == 1  # dropped at once: its buffer is free to lend
+            assert consumer.client._buffers.kept_bytes == size
+            producer.put(np.zeros(size, dtype=np.uint8))  # the slot's next generation
+            with pytest.raises(StaleSlotError):
+                consumer.get(old)
+            pools = consumer.client._buffers
+            assert pools.reused == 1 and pools.kept_bytes == 0  # lent to the failed read, then given up
+        finally:
+            consumer.close()

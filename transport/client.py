@@ -273,15 +273,13 @@ class SlotClient:
                 cr.on_committed(buf)
                 return ReadResult(payload, port, generation)
         except asyncio.CancelledError:
-            if payload is not None:
-                self._buffers.forget(payload)
             raise
         except Exception as exc:
             if cr.state not in (proto.ClientState.FAILED, proto.ClientState.IN_DOUBT) or cr.error is not exc:
                 cr.on_error(exc)
-            if payload is not None and cr.state is not proto.ClientState.IN_DOUBT:
-                self._buffers.forget(payload)  # its receive may still be live (in doubt: it completed)
         finally:
+            if payload is not None and cr.state not in (proto.ClientState.DONE, proto.ClientState.IN_DOUBT):
+                self._buffers.forget(payload)  # a failed read's receive may still be live in UCX
             bound.close()
             # The link is aborted on any failure: never leave a posted receive behind.
             discard(payload_recv)
