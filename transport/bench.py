@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from transport import ucx
+from transport.protocol import FRAME_SIZE  # every control message of the design is one frame
 from transport.ucx import PROGRESS_MODES, setup_env
 
 KiB = 1 << 10
@@ -73,7 +74,6 @@ RAW_MODES: dict[str, tuple[str, bool]] = {
 DESIGN_MODES = ("polling/design", "hybrid/design")
 DEFAULT_MODES = ("polling", "blocking", "thread", "thread+futures", "hybrid", *DESIGN_MODES)
 OWN_MODES = ("hybrid", *DESIGN_MODES)  # reported, never the raw baseline
-FRAME_BYTES = 128  # transport.protocol.FRAME_SIZE: the size of every control message of the design
 
 # Targets of issue 2, acceptance point 6 (ratio = stack GiB/s / raw GiB/s in the same run).
 TARGETS = {
@@ -352,13 +352,13 @@ async def _raw_server(mode: str, futures: bool, max_size: int, conn: Any, design
 
     send, recv, _ = _raw_io(mode, futures)
     payload = np.random.default_rng(1).integers(0, 256, max_size, dtype=np.uint8)  # preallocated, touched
-    status = np.ones(FRAME_BYTES, dtype=np.uint8)
-    committed = np.ones(FRAME_BYTES, dtype=np.uint8)
+    status = np.ones(FRAME_SIZE, dtype=np.uint8)
+    committed = np.ones(FRAME_SIZE, dtype=np.uint8)
 
     async def handle(endpoint: Any) -> None:
         # The request: the size to send back, in 8 bytes (a whole frame under the design pattern).
-        request = np.zeros(FRAME_BYTES // 8 if design else 1, dtype=np.uint64)
-        commit = np.zeros(FRAME_BYTES, dtype=np.uint8)
+        request = np.zeros(FRAME_SIZE // 8 if design else 1, dtype=np.uint64)
+        commit = np.zeros(FRAME_SIZE, dtype=np.uint8)
         try:
             while True:
                 await recv(endpoint, request)
@@ -409,11 +409,11 @@ async def _raw_client(
 
     send, recv, post_recv = _raw_io(mode, futures)
     sizes: list[int] = plan["sizes"]
-    request = np.zeros(FRAME_BYTES // 8 if design else 1, dtype=np.uint64)
+    request = np.zeros(FRAME_SIZE // 8 if design else 1, dtype=np.uint64)
     recv_buf = np.zeros(max(sizes), dtype=np.uint8)  # preallocated and touched
-    status = np.zeros(FRAME_BYTES, dtype=np.uint8)
-    commit = np.ones(FRAME_BYTES, dtype=np.uint8)
-    committed = np.zeros(FRAME_BYTES, dtype=np.uint8)
+    status = np.zeros(FRAME_SIZE, dtype=np.uint8)
+    commit = np.ones(FRAME_SIZE, dtype=np.uint8)
+    committed = np.zeros(FRAME_SIZE, dtype=np.uint8)
     endpoint = await asyncio.wait_for(ucxx.create_endpoint("127.0.0.1", port), 30)
     try:
 
@@ -1008,7 +1008,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             f"{r['ratio']:.2f}",
             "-" if r["target"] is None else f">= {r['target']:.2f}",
             passed,
-            "-" if r["ratio_same_mode"] is None else f"{r['ratio_same_mode']:.2f}",
+            _ratio(r["ratio_same_mode"]),
             " ".join(f"{x:.2f}" for x in r.get("ratio_by_round", ())),
             _ratio(r.get("floor_ratio")),
             _ratio(r.get("ratio_to_floor")),
