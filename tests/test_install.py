@@ -1,0 +1,84 @@
+"""The library install stays lean: `import transport` pulls in no harness module, and the harness says
+what to install when its extra is missing (instead of a bare ImportError in a trainer's pytest)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+HARNESS_MODULES = (
+    "chaos",
+    "matplotlib",
+    "aiohttp",
+    "jinja2",
+    "pydantic",
+    "rich",
+    "click",
+    "yaml",
+    "toxiproxy",
+)
+
+
+def _run(code: str, *, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env_path = f"import sys; sys.path.insert(0, {str(path)!r}); " if path is not None else ""
+    return subprocess.run(
+        [sys.executable, "-c", env_path + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_import_transport_loads_no_harness_module() -> None:
+    done = _run(
+        """
+        import json, sys
+        import transport
+        from transport import Consumer, Producer, SlotDescriptor, fetch_batch, DataPackerMixin
+        print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout))
+    assert "transport" in loaded and "numpy" in loaded  # the probe did import the library
+    assert not loaded & set(HARNESS_MODULES), sorted(loaded & set(HARNESS_MODULES))
+
+
+def _fake_install(tmp_path: Path, requirement: str) -> Path:
+    """A slotwire distribution whose `chaos` extra asks for `requirement`, first on sys.path."""
+    info = tmp_path / "slotwire-9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: slotwire\nVersion: 9.9\n"
+        f'Requires-Dist: numpy\nProvides-Extra: chaos\nRequires-Dist: {requirement} ; extra == "chaos"\n'
+    )
+    return tmp_path
+
+
+def test_extra_requirements_come_from_the_installed_metadata() -> None:
+    done = _run("from chaos.extra import extra_requirements, missing; print(extra_requirements(), missing())")
+    assert done.returncode == 0, done.stderr
+    assert "click" in done.stdout and "matplotlib" in done.stdout and done.stdout.rstrip().endswith("[]")
+
+
+def test_launcher_names_the_missing_extra(tmp_path: Path) -> None:
+    path = _fake_install(tmp_path, "no-such-dist-slotwire-test>=1")
+    done = _run("from chaos.launcher import main; main()", path=path)
+    assert done.returncode == 3
+    assert "no-such-dist-slotwire-test" in done.stderr
+    assert "pip install 'slotwire[chaos]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_pytest_entry_stays_inert_without_the_extra(tmp_path: Path) -> None:
+    path = _fake_install(tmp_path, "no-such-dist-slotwire-test>=1")
+    probe = "import chaos.pytest_entry as e; print(sorted(n for n in vars(e) if n.startswith('pytest_')))"
+    without = _run(probe, path=path)
+    assert without.returncode == 0, without.stderr
+    assert without.stdout.strip() == "[]"
+    with_extra = _run(probe)
+    assert with_extra.returncode == 0, with_extra.stderr
+    assert "pytest_addoption" in with_extra.stdout and "pytest_collect_file" in with_extra.stdout
