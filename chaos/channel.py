@@ -32,6 +32,7 @@ from typing import Any
 
 from chaos.faults.base import Clock
 from chaos.faults.control import ControlFaults, Handout
+from transport.events import EventSink
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -45,15 +46,30 @@ def descriptor_key(descriptor: dict[str, Any]) -> str:
     return f"{descriptor['slot']}:{descriptor['generation']}"
 
 
+def emit_published(events: EventSink, descriptor: dict[str, Any]) -> None:
+    """The `published` event: from now on this descriptor must be delivered exactly once."""
+    events.emit(
+        "published",
+        key=descriptor_key(descriptor),
+        slot=descriptor["slot"],
+        generation=descriptor["generation"],
+        nbytes=descriptor["nbytes"],
+        checksum=descriptor["checksum"],
+        seq=descriptor.get("seq"),
+    )
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One handout: `delivery` counts how often this entry was handed out (1 = first time)."""
+    """One handout: `delivery` counts how often this entry was handed out (1 = first time);
+    `published_at` is when the channel accepted the descriptor (for publish-to-claim latency)."""
 
-    id: int
+    id: int | str
     key: str
     descriptor: dict[str, Any]
     delivery: int
     duplicate: bool
+    published_at: float = 0.0
 
 
 @dataclass
@@ -64,6 +80,7 @@ class _Entry:
     group: int  # id of the original entry: copies of one publish share it
     visible_at: float
     duplicate: bool
+    published_at: float = 0.0
     owner: str | None = None
     last_owner: str | None = None
     claimed_at: float = 0.0
@@ -117,6 +134,7 @@ class DescriptorQueue:
                 group=ids[0] if ids else self._next_id,
                 visible_at=now + delay,
                 duplicate=i > 0,
+                published_at=now,
             )
             self._next_id += 1
             ids.append(entry.id)
@@ -153,7 +171,16 @@ class DescriptorQueue:
                 if owners is not None:
                     owners.add(consumer)
                 self._in_flight[entry.id] = entry
-                out.append(Delivery(entry.id, entry.key, entry.descriptor, entry.deliveries, entry.duplicate))
+                out.append(
+                    Delivery(
+                        entry.id,
+                        entry.key,
+                        entry.descriptor,
+                        entry.deliveries,
+                        entry.duplicate,
+                        entry.published_at,
+                    )
+                )
             else:
                 keep.append(entry)
         self._pending = keep
@@ -230,6 +257,13 @@ class DescriptorQueue:
         if self.control is not None:
             self.control.heal()
         self.release_held()
+
+    def tick(self, now: float | None = None) -> bool:
+        """Nothing to flush in process (the Redis queue XADDs its outbox here)."""
+        return True
+
+    def busy(self) -> bool:
+        return False
 
     def snapshot(self) -> ChannelStats:
         return replace(self.stats, pending=len(self._pending), in_flight=len(self._in_flight))
@@ -313,6 +347,11 @@ class ChannelServer:
         self._wake()
         return ChannelClient(name, theirs, self.rpc_timeout)
 
+    def connect_consumer(self, name: str) -> Any:
+        """A consumer's end: straight to the stream when the queue has one (Redis), else a pipe."""
+        make = getattr(self.queue, "consumer_client", None)
+        return make(name) if make is not None else self.connect(name)
+
     def publish(self, descriptor: dict[str, Any]) -> list[int]:
         with self._lock:
             ids = self.queue.publish(descriptor)
@@ -378,7 +417,10 @@ class ChannelServer:
         while not self._stopping.is_set():
             with self._lock:
                 conns = list(self._conns)
-            timeout = self.poll_s if self._waiters else 0.2
+            with self._lock:
+                self.queue.tick()
+                busy = self.queue.busy()
+            timeout = self.poll_s if self._waiters or busy else 0.2
             for ready in multiprocessing.connection.wait([self._wake_r, *conns], timeout):
                 if ready is self._wake_r:
                     while self._wake_r.poll():

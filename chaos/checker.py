@@ -177,7 +177,8 @@ class Verdict:
       at or after `end_s` (a None recovery with nothing pending is not a failure).
     - throughput: {per_s, overall_per_s, bucket_s, start_s, timeline} (timeline[i] = deliveries in
       [start_s + i, start_s + i + 1)).
-    - latency: {count, p50, p90, p99, max} of `delivered.latency_s` (nearest rank; None if none).
+    - latency: {count, p50, p90, p99, max} of `delivered.latency_s` (nearest rank; None if none), and
+      under `claim` the same of `claimed.claim_latency_s`: publish-to-claim time per handout.
     - anomalies: kind -> [{key, slot, generation, note, events}] for the first `examples` keys.
     """
 
@@ -221,6 +222,18 @@ def quantile(sorted_values: Sequence[float], q: float) -> float | None:
         return None
     rank = max(1, math.ceil(q * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def quantiles(values: list[float]) -> dict[str, Any]:
+    """{count, p50, p90, p99, max} of `values` (sorted in place)."""
+    values.sort()
+    return {
+        "count": len(values),
+        "p50": quantile(values, 0.50),
+        "p90": quantile(values, 0.90),
+        "p99": quantile(values, 0.99),
+        "max": values[-1] if values else None,
+    }
 
 
 def _split_key(key: str) -> tuple[int | None, int | None]:
@@ -282,6 +295,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
     consumer_exit_t: float | None = None
     delivery_times: list[float] = []
     latencies: list[float] = []
+    claim_latencies: list[float] = []
     fault_events: dict[int, list[tuple[float, int | None, str]]] = defaultdict(list)
     per_port: dict[int, Counter[str]] = {p: Counter() for p in range(spec.ports)}
     holder: dict[str, Any] = {}  # key -> token of its latest `served` event
@@ -310,6 +324,10 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
             port = port_of(e.get("port"))
             if port is not None:
                 per_port.setdefault(port, Counter())["delivered"] += 1
+        elif kind == "claimed":
+            lat = e.get("claim_latency_s")
+            if isinstance(lat, int | float) and not isinstance(lat, bool):
+                claim_latencies.append(float(lat))
         elif kind == "dropped" and key:
             dropped.add(key)
         elif kind == "failed":
@@ -513,14 +531,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
         "start_s": start_s,
         "timeline": timeline,
     }
-    latencies.sort()
-    latency = {
-        "count": len(latencies),
-        "p50": quantile(latencies, 0.50),
-        "p90": quantile(latencies, 0.90),
-        "p99": quantile(latencies, 0.99),
-        "max": latencies[-1] if latencies else None,
-    }
+    latency = {**quantiles(latencies), "claim": quantiles(claim_latencies)}
 
     # -- expectations ----------------------------------------------------------------------------
     ex = spec.expect

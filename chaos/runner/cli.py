@@ -39,6 +39,14 @@ def _stdout_console() -> Console:
 
 
 @dataclass(frozen=True)
+class Servers:
+    """External servers given on the command line (None: the run starts its own)."""
+
+    toxiproxy: str | None = None
+    redis: str | None = None
+
+
+@dataclass(frozen=True)
 class Job:
     scenario: Scenario
     file: str
@@ -64,7 +72,7 @@ def _progress_line(p: Progress) -> str:
 PLAIN_PROGRESS_EVERY_S = 5.0  # a CI log gets a progress line this often (no live status there)
 
 
-def _run_job(job: Job, run_dir: Path, toxiproxy: str | None, live: Any | None) -> Outcome:
+def _run_job(job: Job, run_dir: Path, servers: Servers, live: Any | None) -> Outcome:
     last = {"t": 0.0, "phase": ""}
 
     def progress(p: Progress) -> None:
@@ -76,13 +84,19 @@ def _run_job(job: Job, run_dir: Path, toxiproxy: str | None, live: Any | None) -
             last.update(t=time.monotonic(), phase=p.phase)
             console.print(_progress_line(p), markup=True)
 
-    return run_scenario(job.scenario.with_seed(job.seed), run_dir, toxiproxy_url=toxiproxy, progress=progress)
+    return run_scenario(
+        job.scenario.with_seed(job.seed),
+        run_dir,
+        toxiproxy_url=servers.toxiproxy,
+        redis_url=servers.redis,
+        progress=progress,
+    )
 
 
-def _job_worker(job: Job, run_dir: str, toxiproxy: str | None, results: Any) -> None:
+def _job_worker(job: Job, run_dir: str, servers: Servers, results: Any) -> None:
     _terminate_on_sigterm()
     try:
-        outcome = _run_job(job, Path(run_dir), toxiproxy, None)
+        outcome = _run_job(job, Path(run_dir), servers, None)
         results.put((job.scenario.name, outcome))
     except BaseException as exc:
         results.put((job.scenario.name, f"{type(exc).__name__}: {exc}"))
@@ -115,12 +129,12 @@ def _to_result(job: Job, outcome: Outcome | str, out_dir: Path) -> ScenarioResul
     )
 
 
-def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | None) -> list[ScenarioResult]:
+def _execute(jobs: list[Job], out_dir: Path, parallel: int, servers: Servers) -> list[ScenarioResult]:
     results: list[ScenarioResult] = []
     if parallel <= 1:
         for job in jobs:
             with console.status(f"[bold]{job.scenario.name}[/] starting") as live:
-                outcome = _run_job(job, out_dir / job.scenario.name, toxiproxy, live)
+                outcome = _run_job(job, out_dir / job.scenario.name, servers, live)
             result = _to_result(job, outcome, out_dir)
             _print_done(result)
             results.append(result)
@@ -135,7 +149,7 @@ def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | Non
                 job = pending.pop(0)
                 proc = SPAWN.Process(
                     target=_job_worker,
-                    args=(job, str(out_dir / job.scenario.name), toxiproxy, channel),
+                    args=(job, str(out_dir / job.scenario.name), servers, channel),
                     name=f"chaos-run-{job.scenario.name}",
                 )
                 proc.start()
@@ -181,12 +195,14 @@ def _summary_table(results: RunResults) -> Table:
         "in-doubt",
         "thr/s",
         "p99",
+        "claim p50",
     ):
         table.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")
     for s in results.scenarios:
         v = s.verdict or {}
         c = v.get("counts", {})
         lat = (v.get("latency") or {}).get("p99")
+        claim = ((v.get("latency") or {}).get("claim") or {}).get("p50")
         thr = (v.get("throughput") or {}).get("per_s")
         style = {"passed": "green", "failed": "red", "error": "magenta"}[s.status]
         table.add_row(
@@ -198,6 +214,7 @@ def _summary_table(results: RunResults) -> Table:
             ),
             f"{thr:.0f}" if thr is not None else "-",
             f"{lat * 1000:.0f} ms" if lat is not None else "-",
+            f"{claim * 1000:.1f} ms" if claim is not None else "-",
         )
     return table
 
@@ -266,6 +283,12 @@ _common = [
     click.option(
         "--toxiproxy", "toxiproxy", metavar="URL", help="Use this Toxiproxy server for network faults."
     ),
+    click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        help="Use this Redis server for `channel: redis` scenarios (default: start one per run).",
+    ),
 ]
 
 
@@ -291,6 +314,7 @@ def run(
     p99_rise: float,
     parallel: int,
     toxiproxy: str | None,
+    redis_url: str | None,
 ) -> None:
     """Run SCENARIO files (or directories of them) and judge each one."""
     _terminate_on_sigterm()
@@ -301,7 +325,7 @@ def run(
         sys.exit(EXIT_INVALID)
     jobs = [Job(s, str(s.source or s.name), s.seed if seed is None else seed) for s in loaded]
     opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
-    sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
+    sys.exit(_run_jobs(jobs, out, opts, parallel, Servers(toxiproxy, redis_url)))
 
 
 @click.command("replay")
@@ -320,6 +344,7 @@ def replay(
     p99_rise: float,
     parallel: int,
     toxiproxy: str | None,
+    redis_url: str | None,
 ) -> None:
     """Re-run the scenarios of RESULTS_FILE (results.json or its run directory) with their recorded
     seed and configuration."""
@@ -338,7 +363,7 @@ def replay(
         console.print(f"[red]nothing to replay[/]: no scenario named {', '.join(only)} in {results_file}")
         sys.exit(EXIT_INVALID)
     opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
-    sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
+    sys.exit(_run_jobs(jobs, out, opts, parallel, Servers(toxiproxy, redis_url)))
 
 
 def _report_options(
@@ -359,16 +384,14 @@ def _report_options(
     return ReportOptions(junit, base, history, thresholds, fail_on_regression)
 
 
-def _run_jobs(
-    jobs: list[Job], out: str | None, opts: ReportOptions, parallel: int, toxiproxy: str | None
-) -> int:
+def _run_jobs(jobs: list[Job], out: str | None, opts: ReportOptions, parallel: int, servers: Servers) -> int:
     started = datetime.now(UTC)
     out_dir = _out_dir(out, started)
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run directory: {out_dir}  ({len(jobs)} scenario(s), -j {parallel})")
     t0 = time.monotonic()
     try:
-        results_list = _execute(jobs, out_dir, parallel, toxiproxy)
+        results_list = _execute(jobs, out_dir, parallel, servers)
     except KeyboardInterrupt:
         console.print("[red]interrupted: processes and segments cleaned up[/]")
         return EXIT_HARNESS

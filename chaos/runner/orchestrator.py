@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.channel import ChannelServer, DescriptorQueue
+from chaos.channel import ChannelServer, DescriptorQueue, emit_published
 from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
 from chaos.faults.base import FaultSpec, layer_of
 from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults
 from chaos.history import read_history
+from chaos.redis_channel import RedisQueue, StreamRef
+from chaos.redis_server import RedisServer, RedisServerError
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
 from chaos.scenario.model import Scenario
@@ -41,6 +43,7 @@ SPAWN = mp.get_context("spawn")
 STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
 STEP_TIMEOUT_S = 5.0
 HOST = "127.0.0.1"
+VISIBILITY_TIMEOUT_S = 10.0  # a claimed descriptor not acked for this long is handed out again
 
 
 class HarnessError(RuntimeError):
@@ -78,29 +81,32 @@ class Outcome:
         return "passed" if self.verdict.passed else "failed"
 
 
-class RecordingQueue(DescriptorQueue):
+class Recording:
     """Logs `published` when the channel accepts a descriptor: from then on it must be delivered.
 
     Logging here rather than in the producer makes publish atomic for the checker: a producer
-    killed between its ring write and the channel leaves a slot nobody was promised.
+    killed between its ring write and the channel leaves a slot nobody was promised. One mixin for
+    both channels, so the in-process queue and the Redis stream log the same events.
     """
 
+    events: JsonlSink
+
+    def publish(self, descriptor: dict[str, Any], now: float | None = None) -> list[int]:
+        ids = super().publish(descriptor, now)  # type: ignore[misc]
+        emit_published(self.events, descriptor)
+        return ids
+
+
+class RecordingQueue(Recording, DescriptorQueue):
     def __init__(self, events: JsonlSink, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.events = events
 
-    def publish(self, descriptor: dict[str, Any], now: float | None = None) -> list[int]:
-        ids = super().publish(descriptor, now)
-        self.events.emit(
-            "published",
-            key=f"{descriptor['slot']}:{descriptor['generation']}",
-            slot=descriptor["slot"],
-            generation=descriptor["generation"],
-            nbytes=descriptor["nbytes"],
-            checksum=descriptor["checksum"],
-            seq=descriptor.get("seq"),
-        )
-        return ids
+
+class RecordingRedisQueue(Recording, RedisQueue):
+    def __init__(self, events: JsonlSink, ref: StreamRef, **kwargs: Any) -> None:
+        super().__init__(ref, **kwargs)
+        self.events = events
 
 
 # -- conversions --------------------------------------------------------------------------------
@@ -176,6 +182,30 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
     )
 
 
+def server_options(
+    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: float, events_path: Path
+) -> dict[str, Any]:
+    """`ServerConfig` fields for a scenario's server: timeouts, its event log and, when the scenario
+    has transport faults, the fault wrapper on its links (active from `run_start` for `duration`)."""
+    has_transport = any(s.layer == "transport" for s in specs)
+    return {
+        "step_timeout": STEP_TIMEOUT_S,
+        "lease": sc.server.lease if sc.server.lease is not None else max(30.0, 3 * STEP_TIMEOUT_S),
+        "events_path": str(events_path),
+        "link_wrapper": "chaos.faults.transport:make_link_wrapper" if has_transport else None,
+        "link_wrapper_args": {
+            "faults": specs,
+            "seed": seed,
+            "run_start": run_start,
+            "ports_by_index": True,
+            "read_timeout": sc.consumers.read_timeout,
+            "heal_at": run_start + sc.duration,
+        }
+        if has_transport
+        else {},
+    }
+
+
 # -- process handles ----------------------------------------------------------------------------
 
 
@@ -229,7 +259,8 @@ class RoleHandle:
         return self.process is not None and self.process.is_alive()
 
     def start(self) -> None:
-        client = self.channel.connect(self.name)
+        is_consumer = self.name.startswith("consumer")
+        client = self.channel.connect_consumer(self.name) if is_consumer else self.channel.connect(self.name)
         self.process = SPAWN.Process(
             target=self.target, args=(self.config, client, self.stop_event), name=f"chaos-{self.name}"
         )
@@ -272,9 +303,11 @@ class ScenarioRun:
         *,
         seed: int | None = None,
         toxiproxy_url: str | None = None,
+        redis_url: str | None = None,
         progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.scenario = scenario
+        self.redis_url = redis_url
         self.seed = scenario.seed if seed is None else seed
         self.run_dir = run_dir
         self.toxiproxy_url = toxiproxy_url
@@ -305,7 +338,7 @@ class ScenarioRun:
         out = []
         for handle in self._children:
             pid = handle.pid
-            if pid is not None and handle.alive():
+            if pid is not None and handle.alive() and not isinstance(handle, RedisServer):
                 out.append((getattr(handle, "name", "server"), pid))
         return out
 
@@ -403,26 +436,12 @@ class ScenarioRun:
         specs = fault_specs(sc, self.seed)
         run_start = time.time() + STARTUP_S
         heal_at = run_start + sc.duration
-        has_transport = any(s.layer == "transport" for s in specs)
         server_config = ServerConfig(
             ring_name=ring.name,
             ports=[0] * sc.server.ports,
             protocol=sc.protocol,
             idle_evict=sc.server.idle_evict,
-            step_timeout=STEP_TIMEOUT_S,
-            lease=sc.server.lease if sc.server.lease is not None else max(30.0, 3 * STEP_TIMEOUT_S),
-            events_path=str(self.run_dir / "events" / "server.jsonl"),
-            link_wrapper="chaos.faults.transport:make_link_wrapper" if has_transport else None,
-            link_wrapper_args={
-                "faults": specs,
-                "seed": self.seed,
-                "run_start": run_start,
-                "ports_by_index": True,
-                "read_timeout": sc.consumers.read_timeout,
-                "heal_at": heal_at,
-            }
-            if has_transport
-            else {},
+            **server_options(sc, specs, self.seed, run_start, self.run_dir / "events" / "server.jsonl"),
         )
         server = ServerHandle(self.run_dir, server_config)
         self._children.append(server)
@@ -441,7 +460,8 @@ class ScenarioRun:
             self._cleanups.append(network.heal)
 
         control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
-        channel = ChannelServer(RecordingQueue(events, visibility_timeout=10.0, control=control)).start()
+        redis_server = self._start_redis() if sc.channel == "redis" else None
+        channel = ChannelServer(self._queue(events, control)).start()
         self._cleanups.append(channel.stop)
 
         stop_producing = SPAWN.Event()
@@ -460,6 +480,8 @@ class ScenarioRun:
                 quarantine=sc.consumers.quarantine,
                 max_attempts=sc.consumers.max_attempts,
                 rounds=sc.consumers.rounds,
+                entrypoint=sc.consumers.entrypoint,
+                warm=(HOST, tuple(advertised)),
             )
             handles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
         producer_cfg = ProducerConfig(
@@ -476,8 +498,12 @@ class ScenarioRun:
         handles["producer"] = RoleHandle(
             "producer", _delayed_producer, (producer_cfg, run_start), channel, stop_producing
         )
+        if redis_server is not None:
+            handles["redis"] = redis_server
+        elif any(s.target == "redis" for s in specs):
+            raise HarnessError("process faults on redis need the embedded server (drop --redis URL)")
         for name, handle in handles.items():
-            if name == "server":
+            if name in ("server", "redis"):
                 continue
             self._children.append(handle)
             self._cleanups.append(handle.kill)
@@ -515,6 +541,10 @@ class ScenarioRun:
         process_faults.heal()
         if network is not None:
             network.heal()
+        if redis_server is not None and not redis_server.alive():
+            self.notes.append("redis was down at heal: restarted")
+            redis_server.start()
+            events.emit("proc_exit", target="redis", pid=redis_server.pid, how="restarted")
         channel.heal()
         if not server.alive():
             self.notes.append("server was down at heal: restarted")
@@ -548,6 +578,31 @@ class ScenarioRun:
                 "slots left mid-transition: " + ", ".join(f"{i.slot}:{i.state.name}" for i in leftover[:10])
             )
         return server_ports
+
+    def _start_redis(self) -> RedisServer | None:
+        """The run's own Redis (None with `--redis URL`): data and log in the run directory."""
+        if self.redis_url is not None:
+            return None
+        server = RedisServer(self.run_dir / "redis", log_path=self.run_dir / "logs" / "redis.log")
+        self._children.append(server)
+        self._cleanups.append(server.stop)
+        try:
+            return server.start()
+        except RedisServerError as exc:
+            raise HarnessError(str(exc)) from exc
+
+    def _queue(self, events: JsonlSink, control: ControlFaults) -> DescriptorQueue | RedisQueue:
+        """The channel's core: the in-process queue, or the run's stream on Redis."""
+        if self.scenario.channel != "redis":
+            return RecordingQueue(events, visibility_timeout=VISIBILITY_TIMEOUT_S, control=control)
+        url = self.redis_url
+        if url is None:
+            redis_handle = next(c for c in self._children if isinstance(c, RedisServer))
+            url = redis_handle.url
+        ref = StreamRef.for_run(url, self.run_dir.name + "-" + str(os.getpid()), VISIBILITY_TIMEOUT_S)
+        queue = RecordingRedisQueue(events, ref, control=control)
+        self._cleanups.append(queue.close)
+        return queue
 
     def _close_ring(self, ring: SharedRing) -> None:
         ring.close()
@@ -589,6 +644,11 @@ def run_scenario(
     *,
     seed: int | None = None,
     toxiproxy_url: str | None = None,
+    redis_url: str | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> Outcome:
-    return ScenarioRun(scenario, run_dir, seed=seed, toxiproxy_url=toxiproxy_url, progress=progress).run()
+    """`redis_url`: for `channel: redis`, use this server instead of starting one (no `redis`
+    process faults then: the harness does not own that process)."""
+    return ScenarioRun(
+        scenario, run_dir, seed=seed, toxiproxy_url=toxiproxy_url, redis_url=redis_url, progress=progress
+    ).run()

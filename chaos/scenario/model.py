@@ -23,9 +23,12 @@ Decisions where DESIGN.md is silent:
 - `timeout.delay` defaults to 1.5x `consumers.read_timeout` and must exceed it: a shorter hold is a
   `stall`, not a timeout. Keep it and `stall.delay` below the server's step timeout (5 s).
 - `pause.duration` is required; with `at`, the pause must end inside the fault phase.
-- `target` is `producer`, `server`, `consumer` (one consumer, chosen by the run's seed) or `consumer-N`
-  (0-based, N < `consumers.count`). `restart` starts the target again (killing it first if it runs);
-  the server comes back on the same ports.
+- `target` is `producer`, `server`, `redis` (only with `channel: redis`), `consumer` (one consumer,
+  chosen by the run's seed) or `consumer-N` (0-based, N < `consumers.count`). `restart` starts the
+  target again (killing it first if it runs); the server comes back on the same ports, Redis on the
+  same port with its append-only file, so the stream survives.
+- `channel` is the descriptor bus: `memory` (default, the runner's in-process consumer group, fastest
+  to start) or `redis` (a real Redis stream and consumer group: XADD, XREADGROUP, XACK, XAUTOCLAIM).
 - Toxic attributes are Toxiproxy's integers in Toxiproxy's units (ms; slicer `delay` in us, bandwidth
   `rate` in KB/s), checked per toxic type; `stream` defaults to `downstream`, `toxicity` to 1.
 - `expect` counts are upper bounds (0 = none allowed). `faults_fired` is `all` (default: every fault
@@ -82,9 +85,9 @@ PortIndex = Annotated[int, Field(ge=0)]
 
 def _check_target(value: str) -> str:
     head, _, index = value.partition("-")
-    if value in ("producer", "server", "consumer") or (head == "consumer" and index.isdigit()):
+    if value in ("producer", "server", "redis", "consumer") or (head == "consumer" and index.isdigit()):
         return value
-    raise ValueError(f"expected producer, server, consumer or consumer-N, got {value!r}")
+    raise ValueError(f"expected producer, server, redis, consumer or consumer-N, got {value!r}")
 
 
 Target = Annotated[str, AfterValidator(_check_target)]
@@ -139,9 +142,17 @@ class Server(_Model):
     lease: PositiveDuration | None = None
 
 
-class Consumers(_Model):
-    """Consumer processes and their client settings (seconds for times)."""
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 
+
+class Consumers(_Model):
+    """Consumer processes and their client settings (seconds for times).
+
+    `entrypoint` (`"package.module:function"`) runs a trainer's own consumer code as the role
+    (`chaos.trainer` documents what it is called with); None runs the harness's built-in consumer.
+    """
+
+    entrypoint: str | None = Field(None, pattern=ENTRYPOINT_PATTERN)
     count: int = Field(2, ge=1)
     batch: int = Field(8, ge=1)
     read_timeout: PositiveDuration = 2.0
@@ -451,6 +462,7 @@ class Scenario(_Model):
     drain_timeout: PositiveDuration = 30.0
     deadline: PositiveDuration | None = None  # always set after validation
     protocol: Literal["commit", "single-chunk"] = "commit"
+    channel: Literal["memory", "redis"] = "memory"
     ring: Ring = Ring()
     producer: Producer = Producer()
     server: Server = Server()
@@ -517,6 +529,8 @@ class Scenario(_Model):
         if isinstance(fault, _ProcessFault):
             if window is None and at is None:
                 problems.append(((), f"a {fault.kind} fault needs `at` or `window`"))
+            if fault.target == "redis" and self.channel != "redis":
+                problems.append((("target",), "target redis needs `channel: redis`"))
             head, _, index = fault.target.partition("-")
             if head == "consumer" and index and int(index) >= self.consumers.count:
                 problems.append(
