@@ -126,13 +126,21 @@ def _world_scenario(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture
 def chaos_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """A `ChaosWorld` (see `chaos.testing`), judged when the test ends."""
+    """A `ChaosWorld` (see `chaos.testing`), judged when the test body returns."""
     from chaos.testing import ChaosWorld
 
     seed = request.config.getoption("chaos_seed")
     world = ChaosWorld(_world_scenario(request), run_dir=tmp_path / "chaos-world", seed=seed, strict=False)
     with world:
         yield world
-    assert world.verdict is not None
-    if not world.verdict.passed:
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[Any]:
+    """Judge a test's `chaos_world` as part of the test, so a failed verdict is a test failure (not
+    an error in teardown). A test body that raised keeps its own failure."""
+    result = yield
+    world = getattr(item, "funcargs", {}).get("chaos_world")
+    if world is not None and not world.close().passed:
         pytest.fail(world.explain(), pytrace=False)
+    return result

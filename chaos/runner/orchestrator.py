@@ -34,6 +34,7 @@ from chaos.redis_server import RedisServer, RedisServerError
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
 from chaos.scenario.model import Scenario
+from chaos.trainer import load_entrypoint
 from transport.errors import TransportError
 from transport.events import JsonlSink
 from transport.ring import SharedRing, SlotState
@@ -430,6 +431,11 @@ class ScenarioRun:
         events = JsonlSink(self.run_dir / "events" / "runner.jsonl", "runner")
         self._cleanups.append(events.close)
 
+        if sc.consumers.entrypoint:
+            try:  # here, not in each consumer: a typo is one clear harness error, not a silent drain
+                load_entrypoint(sc.consumers.entrypoint)
+            except (ImportError, AttributeError, TypeError) as exc:
+                raise HarnessError(str(exc)) from exc
         ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
         self._cleanups.append(lambda: self._close_ring(ring))
 
