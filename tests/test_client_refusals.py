@@ -39,3 +39,16 @@ def test_stale_small_slot_keeps_the_endpoint_large_one_replaces_it() -> None:
             assert c.client.stats.quarantines == 0, "a refusal is not a port failure"
         finally:
             c.close()
+
+
+def test_warm_pools_one_endpoint_per_port_and_skips_a_dead_one() -> None:
+    with Producer(slots=4, slot_bytes=4096, ports=2) as p:
+        c = Consumer(read_timeout=2.0, connect_timeout=1.0)
+        try:
+            dead = 1  # nothing listens on port 1
+            warmed = c._loop.run(c.client.warm(p.host, [*p.ports, dead]), 30.0)
+            assert warmed == 2 and c.client.stats.connects == 2
+            assert bytes(c.get(p.put(b"x"))) == b"x"
+            assert c.client.stats.connects == 2, "the first read used a pooled endpoint"
+        finally:
+            c.close()
