@@ -184,3 +184,25 @@ def test_client_pickles_without_its_connection(server: RedisServer) -> None:
     copy = pickle.loads(pickle.dumps(client))
     assert copy.name == "consumer-0" and copy.ref == queue.ref and copy._client is None
     queue.close()
+
+
+def test_scenario_model_channel_and_redis_target(tmp_path: Path) -> None:
+    from chaos.scenario import ScenarioError, load_scenario
+
+    base = (
+        "name: r\nduration: 5s\n{channel}faults:\n  - {{kind: pause, target: redis, at: 1s, duration: 1s}}\n"
+    )
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base.format(channel="channel: redis\n"))
+    scenario = load_scenario(ok)
+    assert scenario.channel == "redis" and scenario.faults[0].target == "redis"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base.format(channel=""))
+    with pytest.raises(
+        ScenarioError, match=r"bad.yaml:4: faults\[0\].target: target redis needs `channel: redis`"
+    ):
+        load_scenario(bad)
+    entry = tmp_path / "entry.yaml"
+    entry.write_text("name: e\nduration: 5s\nconsumers: {entrypoint: mypkg.train}\n")
+    with pytest.raises(ScenarioError, match=r"entry.yaml:3: consumers.entrypoint"):
+        load_scenario(entry)
