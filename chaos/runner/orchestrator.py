@@ -32,7 +32,13 @@ from chaos.history import read_history
 from chaos.redis_channel import RedisQueue, StreamRef
 from chaos.redis_server import RedisServer, RedisServerError
 from chaos.runner.network import NetworkFaults
-from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
+from chaos.runner.roles import (
+    ConsumerConfig,
+    ProducerConfig,
+    consumer_main,
+    delayed_producer_main,
+    server_role,
+)
 from chaos.scenario.model import Scenario
 from chaos.trainer import load_entrypoint
 from transport.errors import TransportError
@@ -502,7 +508,7 @@ class ScenarioRun:
             count=sc.producer.count,
         )
         handles["producer"] = RoleHandle(
-            "producer", _delayed_producer, (producer_cfg, run_start), channel, stop_producing
+            "producer", delayed_producer_main, (producer_cfg, run_start), channel, stop_producing
         )
         if redis_server is not None:
             handles["redis"] = redis_server
@@ -633,15 +639,6 @@ def ring_audit(ring: SharedRing, tries: int = 5) -> dict[str, int]:
         "slots": ring.slots,
         **{state.name.lower(): states[state] for state in SlotState},
     }
-
-
-def _delayed_producer(cfg_and_start: tuple[ProducerConfig, float], channel: Any, stop: Any) -> None:
-    """The producer waits for the fault phase so every payload is published under the faults."""
-    cfg, run_start = cfg_and_start
-    delay = run_start - time.time()
-    if delay > 0 and stop.wait(delay):
-        return
-    producer_main(cfg, channel, stop)
 
 
 def run_scenario(
