@@ -135,7 +135,9 @@ class DeliverySink:
         port: int | None = None,
         latency_s: float | None = None,
         attempts: int | None = None,
+        **extra: Any,
     ) -> None:
+        """`extra` fields go into the event as they are (e.g. the read's fencing `token`)."""
         seq = self.seqs.get(descriptor.key)
         self.events.emit(
             "delivered",
@@ -148,6 +150,7 @@ class DeliverySink:
             content_ok=seq is None or verify_payload(payload, self.seed, seq, descriptor.nbytes),
             latency_s=None if latency_s is None else round(latency_s, 6),
             attempts=attempts,
+            **extra,
         )
 
     def failed(self, failure: SlotFailure) -> None:
@@ -163,11 +166,18 @@ class DeliverySink:
 
     def record(self, descriptors: Sequence[SlotDescriptor], batch: BatchResult) -> None:
         """`delivered` for every payload of a `BatchResult`, `failed` for every failure."""
+        tokens = getattr(batch, "tokens", None)  # the committing read's token, where the client keeps it
         for i, desc in enumerate(descriptors):
             payload = batch.payloads[i]
             if payload is not None:
+                extra = {"token": tokens[i]} if tokens else {}
                 self.delivered(
-                    desc, payload, port=batch.ports[i], latency_s=batch.seconds[i], attempts=batch.attempts[i]
+                    desc,
+                    payload,
+                    port=batch.ports[i],
+                    latency_s=batch.seconds[i],
+                    attempts=batch.attempts[i],
+                    **extra,
                 )
         for failure in batch.failures:
             self.failed(failure)
