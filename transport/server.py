@@ -80,7 +80,7 @@ class SlotServer:
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping = False
         self._ucx_acquired = False
-        self._secret = ring.secret
+        self._ring_key = proto.RingKey(ring.secret, ring.ring_id)  # checks capabilities; never sent
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -183,7 +183,7 @@ class SlotServer:
     async def _serve_one(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
-        srv = proto.ServerRead(self._secret, self.commit_log, self.protocol, slots=ring.slots)
+        srv = proto.ServerRead(self._ring_key, self.commit_log, self.protocol, slots=ring.slots)
         action = srv.on_request(request)
         try:
             while not isinstance(action, proto.Done | proto.Close):

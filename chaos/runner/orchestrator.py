@@ -472,6 +472,7 @@ class ScenarioRun:
             min_bytes=sc.producer.payload.min,
             max_bytes=sc.producer.payload.max,
             count=sc.producer.count,
+            protocol=sc.protocol,
         )
         handles["producer"] = RoleHandle(
             "producer", _delayed_producer, (producer_cfg, run_start), channel, stop_producing
