@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from live_server import HOST, LiveServer, live_server, run
 
 from transport.client import SlotClient
