@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from transport.descriptor import SlotDescriptor
+from transport.errors import RingFullError
 from transport.protocol import RingKey
 from transport.ring import SharedRing
 from transport.server import SlotServer
@@ -37,8 +38,9 @@ class LiveServer:
     def port(self) -> int:
         return self.server.ports[0]
 
-    def put(self, data: bytes) -> SlotDescriptor:
-        w = self.ring.write(data, timeout=5.0)
+    def put(self, data: bytes, timeout: float = 0.001) -> SlotDescriptor:
+        """Write now (RingFullError if no slot is FREE: from the loop, use `aput`)."""
+        w = self.ring.write(data, timeout=timeout)
         return SlotDescriptor(
             host=HOST,
             ports=tuple(self.server.ports),
@@ -50,6 +52,18 @@ class LiveServer:
             checksum=w.checksum,
             capability=self.key.capability(w.slot, w.generation).hex(),
         )
+
+    async def aput(self, data: bytes, timeout: float = 30.0) -> SlotDescriptor:
+        """`put` from inside the loop: waits for a FREE slot without blocking the server's handlers
+        (which may be the ones about to release it)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                return self.put(data)
+            except RingFullError:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.02)
 
     async def wait_for_handlers(self, at_most: int, timeout: float) -> int:
         """Poll until at most `at_most` handlers are live (or `timeout`); returns the last count."""

@@ -170,7 +170,7 @@ def test_fuzzed_frames_are_answered_or_closed_and_leak_nothing() -> None:
         async def one_batch(batch: list[tuple[Any, ...]]) -> None:
             _top_up(live)
             await asyncio.gather(*(lane(f, batch[i::LANES]) for i, f in enumerate(fuzzers)))
-            desc = live.put(b"real %d" % real["reads"])
+            desc = await live.aput(b"real %d" % real["reads"])
             assert bytes((await consumer.read(desc)).payload) == b"real %d" % real["reads"]
             real["reads"] += 1
 

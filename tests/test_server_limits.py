@@ -42,13 +42,13 @@ async def _scenario(live: LiveServer) -> dict[str, Any]:
             await asyncio.sleep(0.005)
 
     async with SlotClient(read_timeout=2.0, quarantine=0.0, max_age=120.0) as c:
-        first = live.put(b"warm-up")
+        first = await live.aput(b"warm-up")
         assert bytes((await c.read(first)).payload) == b"warm-up"  # the consumer holds an endpoint now
         watcher = asyncio.ensure_future(watch())
         flood = asyncio.ensure_future(_flood(live.port, FLOOD))
         delivered = 0
         while not flood.done() or delivered < 20:
-            desc = live.put(bytes([delivered % 256]) * 512)
+            desc = await live.aput(bytes([delivered % 256]) * 512)
             result, _ = await fetch_one(c, desc, max_attempts=4)
             assert bytes(result.payload) == bytes([delivered % 256]) * 512
             delivered += 1
@@ -58,7 +58,7 @@ async def _scenario(live: LiveServer) -> dict[str, Any]:
         await watcher
         for ep in endpoints:
             ep.abort()
-        after = live.put(b"after the flood")
+        after = await live.aput(b"after the flood")
         assert bytes((await c.read(after)).payload) == b"after the flood"
         connects = c.stats.connects
     return {

@@ -185,7 +185,7 @@ class SlotServer:
         # One reusable timer each for the idle wait and the protocol steps of this handler's task;
         # the first wait is short: a new endpoint that says nothing is closed quickly.
         idle, step = StepDeadline(self.idle_evict), StepDeadline(self.step_timeout)
-        first = StepDeadline(self.first_frame_timeout)
+        first = StepDeadline(min(self.first_frame_timeout, self.idle_evict))
         wait, quiet = first, "silent"
         try:
             while not self._stopping:
