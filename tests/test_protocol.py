@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import struct
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -348,6 +349,9 @@ def test_a_capability_opens_one_slot_at_one_generation() -> None:
     """HMAC(ring key, ring id | slot | generation): nothing else verifies, and the key is not it."""
     cap = KEY.capability(3, 7)
     assert len(cap) == p.CAPABILITY_SIZE and cap != SECRET
+    assert cap == hmac.digest(SECRET, struct.pack("<B16sIQ", 1, RING_ID, 3, 7), "sha256")[:16], (
+        "as documented"
+    )
     assert KEY.admits(p.request(3, 7, 1, cap)) and KEY.admits(p.commit(3, 7, 1, cap))
     assert not KEY.admits(p.request(4, 7, 1, cap)), "another slot"
     assert not KEY.admits(p.request(3, 8, 1, cap)), "another generation"
