@@ -61,25 +61,27 @@ def test_a_dead_channel_thread_is_reported_and_closes_its_clients() -> None:
 def test_a_channel_failure_fails_the_scenario_as_a_harness_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before: the thread died silently and the checker blamed the transport for 'lost' slots."""
-    published = {"n": 0}
-    real = orchestrator.RecordingQueue.publish
+    """Before: the thread died silently and the checker blamed the transport for 'lost' slots. The
+    failure is injected into the consumers' claims, which start as soon as a consumer is up (no
+    dependency on the producer's timing on a loaded machine)."""
+    claims = {"n": 0}
+    real = orchestrator.RecordingQueue.claim
 
-    def failing(self: Any, descriptor: dict[str, Any], now: float | None = None) -> list[int]:
-        published["n"] += 1
-        if published["n"] > 5:
+    def failing(self: Any, consumer: str, n: int = 1, now: float | None = None) -> Any:
+        claims["n"] += 1
+        if claims["n"] > 2:
             raise RuntimeError("channel bug injected by the test")
-        return real(self, descriptor, now)
+        return real(self, consumer, n, now)
 
-    monkeypatch.setattr(orchestrator.RecordingQueue, "publish", failing)
+    monkeypatch.setattr(orchestrator.RecordingQueue, "claim", failing)
     scenario = parse_scenario(
-        "name: channel-dies\nseed: 1\nduration: 12s\ndrain_timeout: 5s\n"
+        "name: channel-dies\nseed: 1\nduration: 6s\ndrain_timeout: 10s\n"
         "ring: {slots: 8, slot_bytes: 16KiB}\nproducer: {rate: 40/s, payload: {min: 1KiB, max: 4KiB}}\n"
         "server: {ports: 1}\nconsumers: {count: 1, batch: 2, read_timeout: 1s}\n"
         "expect: {faults_fired: none}\n"
     )
     outcome = orchestrator.run_scenario(scenario, tmp_path / "run")
-    assert published["n"] > 5, "the injected failure really happened"
+    assert claims["n"] > 2, "the injected failure really happened"
     assert outcome.status == "error" and outcome.verdict is None, outcome.error
     assert "descriptor channel failed" in (outcome.error or "")
     assert "channel bug injected" in (tmp_path / "run" / "logs" / "channel-error.log").read_text()
