@@ -23,8 +23,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import redis
 
 ENV_EXECUTABLE = "SLOTWIRE_REDIS_SERVER"
@@ -75,13 +77,17 @@ class RedisServer:
         port: int | None = None,
         executable: str | None = None,
         log_path: str | os.PathLike[str] | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_start(pid)` is called after each start (the runner's cleanup tracks the process)."""
         self.directory = Path(directory)
         self.host = host
         self.port = port or free_port(host)
         self.executable = executable or find_executable()
         self.log_path = Path(log_path) if log_path else self.directory / "redis.log"
+        self.on_start = on_start
         self.process: subprocess.Popen[bytes] | None = None
+        self.proc: psutil.Process | None = None  # what process faults signal (never a raw pid)
         self.starts = 0
 
     @property
@@ -112,7 +118,10 @@ class RedisServer:
             "--logfile", str(self.log_path),
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.proc = psutil.Process(self.process.pid)  # not reaped yet: the pid is this child's
         self.starts += 1
+        if self.on_start is not None:
+            self.on_start(self.process.pid)
         client = redis.Redis(host=self.host, port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
         deadline = time.monotonic() + timeout
         try:
