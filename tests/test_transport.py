@@ -34,7 +34,7 @@ def producer() -> Iterator[Producer]:
 
 @pytest.fixture(scope="module")
 def consumer() -> Iterator[Consumer]:
-    c = Consumer(read_timeout=2.0, quarantine=1.0, max_attempts=4)
+    c = Consumer(read_timeout=2.0, quarantine=1.0, max_attempts=4, local=False)
     yield c
     c.close()
 
@@ -75,7 +75,7 @@ def test_stale_descriptor_is_not_retried() -> None:
     with Producer(slots=1, slot_bytes=1024, ports=2, policy="overwrite") as p:
         old = p.put(b"old")
         new = p.put(b"new")  # recycles the only slot: `old` is now STALE
-        c = Consumer(read_timeout=2.0, max_attempts=5)
+        c = Consumer(read_timeout=2.0, max_attempts=5, local=False)
         try:
             reads_before = c.client.stats.reads
             with pytest.raises(StaleSlotError):
@@ -110,7 +110,7 @@ def test_get_many_reports_failures_per_slot(producer: Producer, consumer: Consum
 
 def test_dead_port_is_quarantined_and_skipped(producer: Producer) -> None:
     dead = _free_port()
-    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4, connect_timeout=1.0)
+    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4, connect_timeout=1.0, local=False)
     try:
         for i in range(6):
             desc = producer.put(bytes([i]) * 100)
@@ -187,7 +187,7 @@ def test_lost_committed_is_resolved_not_duplicated(tmp_path: Path) -> None:
         "link_wrapper_args": {"count": 3, "fired_path": str(fired)},
     }
     with Producer(slots=4, slot_bytes=4096, ports=2, server_options=options) as p:
-        c = Consumer(read_timeout=1.0, quarantine=0.1, max_attempts=3)
+        c = Consumer(read_timeout=1.0, quarantine=0.1, max_attempts=3, local=False)
         try:
             for i in range(5):
                 desc = p.put(bytes([i]) * 10)
@@ -203,7 +203,7 @@ def test_lost_committed_is_resolved_not_duplicated(tmp_path: Path) -> None:
 def test_idle_server_and_stop_are_bounded() -> None:
     p = Producer(slots=2, slot_bytes=1024, ports=2)
     try:
-        c = Consumer(read_timeout=2.0)
+        c = Consumer(read_timeout=2.0, local=False)
         try:
             assert bytes(c.get(p.put(b"warm"))) == b"warm"  # leaves a pooled idle endpoint
             server = psutil.Process(p.server.pid)
@@ -220,8 +220,8 @@ def test_idle_server_and_stop_are_bounded() -> None:
 
 def test_idle_eviction_and_max_age_replace_pooled_endpoints() -> None:
     with Producer(slots=4, slot_bytes=1024, ports=1, idle_evict=0.5) as p:
-        evicted = Consumer(read_timeout=2.0, max_age=30.0, quarantine=30.0)
-        aged = Consumer(read_timeout=2.0, max_age=0.3, quarantine=30.0)
+        evicted = Consumer(read_timeout=2.0, max_age=30.0, quarantine=30.0, local=False)
+        aged = Consumer(read_timeout=2.0, max_age=0.3, quarantine=30.0, local=False)
         try:
             for c in (evicted, aged):
                 assert bytes(c.get(p.put(b"first"))) == b"first"
@@ -270,7 +270,7 @@ def test_consumers_opened_and_closed_leave_nothing_running(producer: Producer) -
     me = psutil.Process()
 
     def one_epoch() -> None:
-        c = Consumer(read_timeout=2.0)
+        c = Consumer(read_timeout=2.0, local=False)
         try:
             assert bytes(c.get(producer.put(b"epoch"))) == b"epoch"
         finally:

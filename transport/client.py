@@ -33,6 +33,7 @@ from transport.errors import (
 )
 from transport.events import EventSink, NullSink
 from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_recv
+from transport.local import LocalReader
 from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ReadResult:
     """A committed read: the payload and where it came from."""
 
     payload: np.ndarray
-    port: int
+    port: int | None  # None: read on the same host from shared memory (no port involved)
     generation: int
     resolved: bool = False  # COMMITTED was lost and RESOLVE confirmed the commit
 
@@ -94,7 +95,11 @@ class SlotClient:
         link_wrapper: LinkWrapper | None = None,
         events: EventSink | None = None,
         recycle_bytes: int = 256 << 20,
+        local: bool = True,
+        local_lease: float = 30.0,
     ) -> None:
+        """`local=False` turns the same-host path off (every read goes over UCX); `local_lease`
+        bounds how long a same-host read or borrow may hold its slot."""
         if recycle_bytes < 0:
             raise ConfigError(f"recycle_bytes={recycle_bytes!r}: must be >= 0 (0 turns recycling off)")
         for name, value in (
@@ -124,6 +129,7 @@ class SlotClient:
         self._ucx_acquired = False
         # Large receive buffers nobody holds any more are reused (see transport.buffers).
         self._buffers = ReceiveBuffers(recycle_bytes)
+        self.local = LocalReader(local_lease, self.events) if local and protocol == "commit" else None
 
     # -- port choice -----------------------------------------------------------------------------
 
@@ -182,6 +188,9 @@ class SlotClient:
         """
         if self._closed:
             raise ConfigError("client is closed")
+        if self.local is not None and (ring := self.local.ring_for(desc)) is not None:
+            self.stats.reads += 1
+            return ReadResult(self.local.read(ring, desc, out), None, desc.generation)
         if not desc.ports:
             raise ConfigError("descriptor has no ports")
         port = self.healthy_ports(desc.ports)[0]
@@ -347,6 +356,8 @@ class SlotClient:
         """
         self._closed = True
         self._buffers.clear()
+        if self.local is not None:
+            self.local.close()
         pooled = [p.link for idle in self._pool.values() for p in idle]
         self._pool.clear()
         for link in pooled:

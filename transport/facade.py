@@ -8,7 +8,8 @@ to a single loop), driven by the calling thread itself (`transport.syncloop`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from transport.client import SlotClient
 from transport.descriptor import SlotDescriptor
 from transport.errors import ConfigError
+from transport.local import boot_id
 from transport.packer import BatchResult, fetch_batch, fetch_one
 from transport.ring import SharedRing
 from transport.serve import ServerConfig, ServerProcess
@@ -79,6 +81,8 @@ class Producer:
             nbytes=nbytes,
             checksum=checksum,
             secret=self.ring.secret_hex,
+            segment=self.ring.name,
+            boot_id=boot_id(),
         )
 
     def close(self) -> None:
@@ -92,6 +96,27 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def borrow_local(client: SlotClient, descriptor: SlotDescriptor) -> Iterator[np.ndarray]:
+    """Lend a read-only view straight into the producer's slot (same host only, zero copy).
+
+    Clean exit commits the read; an exception releases the slot for another reader. The client's
+    `local_lease` bounds how long the view may be held: past it the slot is reclaimed and the exit
+    raises LeaseExpiredError (not committed). Do not keep the view past the block.
+    """
+    local = client.local
+    if local is None:
+        raise ConfigError("borrow: the same-host path is off for this consumer (local=False)")
+    ring = local.ring_for(descriptor)
+    if ring is None:
+        raise ConfigError(
+            f"borrow: {descriptor.key} is not readable from this host's shared memory "
+            f"(segment {descriptor.segment or '-'!r}); use get()"
+        )
+    with local.borrow(ring, descriptor) as view:
+        yield view
 
 
 class AsyncConsumer:
@@ -121,6 +146,10 @@ class AsyncConsumer:
         """The payload as a uint8 array of exactly `descriptor.nbytes` bytes."""
         result, _ = await fetch_one(self.client, descriptor, max_attempts=self.max_attempts, out=out)
         return result.payload
+
+    def borrow(self, descriptor: SlotDescriptor) -> Any:
+        """`with consumer.borrow(desc) as view:` (see `borrow_local`)."""
+        return borrow_local(self.client, descriptor)
 
     async def get_many(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
         return await fetch_batch(
@@ -166,6 +195,10 @@ class Consumer:
 
     def get(self, descriptor: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
         return self._loop.run(self._inner.get(descriptor, out), self._slot_bound)
+
+    def borrow(self, descriptor: SlotDescriptor) -> Any:
+        """`with consumer.borrow(desc) as view:` (see `borrow_local`)."""
+        return borrow_local(self.client, descriptor)
 
     def get_many(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
         waves = -(-len(descriptors) // self._inner.concurrency) or 1

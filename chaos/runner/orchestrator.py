@@ -460,6 +460,10 @@ class ScenarioRun:
                 quarantine=sc.consumers.quarantine,
                 max_attempts=sc.consumers.max_attempts,
                 rounds=sc.consumers.rounds,
+                transport=sc.consumers.transport,
+                borrow=sc.consumers.borrow,
+                hold=sc.consumers.hold,
+                lease=server_config.lease,
             )
             handles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
         producer_cfg = ProducerConfig(

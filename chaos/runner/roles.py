@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from chaos.channel import ChannelClient, ChannelClosedError
 from chaos.content import make_payload, verify_payload
 from transport.checksum import checksum
@@ -62,6 +64,7 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
     """Write payloads at `rate` until `stop` is set (or `count` is reached) and publish them."""
     setup_process(cfg.run_dir, "producer")
     from transport.events import JsonlSink
+    from transport.local import boot_id
     from transport.ring import SharedRing
 
     ring = SharedRing.attach(cfg.ring_name)
@@ -100,6 +103,8 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
                     "nbytes": written.nbytes,
                     "checksum": written.checksum,
                     "secret": ring.secret_hex,
+                    "segment": ring.name,
+                    "boot_id": boot_id(),
                     "seq": seq,
                 }
             )
@@ -125,6 +130,10 @@ class ConsumerConfig:
     quarantine: float
     max_attempts: int
     rounds: int
+    transport: str = "ucx"  # "local": same-host reads from the shared segment
+    borrow: bool = False  # local only: borrow each slot (zero copy) instead of copying it
+    hold: float = 0.0  # seconds a borrowed slot is held before its commit
+    lease: float = 30.0  # how long a local read may hold its slot
 
 
 # Failures that another attempt cannot change; anything else stays un-acked and is redelivered.
@@ -150,6 +159,8 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
         concurrency=cfg.batch,
         protocol=cfg.protocol,
         events=events,
+        local=cfg.transport == "local",
+        local_lease=cfg.lease,
     )
     loop = asyncio.get_running_loop()
     try:
@@ -163,12 +174,19 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
             raws = [dict(d.descriptor) for d in deliveries]
             seqs = [raw.pop("seq") for raw in raws]
             descs = [SlotDescriptor.from_dict(raw) for raw in raws]
-            batch = await consumer.get_many(descs)
+            if cfg.borrow:
+                batch, checked = await _borrow_batch(consumer, descs, seqs, cfg)
+            else:
+                batch, checked = await consumer.get_many(descs), {}
             done: list[str] = []
             retry: list[str] = []
             for i, desc in enumerate(descs):
                 payload = batch.payloads[i]
                 if payload is not None:
+                    checksum_ok, content_ok = checked.get(i) or (
+                        checksum(payload) == desc.checksum,
+                        verify_payload(payload, cfg.seed, seqs[i], desc.nbytes),
+                    )
                     port = batch.ports[i]
                     events.emit(
                         "delivered",
@@ -177,8 +195,8 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
                         generation=desc.generation,
                         port=desc.ports.index(port) if port in desc.ports else None,
                         nbytes=int(payload.nbytes),
-                        checksum_ok=checksum(payload) == desc.checksum,
-                        content_ok=verify_payload(payload, cfg.seed, seqs[i], desc.nbytes),
+                        checksum_ok=checksum_ok,
+                        content_ok=content_ok,
                         latency_s=round(batch.seconds[i], 6),
                         attempts=batch.attempts[i],
                     )
@@ -204,6 +222,50 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
     finally:
         await consumer.close()
         events.close()
+
+
+async def _borrow_batch(
+    consumer: Any, descs: list[Any], seqs: list[int], cfg: ConsumerConfig
+) -> tuple[Any, dict[int, tuple[bool, bool]]]:
+    """Borrow each slot in turn (same host), check it in place, hold it, commit on leaving the block.
+
+    Returns a BatchResult whose payloads are empty placeholders of the right size (the bytes were
+    checked inside the borrow, while the slot was still held) and those checks per index. Retryable
+    failures (BUSY, an expired lease) get `max_attempts` tries like the UCX path's fetch_one.
+    """
+    from transport.errors import TransportError
+    from transport.packer import BatchResult, SlotFailure, failure_reason
+
+    n = len(descs)
+    result = BatchResult([None] * n, [], [0] * n, [None] * n, [0.0] * n)
+    checked: dict[int, tuple[bool, bool]] = {}
+    for i, desc in enumerate(descs):
+        started = time.perf_counter()
+        error: TransportError | None = None
+        for attempt in range(1, cfg.max_attempts + 1):
+            result.attempts[i] = attempt
+            try:
+                with consumer.borrow(desc) as view:
+                    ok = (
+                        checksum(view) == desc.checksum,
+                        verify_payload(view, cfg.seed, seqs[i], desc.nbytes),
+                    )
+                    if cfg.hold:
+                        await asyncio.sleep(cfg.hold)
+                checked[i] = ok
+                result.payloads[i] = np.empty(desc.nbytes, dtype=np.uint8)
+                error = None
+                break
+            except TransportError as exc:
+                error = exc
+                if not exc.retryable:
+                    break
+                consumer.client.events.emit("retry", key=desc.key, port=None, reason=type(exc).__name__)
+                await asyncio.sleep(0.01 * attempt)
+        result.seconds[i] = time.perf_counter() - started
+        if error is not None:
+            result.failures.append(SlotFailure(i, desc, failure_reason(error), error))
+    return result, checked
 
 
 # -- server --------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ Decisions where DESIGN.md is silent:
   `max_p99_latency` (durations) are optional.
 - `server.lease` (optional duration) is how long a read may hold its slot before the server's
   reclaim hands it back; leave it unset (30 s) unless the scenario is about reads outliving it.
+  Same-host consumers (`consumers.transport: local`) hold their slots under the same lease.
 - `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
 """
 
@@ -140,7 +141,13 @@ class Server(_Model):
 
 
 class Consumers(_Model):
-    """Consumer processes and their client settings (seconds for times)."""
+    """Consumer processes and their client settings (seconds for times).
+
+    `transport: local` reads every slot from the producer's shared segment (same host, no UCX); the
+    consumer then `borrow`s each slot (a zero-copy view, checked in place) when `borrow` is true and
+    holds it `hold` seconds before the commit (what a trainer's compute on the view looks like).
+    `local_lease` bounds how long a local read may hold its slot (default: the server's lease).
+    """
 
     count: int = Field(2, ge=1)
     batch: int = Field(8, ge=1)
@@ -148,6 +155,15 @@ class Consumers(_Model):
     quarantine: Duration = 5.0
     max_attempts: int = Field(4, ge=1)
     rounds: int = Field(3, ge=1)
+    transport: Literal["ucx", "local"] = "ucx"
+    borrow: bool = False
+    hold: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _local_only(self) -> Consumers:
+        if self.transport != "local" and (self.borrow or self.hold):
+            raise ValueError("borrow and hold need transport: local")
+        return self
 
 
 class Window(_Model):

@@ -1,0 +1,171 @@
+"""Same-host path: read a slot straight from the producer's shared segment, no UCX, no server hop.
+
+A consumer on the producer's host (same kernel boot id, and the segment named by the descriptor can
+be opened) takes the slot with the ring's own fenced transitions: `begin_read(slot, generation, token,
+lease)` -> copy (or lend a view) -> `commit_read(token)`; any failure before the commit releases the
+slot (`release_read`), and a reader that dies or outlives its lease is reclaimed by the server's
+`ring.reclaim()` like any remote read. So generations, fencing tokens and leases mean exactly what
+they mean over UCX, and the harness's checker judges both paths with the same invariants.
+
+Access: on one host the segment's 0600 mode is the boundary (only the producer's user can open it);
+the descriptor's access proof is still checked, so a descriptor for another ring or a forged one is
+refused the same way the server refuses it.
+
+No checksum pass on this path: the bytes never cross a wire (the writer hashed them in place and the
+slot cannot change while READING). The ring's size and checksum must still match the descriptor.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+import numpy as np
+
+from transport.descriptor import SlotDescriptor
+from transport.errors import (
+    BusyError,
+    ConfigError,
+    LeaseExpiredError,
+    NotReadyError,
+    ProtocolError,
+    RingError,
+    StaleSlotError,
+    TransportError,
+    UnauthorizedError,
+)
+from transport.events import EventSink, NullSink
+from transport.protocol import new_token
+from transport.ring import ReadCode, SharedRing
+
+log = logging.getLogger(__name__)
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+# How long a failed attach is remembered: a segment that cannot be opened is not retried per read.
+NEGATIVE_TTL_S = 5.0
+
+_CODE_ERRORS: dict[int, type[TransportError]] = {
+    ReadCode.STALE: StaleSlotError,
+    ReadCode.NOT_READY: NotReadyError,
+    ReadCode.BUSY: BusyError,
+}
+
+
+@cache
+def boot_id() -> str:
+    """This kernel's boot id: two processes with the same one share /dev/shm's machine."""
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class LocalReader:
+    """Reads descriptors whose ring lives on this host; one per consumer (rings are attached lazily).
+
+    `lease` bounds how long one local read (or one `borrow`) may hold its slot: past it the server's
+    reclaim hands the slot to another reader and this read's commit is refused (LeaseExpiredError).
+    """
+
+    def __init__(self, lease: float = 30.0, events: EventSink | None = None) -> None:
+        if not lease > 0:
+            raise ConfigError(f"lease={lease!r}: must be > 0 seconds")
+        self.lease = lease
+        self.events = events or NullSink()
+        self.reads = 0
+        self._rings: dict[str, SharedRing] = {}
+        self._unreachable: dict[str, float] = {}  # segment -> monotonic time to retry attaching
+
+    # -- which descriptors are local ----------------------------------------------------------------
+
+    def ring_for(self, desc: SlotDescriptor) -> SharedRing | None:
+        """The attached ring `desc` names, or None when the descriptor is not for this host."""
+        segment = desc.segment
+        if not segment or desc.boot_id != boot_id():
+            return None
+        ring = self._rings.get(segment)
+        if ring is not None and not ring.closed:
+            return ring if ring.ring_id == desc.ring_id else None
+        if self._unreachable.get(segment, 0.0) > time.monotonic():
+            return None
+        try:
+            ring = SharedRing.attach(segment)
+        except (RingError, ConfigError) as exc:
+            log.info("same-host path off for segment %s: %s", segment, exc)
+            self._unreachable[segment] = time.monotonic() + NEGATIVE_TTL_S
+            return None
+        self._rings[segment] = ring
+        return ring if ring.ring_id == desc.ring_id else None
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def read(self, ring: SharedRing, desc: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        """Copy the slot into `out` (or a new array) and commit; raises a TransportError otherwise."""
+        with self._held(ring, desc) as view:
+            payload = np.empty(desc.nbytes, dtype=np.uint8) if out is None else _check_out(out, desc.nbytes)
+            payload[:] = view
+        return payload
+
+    @contextmanager
+    def borrow(self, ring: SharedRing, desc: SlotDescriptor) -> Iterator[np.ndarray]:
+        """A read-only view of the slot; committed on clean exit, released on an exception.
+
+        The view points into the ring: do not keep it (or anything sharing its memory) past the block.
+        """
+        with self._held(ring, desc) as view:
+            yield view
+
+    @contextmanager
+    def _held(self, ring: SharedRing, desc: SlotDescriptor) -> Iterator[np.ndarray]:
+        """begin_read -> the read-only slot view -> commit_read, or release_read on any exception."""
+        if not hmac.compare_digest(desc.secret, ring.secret_hex):
+            raise UnauthorizedError(f"{desc.key}: access proof does not match ring {ring.ring_id}")
+        token = new_token()
+        code, info = ring.begin_read(desc.slot, desc.generation, token, self.lease)
+        if code != ReadCode.OK:
+            raise _CODE_ERRORS[code](f"{desc.key}: {ReadCode(code).name} (same-host read)")
+        key = desc.key
+        self.events.emit(
+            "served", key=key, port=None, token=token, protocol="commit", requested=desc.generation
+        )
+        committed = False
+        try:
+            if (info.nbytes, info.checksum) != (desc.nbytes, desc.checksum):
+                raise ProtocolError(
+                    f"{key}: ring holds {info.nbytes} bytes / checksum {info.checksum:#x}, "
+                    f"the descriptor {desc.nbytes} / {desc.checksum:#x}"
+                )
+            view = np.frombuffer(ring.payload_view(desc.slot, desc.nbytes), dtype=np.uint8)
+            view.flags.writeable = False
+            try:
+                yield view
+            finally:
+                del view
+            if not ring.commit_read(desc.slot, desc.generation, token):
+                committed = True  # nothing left to release: the token lost the slot already
+                raise LeaseExpiredError(
+                    f"{key}: the read outlived its {self.lease:g}s lease and was reclaimed; "
+                    "not committed, the slot may be delivered to another reader"
+                )
+            committed = True
+            self.reads += 1
+            self.events.emit("committed", key=key, port=None, token=token)
+        finally:
+            if not committed:
+                ring.release_read(desc.slot, desc.generation, token)
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
+
+
+def _check_out(out: np.ndarray, nbytes: int) -> np.ndarray:
+    if out.dtype != np.uint8 or out.ndim != 1 or out.nbytes < nbytes or not out.flags.c_contiguous:
+        raise ConfigError(f"out: need a contiguous 1-d uint8 array of at least {nbytes} bytes")
+    return out[:nbytes]
