@@ -146,6 +146,9 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
             case p.SendPayload(slot, nbytes):
                 wire.append(bytes(ring.payload_view(slot, nbytes)))
                 action = srv.on_sent()
+            case p.SendInline(_, data, slot, nbytes):
+                wire.append(bytes(p.inline_message(data, ring.payload_view(slot, nbytes))))
+                action = srv.on_sent()
             case p.Finalise("commit", slot, generation, token):
                 action = srv.on_finalised(ring.commit_read(slot, generation, token))
             case p.Finalise("release", slot, generation, token):
@@ -999,3 +1002,59 @@ def test_resolve_of_a_rewritten_slot_reads_the_ring_history(history: int, expect
     reply = srv.on_fenced(7, SlotState.READY, last_commit_token=0, committed_token=history)
     assert isinstance(reply, p.SendFrame)
     assert p.decode(reply.data).code == p.Resolution[expected]
+
+
+# -- inline payloads --------------------------------------------------------------------------------
+
+
+def _inline_exchange(
+    net: Net, client: p.ClientRead, room: int
+) -> tuple[p.ServerRead, p.ServerAction, list[bytes]]:
+    srv, wire = net.server(), []
+    action = drive(srv, srv.on_request(p.encode(client.request_frame(room))), net.ring, wire)
+    return srv, action, wire
+
+
+def test_small_payload_rides_inside_the_status_when_the_client_has_room() -> None:
+    net = new_net()
+    client = net.client(0)  # 1200 bytes
+    room = client.inline_room()
+    assert room == 1200
+    srv, action, wire = _inline_exchange(net, client, room)
+    assert isinstance(action, p.AwaitCommit) and srv.inline and len(wire) == 1, "one message, no PAYLOAD"
+    msg = wire[0]
+    assert len(msg) == p.FRAME_SIZE + 1200 + len(p.TRAILER)
+    assert client.on_status(msg[: p.FRAME_SIZE]) == 1200 and client.inline
+    payload = client.inline_payload(msg)
+    assert bytes(payload) == net.ring.data[0]
+    commit = client.on_payload(checksum(payload))
+    assert commit is not None and client.state is p.ClientState.AWAIT_COMMITTED
+
+
+def test_no_room_or_too_large_keeps_the_separate_payload() -> None:
+    net = new_net()
+    for room in (0, 1199):  # no room asked, or less room than the payload
+        client = net.client(0)
+        srv, _, wire = _inline_exchange(net, client, room)
+        assert not srv.inline and len(wire) == 2 and len(wire[0]) == p.FRAME_SIZE
+        assert client.on_status(wire[0]) == 1200 and not client.inline
+        drive(srv, srv.on_error("test over"), net.ring, [])
+    client = p.ClientRead(0, 1, 5, SECRET, p.INLINE_MAX + 1, 0)
+    assert client.inline_room() == 0, "over INLINE_MAX never asks for room"
+    assert p.ClientRead(0, 1, 5, SECRET, 10, 0, "single-chunk").inline_room() == 0
+
+
+@pytest.mark.parametrize("cut", [1, 600, p.FRAME_SIZE + 1200])
+def test_short_inline_message_is_truncated_and_not_committed(cut: int) -> None:
+    """A message cut anywhere after the frame (even keeping every payload byte) fails on the
+    closing trailer, in a zeroed receive buffer as the client posts it."""
+    net = new_net()
+    client = net.client(0)
+    _, _, wire = _inline_exchange(net, client, client.inline_room())
+    received = bytearray(len(wire[0]))  # the client's zeroed receive buffer
+    short = wire[0][: p.FRAME_SIZE + cut - 1] if cut < p.FRAME_SIZE + 1200 else wire[0][:-1]
+    received[: len(short)] = short
+    assert client.on_status(bytes(received[: p.FRAME_SIZE])) == 1200
+    with pytest.raises(TruncatedError):
+        client.inline_payload(received)
+    assert client.state is p.ClientState.FAILED and client.error is not None and client.error.retryable

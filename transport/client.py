@@ -95,6 +95,7 @@ class SlotClient:
         link_wrapper: LinkWrapper | None = None,
         events: EventSink | None = None,
         recycle_bytes: int = 256 << 20,
+        inline_max: int = proto.INLINE_MAX,
         local: bool = True,
         local_lease: float = 30.0,
     ) -> None:
@@ -114,6 +115,7 @@ class SlotClient:
         if protocol not in ("commit", "single-chunk"):
             raise ConfigError(f"protocol={protocol!r}: expected 'commit' or 'single-chunk'")
         self.read_timeout = read_timeout
+        self.inline_max = inline_max  # 0: never ask for inline payloads
         self.connect_timeout = connect_timeout
         self.quarantine_s = quarantine
         self.max_age = max_age
@@ -153,6 +155,11 @@ class SlotClient:
     async def _checkout(self, host: str, port: int) -> Link:
         idle = self._pool.get((host, port), [])
         now = time.monotonic()
+        engine = ucx.engine()
+        if idle and engine is not None and now - idle[-1].idle_since > 0.01:
+            # A sync Consumer drives the loop only inside its calls: an eviction that arrived while
+            # the caller was elsewhere is only seen once the worker progresses.
+            engine.poll()
         while idle:
             pooled = idle.pop()
             if now - pooled.idle_since < self.max_age and not pooled.link.closed:
@@ -190,7 +197,8 @@ class SlotClient:
             raise ConfigError("client is closed")
         if self.local is not None and (ring := self.local.ring_for(desc)) is not None:
             self.stats.reads += 1
-            return ReadResult(self.local.read(ring, desc, out), None, desc.generation)
+            buf = self._buffers.take(desc.nbytes) if out is None else out  # large ones recycled
+            return ReadResult(self.local.read(ring, desc, buf), None, desc.generation)
         if not desc.ports:
             raise ConfigError("descriptor has no ports")
         port = self.healthy_ports(desc.ports)[0]
@@ -246,11 +254,14 @@ class SlotClient:
         try:
             # One block bounds the whole exchange; `restart()` gives each step its own read_timeout.
             async with bound:
-                await link.send(proto.encode(cr.request_frame()), Phase.REQUEST)
+                room = cr.inline_room(self.inline_max)
+                await link.send(proto.encode(cr.request_frame(room)), Phase.REQUEST)
                 bound.restart()
-                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-                status_recv = post_recv(link, buf, Phase.STATUS) if bare else link.recv(buf, Phase.STATUS)
-                if not legacy and desc.nbytes:
+                # With room, the STATUS receive also takes a small payload (and its closing trailer).
+                msg = np.zeros(proto.FRAME_SIZE + (room + len(proto.TRAILER) if room else 0), dtype=np.uint8)
+                buf = msg[: proto.FRAME_SIZE]
+                status_recv = post_recv(link, msg, Phase.STATUS) if bare else link.recv(msg, Phase.STATUS)
+                if not legacy and desc.nbytes and not room:
                     # Post the payload receive right behind the status one (the descriptor says its
                     # size): a large payload's rendezvous then starts without waiting for us to read
                     # the status. Order holds: a bare link posts both now; on a wrapped link the
@@ -264,6 +275,11 @@ class SlotClient:
                 bound.restart()
                 if payload_recv is not None:
                     await payload_recv
+                elif cr.inline:
+                    inline = np.frombuffer(cr.inline_payload(msg), dtype=np.uint8)
+                    payload = inline if out is None else self._buffer(nbytes, out)
+                    if out is not None:
+                        payload[:] = inline
                 else:
                     payload = self._buffer(nbytes, out)
                     if nbytes:

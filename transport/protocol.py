@@ -27,6 +27,12 @@ Commit protocol (one read attempt, token = the attempt's fencing token)::
     server COMMITTED(OK)                      -> client hands the payload to its caller
     COMMITTED lost: client RESOLVE(slot, gen, token) on another endpoint -> RESOLVED(resolution)
 
+Inline payloads: a REQUEST whose `nbytes` is L > 0 says the client posted a receive of
+`FRAME_SIZE + L + 4` bytes for the STATUS. A payload of n <= min(L, INLINE_MAX) bytes then travels in
+that one message: the STATUS frame with `flags & FLAG_INLINE`, the n payload bytes, and the trailer
+magic again (so a short message is caught even when the payload ends in zeros). One send instead of
+two; a copy of a few KiB costs less than a send here. Larger payloads keep the no-copy PAYLOAD send.
+
 Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
 secret) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
 
@@ -104,7 +110,9 @@ from transport.errors import (
 )
 
 __all__ = [
+    "FLAG_INLINE",
     "FRAME_SIZE",
+    "INLINE_MAX",
     "MAGIC",
     "MAX_PAYLOAD",
     "MESSAGE_SIZE",
@@ -124,6 +132,7 @@ __all__ = [
     "MsgType",
     "Resolution",
     "SendFrame",
+    "SendInline",
     "SendPayload",
     "ServerAction",
     "ServerRead",
@@ -134,6 +143,7 @@ __all__ = [
     "committed",
     "decode",
     "encode",
+    "inline_message",
     "legacy_request",
     "new_token",
     "request",
@@ -150,6 +160,11 @@ SECRET_SIZE: Final = 16
 MESSAGE_SIZE: Final = 48
 MAX_PAYLOAD: Final = 1 << 31
 PROTOCOLS: Final = ("commit", "single-chunk")
+# Payloads up to this size ride inside the STATUS message (see "Inline payloads" below); measured in
+# docs/decisions.md ("Inline threshold"). A REQUEST's nbytes field is the largest inline payload the
+# client has room for (0 = none); the server inlines when the payload fits both limits.
+INLINE_MAX: Final = 16 << 10
+FLAG_INLINE: Final = 1
 
 Protocol: TypeAlias = Literal["commit", "single-chunk"]
 FrameLike: TypeAlias = "Frame | bytes | bytearray | memoryview"
@@ -353,8 +368,20 @@ def clip_message(text: str) -> str:
     return raw.decode("utf-8", "ignore")
 
 
-def request(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
-    return Frame(MsgType.REQUEST, 0, slot, generation, token, secret=_secret(secret))
+def request(slot: int, generation: int, token: int, secret: bytes | str, inline: int = 0) -> Frame:
+    """A REQUEST; `inline` is the largest payload the client can take inside the STATUS (0: none)."""
+    return Frame(MsgType.REQUEST, 0, slot, generation, token, inline, secret=_secret(secret))
+
+
+def inline_message(status_frame: bytes, payload: object) -> bytearray:
+    """STATUS frame + payload + trailer: the one message an inline read sends (the payload copied)."""
+    view = memoryview(payload).cast("B")  # type: ignore[arg-type]
+    n = view.nbytes
+    msg = bytearray(FRAME_SIZE + n + len(TRAILER))
+    msg[:FRAME_SIZE] = status_frame
+    msg[FRAME_SIZE : FRAME_SIZE + n] = view
+    msg[FRAME_SIZE + n :] = TRAILER
+    return msg
 
 
 def legacy_request(slot: int, secret: bytes | str) -> Frame:
@@ -517,6 +544,16 @@ class SendFrame(NamedTuple):
     data: bytes
 
 
+class SendInline(NamedTuple):
+    """Send `inline_message(data, ring.payload_view(slot, nbytes))` (STATUS + payload in one message),
+    then `on_sent()`."""
+
+    frame: Frame
+    data: bytes
+    slot: int
+    nbytes: int
+
+
 class SendPayload(NamedTuple):
     """Send `ring.payload_view(slot, nbytes)` (no copy), then `on_sent()`."""
 
@@ -562,7 +599,9 @@ class Close:
     reason: str
 
 
-ServerAction: TypeAlias = BeginRead | SendFrame | SendPayload | AwaitCommit | Finalise | Fence | Done | Close
+ServerAction: TypeAlias = (
+    BeginRead | SendFrame | SendInline | SendPayload | AwaitCommit | Finalise | Fence | Done | Close
+)
 
 _DONE: Final = Done()
 
@@ -600,6 +639,7 @@ class ServerRead:
         self.nbytes = 0
         self.checksum = 0
         self.holds_slot = False
+        self.inline = False  # the payload rides inside the STATUS message
         self.committed = False  # the ring commit (or legacy finalise) succeeded
         self.resolution: Resolution | None = None
         self.reason = ""  # why the endpoint is closed, or the last error/refusal
@@ -667,14 +707,20 @@ class ServerRead:
             self.holds_slot = True
             self.log.observe(self.slot, self.generation)
         self.state = ServerState.SEND_STATUS
-        ok = status(
+        room = 0 if legacy or self.request is None else min(self.request.nbytes, INLINE_MAX)
+        self.inline = 0 < nbytes <= room
+        ok = Frame(
+            MsgType.STATUS,
             Status.OK,
-            slot=self.slot,
-            generation=self.generation,
-            token=self.token,
-            nbytes=nbytes,
-            checksum=checksum,
+            self.slot,
+            self.generation,
+            self.token,
+            nbytes,
+            checksum,
+            flags=FLAG_INLINE if self.inline else 0,
         )
+        if self.inline:
+            return SendInline(ok, encode(ok), self.slot, nbytes)
         return SendFrame(ok, encode(ok))
 
     def on_sent(self) -> ServerAction:
@@ -682,7 +728,7 @@ class ServerRead:
         self._expect(ServerState.SEND_STATUS, ServerState.SEND_PAYLOAD, ServerState.SEND_REPLY)
         if self.state is ServerState.SEND_REPLY:
             return self._end(self._then)
-        if self.state is ServerState.SEND_STATUS and self.nbytes > 0:
+        if self.state is ServerState.SEND_STATUS and self.nbytes > 0 and not self.inline:
             self.state = ServerState.SEND_PAYLOAD
             return SendPayload(self.slot, self.nbytes)
         if self.protocol == "single-chunk":
@@ -872,6 +918,7 @@ class ClientRead:
         self.state = ClientState.IDLE
         self.nbytes = 0  # bytes to receive after an OK status
         self.checksum_ok: bool | None = None
+        self.inline = False  # the STATUS carried the payload (see inline_payload)
         self.resolution: Resolution | None = None
         self.error: TransportError | None = None
 
@@ -885,13 +932,30 @@ class ClientRead:
 
     # -- frames to send ------------------------------------------------------------------------------
 
-    def request_frame(self) -> Frame:
-        """IDLE -> AWAIT_STATUS: the REQUEST (or LEGACY_REQUEST) to send."""
+    def request_frame(self, inline: int = 0) -> Frame:
+        """IDLE -> AWAIT_STATUS: the REQUEST (or LEGACY_REQUEST) to send. `inline` > 0: the STATUS
+        receive was posted with room for that many payload bytes (`inline_room`)."""
         self._expect(ClientState.IDLE)
         self.state = ClientState.AWAIT_STATUS
         if self.protocol == "single-chunk":
             return legacy_request(self.slot, self.secret)
-        return request(self.slot, self.generation, self.token, self.secret)
+        return request(self.slot, self.generation, self.token, self.secret, inline)
+
+    def inline_room(self, limit: int = INLINE_MAX) -> int:
+        """How many payload bytes to make room for in the STATUS receive (0: a plain 128-byte one)."""
+        if self.protocol != "commit" or not 0 < self.expected_nbytes <= min(limit, INLINE_MAX):
+            return 0
+        return self.expected_nbytes
+
+    def inline_payload(self, msg: memoryview | bytearray | bytes) -> memoryview:
+        """The payload of an inline STATUS (after on_status returned its size and `inline` is set):
+        the bytes after the frame, checked for the closing trailer (TruncatedError -> FAILED)."""
+        self._expect(ClientState.AWAIT_PAYLOAD)
+        view = memoryview(msg).cast("B")
+        end = FRAME_SIZE + self.nbytes
+        if not self.inline or view.nbytes < end + len(TRAILER) or view[end : end + len(TRAILER)] != TRAILER:
+            raise self._fail(TruncatedError(f"{self.key}: inline STATUS lacks its closing trailer (short)"))
+        return view[FRAME_SIZE:end]
 
     def commit_frame(self) -> Frame:
         """The COMMIT to send (also returned by on_payload)."""
@@ -926,6 +990,7 @@ class ClientRead:
                 )
             )
         self.nbytes = frame.nbytes
+        self.inline = bool(frame.flags & FLAG_INLINE)
         self.state = ClientState.AWAIT_PAYLOAD
         return frame.nbytes
 

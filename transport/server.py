@@ -255,6 +255,11 @@ class SlotServer:
                     del view
                     discard(payload_sent)
                 return srv.on_sent()
+            case proto.SendInline(data=data, slot=slot, nbytes=nbytes):
+                msg = proto.inline_message(data, ring.payload_view(slot, nbytes))
+                async with step:
+                    await link.send(msg, Phase.INLINE)
+                return srv.on_sent()
             case proto.SendPayload(slot=slot, nbytes=nbytes):
                 view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
                 try:

@@ -15,6 +15,8 @@ Where each kind acts, on the server side of the link:
   the request arrived (it is never processed), `commit` before receiving the commit, `status`,
   `payload` or `committed` before sending it.
 - `truncate`: sends half of the `status` frame or of the `payload` (`phase`, default payload).
+An inline STATUS (a small payload inside the status message) is both steps: status and payload faults
+act on that one message (a truncated inline payload is half the message).
 - `timeout`: holds the status for `delay` (default 1.5x the client's read timeout), then sends it.
 - `stall`: sends the status, holds the payload for `delay`, then sends it.
 - `evict`: closes the endpoint after a fully served read (COMMITTED sent after a COMMIT, or the
@@ -260,15 +262,18 @@ class ChaosLink:
         return future
 
     async def send(self, buf: Any, phase: Phase) -> None:
-        spec = self._take("reset", phase)
-        if spec is not None:
-            self._reset(spec, phase)
-        if phase == Phase.STATUS and (spec := self._take("timeout")) is not None:
-            self._fire(spec, phase)
-            await self.chaos.hold(self.chaos.delay_for(spec))
-        if phase == Phase.PAYLOAD and (spec := self._take("stall")) is not None:
-            self._fire(spec, phase)
-            await self.chaos.hold(self.chaos.delay_for(spec))
+        # An inline STATUS carries the payload too: the faults of both steps act on it, in order.
+        steps = (Phase.STATUS, Phase.PAYLOAD) if phase == Phase.INLINE else (phase,)
+        for step in steps:
+            spec = self._take("reset", step)
+            if spec is not None:
+                self._reset(spec, step)
+            if step == Phase.STATUS and (spec := self._take("timeout")) is not None:
+                self._fire(spec, step)
+                await self.chaos.hold(self.chaos.delay_for(spec))
+            if step == Phase.PAYLOAD and (spec := self._take("stall")) is not None:
+                self._fire(spec, step)
+                await self.chaos.hold(self.chaos.delay_for(spec))
         attempt = self._attempt
         if phase == Phase.COMMITTED and attempt is not None and attempt.saw_commit:
             spec = self._take("drop_commit")
@@ -276,13 +281,15 @@ class ChaosLink:
                 self._fire(spec, phase)
                 self.inner.abort()
                 raise InjectedFaultError(f"chaos fault {spec.index}: COMMITTED dropped on port {self.port}")
-        spec = self._take("truncate", phase)
-        if spec is not None:
-            self._fire(spec, phase)
-            buf = wrong_size(buf)
+        for step in steps:
+            spec = self._take("truncate", step)
+            if spec is not None:
+                self._fire(spec, step)
+                buf = wrong_size(buf)
+                break
         await self.inner.send(buf, phase)
         if attempt is not None:
-            if phase == Phase.PAYLOAD:
+            if phase in (Phase.PAYLOAD, Phase.INLINE):
                 attempt.sent_payload = True
             elif phase == Phase.COMMITTED:
                 attempt.sent_committed = True
