@@ -229,6 +229,8 @@ ALL_FRAMES = [
     p.resolve((1 << 32) - 1, (1 << 64) - 1, (1 << 64) - 1, SECRET),
     *(p.resolved(r, 3, 7, 99) for r in p.Resolution),
     p.request(1, 2, 3, SECRET)._replace(flags=0xFFFF),
+    *(p.Frame(t, 0, 4, 0, 99) for t in (p.MsgType.REQUEST_BATCH, p.MsgType.STATUS_BATCH)),
+    *(p.Frame(t, 0, 4, 0, 99) for t in (p.MsgType.COMMIT_BATCH, p.MsgType.COMMITTED_BATCH)),
 ]
 
 
@@ -350,7 +352,17 @@ def test_new_token_is_a_nonzero_u64() -> None:
 # -- hypothesis: decode never raises anything but ProtocolError ------------------------------------
 
 VALID_CODES: dict[p.MsgType, list[int]] = {
-    t: [0] for t in (p.MsgType.REQUEST, p.MsgType.COMMIT, p.MsgType.RESOLVE, p.MsgType.LEGACY_REQUEST)
+    t: [0]
+    for t in (
+        p.MsgType.REQUEST,
+        p.MsgType.COMMIT,
+        p.MsgType.RESOLVE,
+        p.MsgType.LEGACY_REQUEST,
+        p.MsgType.REQUEST_BATCH,
+        p.MsgType.STATUS_BATCH,
+        p.MsgType.COMMIT_BATCH,
+        p.MsgType.COMMITTED_BATCH,
+    )
 } | {
     p.MsgType.STATUS: list(p.Status),
     p.MsgType.COMMITTED: list(p.Status),

@@ -80,6 +80,11 @@ def _as_transport_error(exc: BaseException, what: str) -> TransportError:
     return ConnectionLostError(f"{what}: {name}: {exc}")
 
 
+def _with_port(exc: TransportError, port: int) -> TransportError:
+    exc.port = port  # type: ignore[attr-defined]
+    return exc
+
+
 class SlotClient:
     """Async client; one instance per event loop. Use `transport.Consumer` from sync code."""
 
@@ -317,6 +322,116 @@ class SlotClient:
         assert payload is not None
         await self._resolve(desc, cr)
         return ReadResult(payload, port, generation, resolved=True)
+
+    # -- one batched attempt --------------------------------------------------------------------------
+
+    async def read_batch(self, descs: list[SlotDescriptor]) -> list[ReadResult | TransportError]:
+        """One REQUEST_BATCH for `descs` (one producer: same host and ports) on the next healthy port.
+
+        Per slot: a ReadResult (committed) or the TransportError that slot met (each error carries
+        `.port`). Never raises for one slot's failure; a link failure fails (or leaves in doubt, then
+        RESOLVEs) every slot of the batch on its own.
+        """
+        if self._closed:
+            raise ConfigError("client is closed")
+        first = descs[0]
+        if not first.ports:
+            raise ConfigError("descriptor has no ports")
+        port = self.healthy_ports(first.ports)[0]
+        self.stats.reads += len(descs)
+        try:
+            link = await self._checkout(first.host, port)
+        except TransportError as exc:
+            self._link_failed(port, exc)
+            return [_with_port(exc, port)] * len(descs)
+        cb = proto.ClientBatch(
+            [
+                proto.BatchSlot(d.slot, d.generation, d.nbytes, d.checksum, proto._secret(d.secret))
+                for d in descs
+            ],
+            proto.new_token(),
+            self.inline_max,
+        )
+        payloads: list[np.ndarray | None] = [None] * len(descs)
+        try:
+            await self._batch_exchange(link, cb, payloads)
+        except asyncio.CancelledError:
+            link.abort()
+            raise
+        except Exception as exc:
+            link.abort()
+            cb.on_error(exc)
+            self._link_failed(port, _as_transport_error(exc, f"batch on port {port}"))
+        else:
+            bad = next((e for e in cb.errors if isinstance(e, _LINK_FAULTS)), None)
+            if bad is not None:  # e.g. one truncated payload: the exchange held, the port misbehaved
+                link.abort()
+                self._link_failed(port, bad)
+            else:
+                self._checkin(first.host, port, link)
+        out: list[ReadResult | TransportError] = []
+        for i, d in enumerate(descs):
+            err = cb.errors[i]
+            if err is None:
+                payload = payloads[i]
+                assert payload is not None
+                out.append(ReadResult(payload, port, d.generation))
+                continue
+            if isinstance(err, InDoubtError):
+                try:
+                    await self._resolve(d, cb.resolve_read(i))
+                    out.append(ReadResult(payloads[i], port, d.generation, resolved=True))  # type: ignore[arg-type]
+                    continue
+                except TransportError as resolved_err:
+                    err = resolved_err
+            out.append(_with_port(err, port))
+        return out
+
+    async def _batch_exchange(
+        self, link: Link, cb: proto.ClientBatch, payloads: list[np.ndarray | None]
+    ) -> None:
+        """REQUEST_BATCH -> STATUS_BATCH -> payloads -> COMMIT_BATCH -> COMMITTED_BATCH, each step bounded."""
+        bound = StepDeadline(self.read_timeout)
+        status_recv: asyncio.Future[None] | None = None
+        try:
+            async with bound:
+                status = np.zeros(cb.status_size(), dtype=np.uint8)
+                status_recv = post_recv(link, status, Phase.STATUS)
+                await link.send(cb.request_message(), Phase.REQUEST)
+                bound.restart()
+                await status_recv
+                sizes = cb.on_status(status)
+                if cb.state is proto.BatchState.DONE:
+                    return
+                for i, n in zip(cb.pending, sizes, strict=True):
+                    payloads[i] = buf = self._buffers.take(n)
+                    bound.restart()
+                    await link.recv(buf, Phase.PAYLOAD)
+                checksums: dict[int, int] = {}
+                for i, held in enumerate(cb.ok):
+                    if not held:
+                        continue
+                    place = cb.inline[i]
+                    if place is not None:
+                        offset, n = place
+                        payloads[i] = status[offset : offset + n]
+                    elif payloads[i] is None:
+                        payloads[i] = np.empty(0, dtype=np.uint8)
+                    checksums[i] = checksum(payloads[i])
+                commit = cb.on_payloads(checksums)
+                reply = np.zeros(cb.committed_size(), dtype=np.uint8)
+                committed = post_recv(link, reply, Phase.COMMITTED)
+                try:
+                    bound.restart()
+                    await link.send(commit, Phase.COMMIT)
+                    bound.restart()
+                    await committed
+                finally:
+                    discard(committed)
+                cb.on_committed(reply)
+        finally:
+            bound.close()
+            discard(status_recv)
 
     async def _resolve(self, desc: SlotDescriptor, cr: proto.ClientRead) -> None:
         """RESOLVE on other endpoints until answered or `resolve_timeout` passes (then in-doubt)."""

@@ -131,13 +131,16 @@ class AsyncConsumer:
         *,
         concurrency: int = 8,
         protocol: str = "commit",
+        batch_size: int = 32,
         **client_options: Any,
     ) -> None:
+        """`batch_size`: slots per batched exchange in `get_many` (0: one exchange per slot)."""
         if max_attempts < 1 or rounds < 1 or concurrency < 1:
             raise ConfigError("max_attempts, rounds and concurrency must be >= 1")
         self.max_attempts = max_attempts
         self.rounds = rounds
         self.concurrency = concurrency
+        self.batch_size = batch_size
         self.client = SlotClient(
             read_timeout=read_timeout, quarantine=quarantine, protocol=protocol, **client_options
         )
@@ -158,6 +161,7 @@ class AsyncConsumer:
             max_attempts=self.max_attempts,
             rounds=self.rounds,
             concurrency=self.concurrency,
+            batch_size=self.batch_size,
         )
 
     async def close(self) -> None:

@@ -160,14 +160,18 @@ class SlotServer:
         idle, step = StepDeadline(self.idle_evict), StepDeadline(self.step_timeout)
         try:
             while not self._stopping:
-                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+                # Room for the largest REQUEST_BATCH; a plain REQUEST is shorter (UCX accepts that).
+                buf = np.zeros(proto.REQUEST_MAX, dtype=np.uint8)
                 try:
                     async with idle:
                         await link.recv(buf, Phase.REQUEST)
                 except TimeoutError:
                     self.stats["evicted"] += 1
                     break
-                if not await self._serve_one(link, buf, index, step):
+                if buf[4] == proto.MsgType.REQUEST_BATCH and self.protocol == "commit":
+                    if not await self._serve_batch(link, buf, index, step):
+                        break
+                elif not await self._serve_one(link, buf[: proto.FRAME_SIZE], index, step):
                     break
         except asyncio.CancelledError:
             raise
@@ -197,6 +201,78 @@ class SlotServer:
             if srv.holds_slot and ring.release_read(srv.slot, srv.generation, srv.token):
                 self.stats["released"] += 1
         return isinstance(action, proto.Done)
+
+    async def _serve_batch(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
+        """Drive one `ServerBatch` from REQUEST_BATCH to Done (True: keep the endpoint) or Close."""
+        ring = self.ring
+        srv = proto.ServerBatch(self._secret, self.commit_log, slots=ring.slots)
+        action: proto.BatchAction = srv.on_request(request)
+        try:
+            while not isinstance(action, proto.Done | proto.Close):
+                try:
+                    action = await self._perform_batch(link, srv, action, index, step)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # reset, timeout, cancel of one step
+                    action = srv.on_error(repr(exc))
+        finally:
+            for e in list(srv.held.values()):
+                if ring.release_read(e.slot, e.generation, srv.token):
+                    self.stats["released"] += 1
+            srv.held.clear()
+        return isinstance(action, proto.Done)
+
+    async def _perform_batch(
+        self, link: Link, srv: proto.ServerBatch, action: proto.BatchAction, index: int, step: StepDeadline
+    ) -> proto.BatchAction:
+        ring = self.ring
+        match action:
+            case proto.BeginBatch(entries=entries, token=token):
+                results: list[tuple[int, int, int, int] | None] = []
+                for e in entries:
+                    if e is None:
+                        results.append(None)
+                        continue
+                    code, info = ring.begin_read(e.slot, e.generation, token, self.lease)
+                    if code == ReadCode.OK:
+                        self.stats["served"] += 1
+                        self.events.emit(
+                            "served",
+                            key=f"{e.slot}:{info.generation}",
+                            port=index,
+                            token=token,
+                            protocol=self.protocol,
+                            requested=e.generation,
+                        )
+                    results.append((int(code), info.generation, info.nbytes, info.checksum))
+                return srv.on_begun(results)
+            case proto.SendStatusBatch():
+                msg = proto.fill_inline(action, ring.payload_view)
+                async with step:
+                    await link.send(msg, Phase.STATUS)
+                return srv.on_sent()
+            case proto.SendPayloads(items=items):
+                for slot, nbytes in items:  # one message per slot, so faults can hit any one of them
+                    view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
+                    try:
+                        async with step:
+                            await link.send(view, Phase.PAYLOAD)
+                    finally:
+                        del view
+                return srv.on_sent()
+            case proto.AwaitCommitBatch(size=size):
+                buf = np.zeros(size, dtype=np.uint8)
+                async with step:
+                    await link.recv(buf, Phase.COMMIT)
+                return srv.on_commit(buf)
+            case proto.FinaliseBatch(items=items):
+                oks = [self._finalise(kind, slot, gen, token, index) for kind, slot, gen, token in items]
+                return srv.on_finalised(oks)
+            case proto.SendBatchReply(data=data):
+                async with step:
+                    await link.send(data, Phase.COMMITTED)
+                return srv.on_sent()
+        raise AssertionError(f"unhandled batch action {action!r}")
 
     async def _perform(
         self,

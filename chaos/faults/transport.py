@@ -15,7 +15,11 @@ Where each kind acts, on the server side of the link:
   the request arrived (it is never processed), `commit` before receiving the commit, `status`,
   `payload` or `committed` before sending it.
 - `truncate`: sends half of the `status` frame or of the `payload` (`phase`, default payload).
-An inline STATUS (a small payload inside the status message) is both steps: status and payload faults
+Batches (REQUEST_BATCH ... COMMITTED_BATCH): the draw happens when the batch request arrives, the
+status/commit/committed faults act on the batch's one message of that step, and every PAYLOAD after
+the first draws the payload-step faults (`reset` at payload, `truncate` of payload, `stall`) again,
+so they hit slots of a batch one by one. An inline STATUS (a small payload inside the status
+message) is both steps: status and payload faults
 act on that one message (a truncated inline payload is half the message).
 - `timeout`: holds the status for `delay` (default 1.5x the client's read timeout), then sends it.
 - `stall`: sends the status, holds the payload for `delay`, then sends it.
@@ -176,6 +180,10 @@ class ChaosLinkWrapper:
 make_link_wrapper = ChaosLinkWrapper
 
 
+def _acts_on_payload(spec: FaultSpec) -> bool:
+    return spec.kind == "stall" or (spec.kind in ("reset", "truncate") and spec.phase == Phase.PAYLOAD)
+
+
 def wrong_size(buf: Any) -> np.ndarray:
     """Half the message (a message too short to halve becomes one byte too long)."""
     data = np.frombuffer(buf, dtype=np.uint8)
@@ -261,7 +269,17 @@ class ChaosLink:
             attempt.sent_committed = True
         return future
 
+    def _redraw_for_next_payload(self, phase: Phase) -> None:
+        """A batch sends one PAYLOAD per slot: from the second one on, the payload-step faults draw
+        again, so each slot of a batch meets them as a single read would (a truncated third payload,
+        a reset mid-batch, a stall of one slot)."""
+        attempt = self._attempt
+        if phase != Phase.PAYLOAD or attempt is None or not attempt.sent_payload or self.chaos.healed:
+            return
+        attempt.pending.extend(spec for spec in self.chaos.draw(self.port) if _acts_on_payload(spec))
+
     async def send(self, buf: Any, phase: Phase) -> None:
+        self._redraw_for_next_payload(phase)
         # An inline STATUS carries the payload too: the faults of both steps act on it, in order.
         steps = (Phase.STATUS, Phase.PAYLOAD) if phase == Phase.INLINE else (phase,)
         for step in steps:

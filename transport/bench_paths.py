@@ -1,0 +1,204 @@
+"""Bench rows for issue 13's paths, in one run with raw ucxx: inline payloads and the same-host path.
+
+Kept apart from `transport.bench` (whose rows other work edits) and built from its parts: the raw
+ucxx baseline (`bench_raw_mode`, polling, single request/reply), the spawned `ProducerHost`, and the
+same timed-get loop. Every round measures every row once, rounds interleaved, so a ratio compares
+rows measured minutes apart at most; the report keeps each round's numbers and the range over rounds.
+
+Rows: raw ucxx 4 KiB; `get` 4 KiB over UCX with inline payloads on and off; same-host `get` and
+`borrow` at each size; a plain memcpy of each size into a warm buffer (the local ceiling).
+
+    python -m transport.bench_paths [--rounds 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transport.bench import (
+    BenchConfig,
+    KiB,
+    MiB,
+    ProducerHost,
+    _timed_gets,
+    bench_raw_mode,
+    gib_s,
+    human_size,
+    machine_info,
+    ring_slots,
+)
+
+LOCAL_SIZES = (4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB)
+INLINE_SIZE = 4 * KiB
+TARGETS = {
+    "inline_get_4k_vs_raw": 0.25,
+    "local_get_16m_vs_memcpy": 0.7,
+    "local_get_4k_slots_s": 50_000,
+    "borrow_4k_slots_s": 150_000,
+}
+
+
+def _rate(size: int, n: int, seconds: float) -> dict[str, float]:
+    return {"gib_s": gib_s(size * n, seconds), "slots_s": n / seconds}
+
+
+def _calibrated(timed: Callable[[int], float], seconds: float) -> tuple[int, float]:
+    """(iterations, seconds) for one timed stretch of about `seconds`."""
+    n = 1
+    while True:
+        elapsed = timed(n)
+        if elapsed >= seconds / 4 or n >= 1_000_000:
+            break
+        n *= 2
+    n = max(5, int(n * seconds / max(elapsed, 1e-9)))
+    return n, timed(n)
+
+
+def _memcpy(size: int, seconds: float) -> dict[str, float]:
+    src = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    dst = np.empty_like(src)
+    dst[:] = src  # warm: pages mapped
+
+    def timed(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            np.copyto(dst, src)
+        return time.perf_counter() - t0
+
+    n, s = _calibrated(timed, seconds)
+    return _rate(size, n, s)
+
+
+def _borrows(consumer: Any, host: ProducerHost, n: int) -> float:
+    total, done = 0.0, 0
+    while done < n:
+        descs = host.fill(min(host.slots, n - done))
+        t0 = time.perf_counter()
+        for d in descs:
+            with consumer.borrow(d) as view:
+                if view.nbytes != d.nbytes:
+                    raise RuntimeError("borrow lent the wrong size")
+        total += time.perf_counter() - t0
+        done += len(descs)
+    return total
+
+
+def _local(size: int, cfg: BenchConfig) -> dict[str, Any]:
+    from transport.facade import Consumer
+
+    host = ProducerHost(size, ring_slots(cfg, size), 1)
+    consumer = Consumer()
+    try:
+        row: dict[str, Any] = {}
+        for name, fn in (("get", _timed_gets), ("borrow", _borrows)):
+            fn(consumer, host, 4)  # attach the segment
+            n, s = _calibrated(lambda n, fn=fn: fn(consumer, host, n), cfg.cell_seconds)  # type: ignore[misc]
+            row[name] = _rate(size, n, s)
+        if consumer.client.stats.connects:
+            raise RuntimeError("same-host rows went over UCX")
+        return row
+    finally:
+        consumer.close()
+        host.close()
+        host.reap()
+
+
+def _inline(cfg: BenchConfig) -> dict[str, Any]:
+    from transport.facade import Consumer
+
+    host = ProducerHost(INLINE_SIZE, ring_slots(cfg, INLINE_SIZE), cfg.ports)
+    on, off = Consumer(local=False), Consumer(local=False, inline_max=0)
+    try:
+        row = {}
+        for name, consumer in (("inline", on), ("no_inline", off), ("inline_again", on)):
+            _timed_gets(consumer, host, 2 * cfg.ports)
+            n, s = _calibrated(lambda n, c=consumer: _timed_gets(c, host, n), cfg.cell_seconds)  # type: ignore[misc]
+            row[name] = _rate(INLINE_SIZE, n, s)
+        return row
+    finally:
+        on.close()
+        off.close()
+        host.close()
+        host.reap()
+
+
+def run(rounds: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    cfg = BenchConfig.make(sizes=(INLINE_SIZE,), reps=2, cell_seconds=0.5, ring_budget=256 * MiB)
+    out: dict[str, Any] = {"machine": machine_info(), "rounds": []}
+    for r in range(rounds):
+        raw = bench_raw_mode(cfg, "polling", log)["cells"][str(INLINE_SIZE)]
+        inline = _inline(cfg)
+        log(f"  inline 4 KiB: {inline}")
+        local = {}
+        for size in LOCAL_SIZES:
+            local[str(size)] = _local(size, cfg)
+            log(f"  same-host {human_size(size)}: {local[str(size)]}")
+        memcpy = {str(size): _memcpy(size, cfg.cell_seconds) for size in LOCAL_SIZES}
+        rnd = {"raw_4k_slots_s": raw["median_slots_s"], "inline": inline, "local": local, "memcpy": memcpy}
+        out["rounds"].append(rnd)
+        log(f"round {r + 1}: raw 4 KiB {raw['median_slots_s']:,.0f} slots/s; {summary(rnd)}")
+    out["ratios"] = ratios(out["rounds"])
+    out["targets"] = TARGETS
+    return out
+
+
+def round_ratios(rnd: dict[str, Any]) -> dict[str, float]:
+    inl = rnd["inline"]
+    best_inline = max(inl["inline"]["slots_s"], inl["inline_again"]["slots_s"])
+    m16, l16 = rnd["memcpy"][str(16 * MiB)], rnd["local"][str(16 * MiB)]
+    return {
+        "inline_get_4k_vs_raw": best_inline / rnd["raw_4k_slots_s"],
+        "no_inline_get_4k_vs_raw": inl["no_inline"]["slots_s"] / rnd["raw_4k_slots_s"],
+        "inline_vs_no_inline": best_inline / inl["no_inline"]["slots_s"],
+        "local_get_16m_vs_memcpy": l16["get"]["gib_s"] / m16["gib_s"],
+        "local_get_4k_slots_s": rnd["local"][str(4 * KiB)]["get"]["slots_s"],
+        "borrow_4k_slots_s": rnd["local"][str(4 * KiB)]["borrow"]["slots_s"],
+        **{
+            f"local_get_{human_size(s)}_vs_memcpy": rnd["local"][str(s)]["get"]["gib_s"]
+            / rnd["memcpy"][str(s)]["gib_s"]
+            for s in LOCAL_SIZES
+        },
+    }
+
+
+def ratios(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    per = [round_ratios(r) for r in rounds]
+    return {
+        k: {
+            "min": min(p[k] for p in per),
+            "median": statistics.median(p[k] for p in per),
+            "max": max(p[k] for p in per),
+        }
+        for k in per[0]
+    }
+
+
+def summary(rnd: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3g}" for k, v in round_ratios(rnd).items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    report = run(args.rounds)
+    for k, v in report["ratios"].items():
+        target = TARGETS.get(k)
+        print(f"{k:32} {v['min']:>12.3f} .. {v['max']:<12.3f} target {target if target else '-'}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
