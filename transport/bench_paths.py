@@ -77,7 +77,42 @@ def _memcpy(size: int, seconds: float) -> dict[str, float]:
     return _rate(size, n, s)
 
 
-def _borrows(consumer: Any, host: ProducerHost, n: int) -> float:
+class LocalRing:
+    """A ring written in this process (untimed, between timed stretches) for the same-host rows:
+    the local path never touches a server, so none runs; a descriptor it could not read locally
+    would go to a dead port and fail, and the row checks that no UCX connection was made."""
+
+    def __init__(self, size: int, slots: int) -> None:
+        from transport.ring import SharedRing
+
+        self.size, self.slots = size, slots
+        self.ring = SharedRing.create(slots, size)
+        self.data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+
+    def fill(self, n: int) -> list[Any]:
+        from transport.descriptor import SlotDescriptor
+        from transport.local import boot_id
+
+        out = []
+        for _ in range(n):
+            w = self.ring.write(self.data, timeout=30.0)
+            out.append(
+                SlotDescriptor(
+                    "127.0.0.1", (1,), self.ring.ring_id, w.slot, w.generation, w.nbytes, w.checksum,
+                    self.ring.secret_hex, self.ring.name, boot_id(),
+                )
+            )  # fmt: skip
+        return out
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+def _gets(consumer: Any, host: LocalRing, n: int) -> float:
+    return _timed_gets(consumer, host, n)  # type: ignore[arg-type]
+
+
+def _borrows(consumer: Any, host: LocalRing, n: int) -> float:
     total, done = 0.0, 0
     while done < n:
         descs = host.fill(min(host.slots, n - done))
@@ -94,11 +129,11 @@ def _borrows(consumer: Any, host: ProducerHost, n: int) -> float:
 def _local(size: int, cfg: BenchConfig) -> dict[str, Any]:
     from transport.facade import Consumer
 
-    host = ProducerHost(size, ring_slots(cfg, size), 1)
-    consumer = Consumer()
+    host = LocalRing(size, max(4, min(1024, cfg.ring_budget // size)))
+    consumer = Consumer(connect_timeout=0.5, max_attempts=1)
     try:
         row: dict[str, Any] = {}
-        for name, fn in (("get", _timed_gets), ("borrow", _borrows)):
+        for name, fn in (("get", _gets), ("borrow", _borrows)):
             fn(consumer, host, 4)  # attach the segment
             n, s = _calibrated(lambda n, fn=fn: fn(consumer, host, n), cfg.cell_seconds)  # type: ignore[misc]
             row[name] = _rate(size, n, s)
@@ -108,7 +143,6 @@ def _local(size: int, cfg: BenchConfig) -> dict[str, Any]:
     finally:
         consumer.close()
         host.close()
-        host.reap()
 
 
 def _inline(cfg: BenchConfig) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from transport.errors import (
 from transport.events import EventSink, NullSink
 from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_recv
 from transport.local import LocalReader
+from transport.ring import SharedRing
 from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
@@ -201,9 +202,7 @@ class SlotClient:
         if self._closed:
             raise ConfigError("client is closed")
         if self.local is not None and (ring := self.local.ring_for(desc)) is not None:
-            self.stats.reads += 1
-            buf = self._buffers.take(desc.nbytes) if out is None else out  # large ones recycled
-            return ReadResult(self.local.read(ring, desc, buf), None, desc.generation)
+            return ReadResult(self.read_local(ring, desc, out), None, desc.generation)
         if not desc.ports:
             raise ConfigError("descriptor has no ports")
         port = self.healthy_ports(desc.ports)[0]
@@ -222,6 +221,13 @@ class SlotClient:
             raise
         self._checkin(desc.host, port, link)
         return result
+
+    def read_local(self, ring: SharedRing, desc: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        """One same-host read (no await: the sync Consumer calls it without a loop turn)."""
+        assert self.local is not None
+        self.stats.reads += 1
+        buf = self._buffers.take(desc.nbytes) if out is None else out  # large ones recycled
+        return self.local.read(ring, desc, buf)
 
     def _link_failed(self, port: int, exc: TransportError) -> None:
         exc.port = port  # type: ignore[attr-defined]

@@ -8,16 +8,15 @@ to a single loop), driven by the calling thread itself (`transport.syncloop`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from transport.client import SlotClient
 from transport.descriptor import SlotDescriptor
-from transport.errors import ConfigError
-from transport.local import boot_id
+from transport.errors import ConfigError, TransportError
+from transport.local import Borrow, boot_id
 from transport.packer import BatchResult, fetch_batch, fetch_one
 from transport.ring import SharedRing
 from transport.serve import ServerConfig, ServerProcess
@@ -98,8 +97,7 @@ class Producer:
         self.close()
 
 
-@contextmanager
-def borrow_local(client: SlotClient, descriptor: SlotDescriptor) -> Iterator[np.ndarray]:
+def borrow_local(client: SlotClient, descriptor: SlotDescriptor) -> Borrow:
     """Lend a read-only view straight into the producer's slot (same host only, zero copy).
 
     Clean exit commits the read; an exception releases the slot for another reader. The client's
@@ -115,8 +113,7 @@ def borrow_local(client: SlotClient, descriptor: SlotDescriptor) -> Iterator[np.
             f"borrow: {descriptor.key} is not readable from this host's shared memory "
             f"(segment {descriptor.segment or '-'!r}); use get()"
         )
-    with local.borrow(ring, descriptor) as view:
-        yield view
+    return local.borrow(ring, descriptor)
 
 
 class AsyncConsumer:
@@ -150,7 +147,7 @@ class AsyncConsumer:
         result, _ = await fetch_one(self.client, descriptor, max_attempts=self.max_attempts, out=out)
         return result.payload
 
-    def borrow(self, descriptor: SlotDescriptor) -> Any:
+    def borrow(self, descriptor: SlotDescriptor) -> Borrow:
         """`with consumer.borrow(desc) as view:` (see `borrow_local`)."""
         return borrow_local(self.client, descriptor)
 
@@ -198,9 +195,18 @@ class Consumer:
         return self._inner.client
 
     def get(self, descriptor: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        client = self._inner.client
+        if client.local is not None and (ring := client.local.ring_for(descriptor)) is not None:
+            # Same host: one try right here, no event loop turn; a retryable miss (BUSY, an expired
+            # lease) goes on to the retrying path below.
+            try:
+                return client.read_local(ring, descriptor, out)
+            except TransportError as exc:
+                if not exc.retryable:
+                    raise
         return self._loop.run(self._inner.get(descriptor, out), self._slot_bound)
 
-    def borrow(self, descriptor: SlotDescriptor) -> Any:
+    def borrow(self, descriptor: SlotDescriptor) -> Borrow:
         """`with consumer.borrow(desc) as view:` (see `borrow_local`)."""
         return borrow_local(self.client, descriptor)
 
