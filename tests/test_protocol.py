@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import pytest
@@ -1070,3 +1071,193 @@ def test_short_inline_message_is_truncated_and_not_committed(cut: int) -> None:
     with pytest.raises(TruncatedError):
         client.inline_payload(received)
     assert client.state is p.ClientState.FAILED and client.error is not None and client.error.retryable
+
+
+# -- batched reads --------------------------------------------------------------------------------
+
+
+def drive_batch(
+    srv: p.ServerBatch, action: p.BatchAction, ring: FakeRing, wire: list[bytes]
+) -> p.BatchAction:
+    """Perform server batch actions until it waits for the client (AwaitCommitBatch) or is over."""
+    while True:
+        match action:
+            case p.BeginBatch(entries, token):
+                results = []
+                for e in entries:
+                    if e is None:
+                        results.append(None)
+                        continue
+                    code, info = ring.begin_read(e.slot, e.generation, token, lease=30.0)
+                    results.append((code, info.generation, info.nbytes, info.checksum))
+                action = srv.on_begun(results)
+            case p.SendStatusBatch():
+                wire.append(bytes(p.fill_inline(action, ring.payload_view)))
+                action = srv.on_sent()
+            case p.SendPayloads(items):
+                wire.extend(bytes(ring.payload_view(slot, n)) for slot, n in items)
+                action = srv.on_sent()
+            case p.FinaliseBatch(items):
+                oks = [
+                    (ring.commit_read if kind == "commit" else ring.release_read)(slot, gen, token)
+                    for kind, slot, gen, token in items
+                ]
+                action = srv.on_finalised(oks)
+            case p.SendBatchReply(data):
+                wire.append(bytes(data))
+                action = srv.on_sent()
+            case _:
+                return action
+
+
+def _batch_net() -> Net:
+    ring = FakeRing(slots=8)
+    ring.write(0, b"payload-zero" * 100)
+    ring.write(1, b"one")
+    net = Net(ring, p.CommitLog(64))
+    net.ring.write(2, b"x" * 40_000)  # too big to inline
+    net.ring.write(3, b"")
+    return net
+
+
+def _batch_slots(net: Net, slots: list[int], secret: bytes = SECRET) -> list[p.BatchSlot]:
+    out = []
+    for s in slots:
+        m = net.ring.meta[s]
+        out.append(p.BatchSlot(s, m.generation, m.nbytes, m.checksum, secret))
+    return out
+
+
+def _run_batch(
+    net: Net, cb: p.ClientBatch, corrupt: int | None = None
+) -> tuple[p.ServerBatch, p.BatchAction, list[bytes]]:
+    """Client and server machines through one batch on a perfect wire (slot `corrupt`'s separate
+    payload arrives short)."""
+    srv, wire = p.ServerBatch(SECRET, net.log, slots=net.ring.slots), []
+    action = drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    status = bytearray(cb.status_size())
+    status[: len(wire[0])] = wire[0]
+    sizes = cb.on_status(status)
+    if cb.state is p.BatchState.DONE:
+        return srv, action, wire
+    received = dict(zip(cb.pending, wire[1 : 1 + len(sizes)], strict=True))
+    checksums = {}
+    for i, held in enumerate(cb.ok):
+        if held:
+            place = cb.inline[i]
+            data = status[place[0] : place[0] + place[1]] if place else received.get(i, b"")
+            if i == corrupt:
+                data = data[: len(data) // 2]
+            checksums[i] = checksum(bytes(data))
+    commit = cb.on_payloads(checksums)
+    assert isinstance(action, p.AwaitCommitBatch) and action.size >= len(commit)
+    before = len(wire)
+    action = drive_batch(srv, srv.on_commit(bytes(commit)), net.ring, wire)
+    reply = bytearray(cb.committed_size())
+    reply[: len(wire[before])] = wire[before]
+    cb.on_committed(reply)
+    return srv, action, wire
+
+
+def test_batch_commits_each_slot_and_fails_bad_ones_alone() -> None:
+    net = _batch_net()
+    net.ring.write(4, b"four")
+    good = _batch_slots(net, [0, 1, 2, 3, 4])
+    stale = p.BatchSlot(5, 9, 1, 1, SECRET)  # never written: STALE
+    forged = _batch_slots(net, [4], secret=b"\1" * 16)[0]._replace(slot=6)  # wrong proof
+    cb = p.ClientBatch([*good[:2], stale, *good[2:4], forged, good[4]], p.new_token())
+    srv, action, wire = _run_batch(net, cb)
+    assert isinstance(action, p.Done) and cb.state is p.BatchState.DONE
+    assert [type(e).__name__ if e else None for e in cb.errors] == [
+        None, None, "StaleSlotError", None, None, "UnauthorizedError", None,
+    ]  # fmt: skip
+    assert all(net.ring.meta[s].state is SlotState.FREE for s in (0, 1, 2, 3, 4))
+    assert len(wire) == 1 + 1 + 1, "status (3 inline), one separate payload (40 kB), COMMITTED_BATCH"
+    assert sorted(e.slot for e in srv.committed) == [0, 1, 2, 3, 4]
+    for s in (0, 1, 2, 3, 4):
+        m = net.ring.meta[s]
+        assert net.log.lookup(s, m.generation, cb.token) is p.Resolution.COMMITTED
+
+
+def test_a_truncated_payload_releases_that_slot_only() -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1, 2]), p.new_token())
+    _run_batch(net, cb, corrupt=2)
+    assert cb.errors[0] is None and cb.errors[1] is None
+    assert isinstance(cb.errors[2], TruncatedError) and cb.errors[2].retryable
+    assert net.ring.meta[2].state is SlotState.READY, "released for the next attempt"
+    assert net.ring.meta[0].state is SlotState.FREE and net.ring.meta[1].state is SlotState.FREE
+
+
+def test_lost_committed_batch_leaves_asked_slots_in_doubt_and_resolve_settles_each() -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1]), p.new_token())
+    srv, wire = p.ServerBatch(SECRET, net.log, slots=net.ring.slots), []
+    drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    status = bytearray(cb.status_size())
+    status[: len(wire[0])] = wire[0]
+    assert cb.on_status(status) == []
+    sums = {i: checksum(bytes(status[o : o + n])) for i, (o, n) in enumerate(pl for pl in cb.inline if pl)}
+    drive_batch(srv, srv.on_commit(bytes(cb.on_payloads(sums))), net.ring, [])  # reply never arrives
+    cb.on_error(ConnectionResetError("COMMITTED_BATCH lost"))
+    assert all(isinstance(e, InDoubtError) for e in cb.errors)
+    for i in range(2):
+        cr = cb.resolve_read(i)
+        _, _, answer = net.serve(cr.resolve_frame())
+        cr.on_resolved(answer[0])
+        assert cr.state is p.ClientState.DONE and cr.resolution is p.Resolution.COMMITTED
+
+
+def test_error_before_commit_releases_every_held_slot() -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 2]), p.new_token())
+    srv, wire = p.ServerBatch(SECRET, net.log, slots=net.ring.slots), []
+    action = drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    assert isinstance(action, p.AwaitCommitBatch) and len(srv.held) == 2
+    action = drive_batch(srv, srv.on_error("reset"), net.ring, [])
+    assert isinstance(action, p.Close) and not srv.held
+    assert net.ring.meta[0].state is SlotState.READY and net.ring.meta[2].state is SlotState.READY
+
+
+@pytest.mark.parametrize("cut", [1, 64, 200])
+def test_short_status_batch_fails_every_slot_retryably(cut: int) -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1]), p.new_token())
+    srv, wire = p.ServerBatch(SECRET, net.log, slots=net.ring.slots), []
+    drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    status = bytearray(cb.status_size())
+    status[: len(wire[0]) - cut] = wire[0][:-cut]
+    with pytest.raises((TruncatedError, ProtocolError)):
+        cb.on_status(status)
+    assert all(e is not None and e.retryable for e in cb.errors)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m[:100],
+        lambda m: m[: p.FRAME_SIZE] + m[p.FRAME_SIZE + 3 :],
+        lambda m: bytes(m[:8]) + b"\xff\xff\xff\xff" + bytes(m[12:]),  # entry count 2**32-1
+        lambda m: bytes(m[:8]) + b"\0\0\0\0" + bytes(m[12:]),  # no entries
+    ],
+)
+def test_malformed_batch_request_is_refused_holding_nothing(mutate: Any) -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1]), p.new_token())
+    srv = p.ServerBatch(SECRET, net.log, slots=net.ring.slots)
+    wire: list[bytes] = []
+    action = drive_batch(srv, srv.on_request(bytes(mutate(bytes(cb.request_message())))), net.ring, wire)
+    assert isinstance(action, p.Close) and not srv.held
+    assert p.decode(wire[0]).code is p.Status.BAD_REQUEST
+    assert net.ring.meta[0].state is SlotState.READY
+
+
+def test_batch_transitions_outside_the_table_are_driver_bugs() -> None:
+    net = _batch_net()
+    srv = p.ServerBatch(SECRET, net.log)
+    with pytest.raises(ProtocolError):
+        srv.on_begun([])
+    cb = p.ClientBatch(_batch_slots(net, [0]), p.new_token())
+    with pytest.raises(ProtocolError):
+        cb.on_payloads({})
+    assert (p.BatchState.IDLE, "request") in p.BATCH_TRANSITIONS

@@ -285,3 +285,34 @@ def test_consumers_opened_and_closed_leave_nothing_running(producer: Producer) -
     me.cpu_percent(None)
     time.sleep(1.0)
     assert me.cpu_percent(None) < 25.0, "closed consumers must not keep anything spinning"
+
+
+def test_get_many_reads_batches_and_fails_bad_slots_alone() -> None:
+    """32 slots of mixed sizes (inline, separate payload, empty) and three bad descriptors: the good
+    ones commit in batched exchanges (32 + 3 entries), each bad one fails alone with its reason."""
+    from dataclasses import replace
+
+    producer = Producer(slots=48, slot_bytes=1 << 20, ports=2)
+    c = Consumer(read_timeout=2.0, local=False, concurrency=1)
+    try:
+        sizes = [4096] * 28 + [0, 16 << 10, (16 << 10) + 1, 1 << 20]
+        data = [np.full(n, i, dtype=np.uint8) for i, n in enumerate(sizes)]
+        descs = [producer.put(d) for d in data[:14]]
+        consumed = producer.put(b"eaten")
+        assert bytes(c.get(consumed)) == b"eaten"
+        bad = [replace(producer.put(b"x"), secret="00" * 16), replace(producer.put(b"y"), generation=10**6)]
+        descs += [producer.put(d) for d in data[14:]]
+        before = c.client.stats.reads
+        result = c.get_many([*descs[:5], bad[0], consumed, *descs[5:], bad[1]])
+        assert [(f.index, f.reason) for f in result.failures] == [
+            (5, "unauthorized"),
+            (6, "consumed"),
+            (34, "stale"),
+        ]
+        got = [p for p in result.payloads if p is not None]
+        assert len(got) == 32 and all(np.array_equal(g, d) for g, d in zip(got, data, strict=True))
+        assert c.client.stats.reads - before == 35 and set(result.attempts) == {1}
+        assert all(producer.ring.info(d.slot).state == SlotState.FREE for d in descs)
+    finally:
+        c.close()
+        producer.close()
