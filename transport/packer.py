@@ -241,7 +241,10 @@ async def _batches(
         for i in open_now:
             d = descriptors[i]
             groups.setdefault((d.host, d.ports, d.ring_id), []).append(i)
-        chunks = [g[k : k + batch_size] for g in groups.values() for k in range(0, len(g), batch_size)]
+        # A retry goes in smaller batches (halved per attempt): a batch holds all its slots until its
+        # slowest payload is through, so a port that stalls or resets would fail every slot again.
+        size = max(1, batch_size >> (attempt - 1))
+        chunks = [chunk for g in groups.values() for chunk in _chunks(g, descriptors, size)]
         busy = False
 
         async def run(chunk: list[int]) -> None:
@@ -276,6 +279,24 @@ async def _batches(
     elapsed = time.perf_counter() - started
     for i in todo:
         state.seconds[i] += elapsed
+
+
+def _chunks(group: list[int], descriptors: Sequence[SlotDescriptor], size: int) -> list[list[int]]:
+    """Split one producer's indexes into batches of at most `size`, never naming a slot twice in one
+    batch (the same descriptor handed over twice goes to a later batch, where it meets NOT_READY)."""
+    chunks: list[list[int]] = []
+    slots: list[set[int]] = []
+    for i in group:
+        slot = descriptors[i].slot
+        for chunk, seen in zip(chunks, slots, strict=True):
+            if len(chunk) < size and slot not in seen:
+                chunk.append(i)
+                seen.add(slot)
+                break
+        else:
+            chunks.append([i])
+            slots.append({slot})
+    return chunks
 
 
 class DataPackerMixin:
