@@ -37,8 +37,12 @@ from transport.bench import (
 )
 
 LOCAL_SIZES = (4 * KiB, 1 * MiB, 16 * MiB, 64 * MiB)
+BATCH_SIZES = (4 * KiB, 64 * KiB)
+BATCH_KS = (8, 32, 128)
 INLINE_SIZE = 4 * KiB
 TARGETS = {
+    "batch32_4k_vs_raw_slots": 1.0,
+    "batch32_64k_vs_raw_gib": 0.9,
     "inline_get_4k_vs_raw": 0.25,
     "local_get_16m_vs_memcpy": 0.7,
     "local_get_4k_slots_s": 50_000,
@@ -145,6 +149,45 @@ def _local(size: int, cfg: BenchConfig) -> dict[str, Any]:
         host.close()
 
 
+def _batched_gets(consumer: Any, host: ProducerHost, n: int, k: int) -> float:
+    """Seconds spent in `get_many` of k descriptors at a time, n slots in all (fills untimed)."""
+    total, done = 0.0, 0
+    while done < n:
+        descs = host.fill(min(host.slots, n - done))
+        for at in range(0, len(descs), k):
+            chunk = descs[at : at + k]
+            t0 = time.perf_counter()
+            result = consumer.get_many(chunk)
+            total += time.perf_counter() - t0
+            if result.failures:
+                raise RuntimeError(f"batch bench: {result.failures[0]}")
+        done += len(descs)
+    return total
+
+
+def _batch(size: int, cfg: BenchConfig) -> dict[str, Any]:
+    """get_many over UCX of k slots (one batched exchange each; k = 128 fills one batch too)."""
+    from transport.facade import Consumer
+
+    host = ProducerHost(size, max(256, ring_slots(cfg, size)), cfg.ports)
+    try:
+        row: dict[str, Any] = {}
+        for k in BATCH_KS:
+            consumer = Consumer(local=False, batch_size=k, concurrency=1)
+            try:
+                _batched_gets(consumer, host, 2 * k, k)  # connect
+                n, s = _calibrated(
+                    lambda n, c=consumer, k=k: _batched_gets(c, host, max(n, k), k), cfg.cell_seconds
+                )  # type: ignore[misc]
+                row[str(k)] = _rate(size, max(n, k), s)
+            finally:
+                consumer.close()
+        return row
+    finally:
+        host.close()
+        host.reap()
+
+
 def _inline(cfg: BenchConfig) -> dict[str, Any]:
     from transport.facade import Consumer
 
@@ -165,18 +208,28 @@ def _inline(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def run(rounds: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    cfg = BenchConfig.make(sizes=(INLINE_SIZE,), reps=2, cell_seconds=0.5, ring_budget=256 * MiB)
+    cfg = BenchConfig.make(sizes=BATCH_SIZES, reps=2, cell_seconds=0.5, ring_budget=256 * MiB)
     out: dict[str, Any] = {"machine": machine_info(), "rounds": []}
     for r in range(rounds):
-        raw = bench_raw_mode(cfg, "polling", log)["cells"][str(INLINE_SIZE)]
+        raw_cells = bench_raw_mode(cfg, "polling", log)["cells"]
+        raw = raw_cells[str(INLINE_SIZE)]
         inline = _inline(cfg)
         log(f"  inline 4 KiB: {inline}")
+        batch = {str(size): _batch(size, cfg) for size in BATCH_SIZES}
+        log(f"  batch: {batch}")
         local = {}
         for size in LOCAL_SIZES:
             local[str(size)] = _local(size, cfg)
             log(f"  same-host {human_size(size)}: {local[str(size)]}")
         memcpy = {str(size): _memcpy(size, cfg.cell_seconds) for size in LOCAL_SIZES}
-        rnd = {"raw_4k_slots_s": raw["median_slots_s"], "inline": inline, "local": local, "memcpy": memcpy}
+        rnd = {
+            "raw_4k_slots_s": raw["median_slots_s"],
+            "raw_64k_gib_s": raw_cells[str(64 * KiB)]["median_gib_s"],
+            "inline": inline,
+            "batch": batch,
+            "local": local,
+            "memcpy": memcpy,
+        }
         out["rounds"].append(rnd)
         log(f"round {r + 1}: raw 4 KiB {raw['median_slots_s']:,.0f} slots/s; {summary(rnd)}")
     out["ratios"] = ratios(out["rounds"])
@@ -188,7 +241,16 @@ def round_ratios(rnd: dict[str, Any]) -> dict[str, float]:
     inl = rnd["inline"]
     best_inline = max(inl["inline"]["slots_s"], inl["inline_again"]["slots_s"])
     m16, l16 = rnd["memcpy"][str(16 * MiB)], rnd["local"][str(16 * MiB)]
+    batch = rnd["batch"]
     return {
+        **{
+            f"batch{k}_4k_vs_raw_slots": batch[str(4 * KiB)][str(k)]["slots_s"] / rnd["raw_4k_slots_s"]
+            for k in BATCH_KS
+        },
+        **{
+            f"batch{k}_64k_vs_raw_gib": batch[str(64 * KiB)][str(k)]["gib_s"] / rnd["raw_64k_gib_s"]
+            for k in BATCH_KS
+        },
         "inline_get_4k_vs_raw": best_inline / rnd["raw_4k_slots_s"],
         "no_inline_get_4k_vs_raw": inl["no_inline"]["slots_s"] / rnd["raw_4k_slots_s"],
         "inline_vs_no_inline": best_inline / inl["no_inline"]["slots_s"],
