@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -28,6 +29,8 @@ from transport.errors import (
     UnauthorizedError,
 )
 from transport.protocol import BATCH_MAX
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,18 @@ class _BatchState:
             self.final.add(i)
 
 
+async def _drain(items: Sequence[T], concurrency: int, fn: Callable[[T], Awaitable[None]]) -> None:
+    """`fn` over `items` with `concurrency` workers sharing one iterator (fewer tasks than one each)."""
+
+    async def worker(queue: Iterator[T]) -> None:
+        for item in queue:  # shared iterator: each item is taken by exactly one worker
+            await fn(item)
+
+    if items:
+        queue = iter(items)
+        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(items)))))
+
+
 async def _singles(
     client: SlotClient,
     descriptors: Sequence[SlotDescriptor],
@@ -213,13 +228,7 @@ async def _singles(
             state.done(i, result)
         state.seconds[i] += time.perf_counter() - started
 
-    async def worker(queue: Iterator[int]) -> None:
-        for i in queue:  # shared iterator: each index is taken by exactly one worker
-            await one(i)
-
-    if todo:
-        queue = iter(todo)
-        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(todo)))))
+    await _drain(todo, concurrency, one)
 
 
 async def _batches(
@@ -267,12 +276,7 @@ async def _batches(
                         reason=type(res).__name__,
                     )
 
-        async def worker(queue: Iterator[list[int]]) -> None:
-            for chunk in queue:
-                await run(chunk)
-
-        queue = iter(chunks)
-        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(chunks)))))
+        await _drain(chunks, concurrency, run)
         if attempt < max_attempts and any(state.open(i) for i in todo):
             pause = 0.01 * attempt * (5 * 2 ** (attempt - 1) if busy else 1)
             await asyncio.sleep(min(client.read_timeout, pause))

@@ -188,15 +188,8 @@ class SlotServer:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
         srv = proto.ServerRead(self._secret, self.commit_log, self.protocol, slots=ring.slots)
-        action = srv.on_request(request)
         try:
-            while not isinstance(action, proto.Done | proto.Close):
-                try:
-                    action = await self._perform(link, srv, action, index, step)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # reset, timeout, cancel of one step
-                    action = srv.on_error(repr(exc))
+            action = await self._drive(srv, srv.on_request(request), self._perform, link, index, step)
         finally:
             if srv.holds_slot and ring.release_read(srv.slot, srv.generation, srv.token):
                 self.stats["released"] += 1
@@ -206,21 +199,26 @@ class SlotServer:
         """Drive one `ServerBatch` from REQUEST_BATCH to Done (True: keep the endpoint) or Close."""
         ring = self.ring
         srv = proto.ServerBatch(self._secret, self.commit_log, slots=ring.slots)
-        action: proto.BatchAction = srv.on_request(request)
         try:
-            while not isinstance(action, proto.Done | proto.Close):
-                try:
-                    action = await self._perform_batch(link, srv, action, index, step)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # reset, timeout, cancel of one step
-                    action = srv.on_error(repr(exc))
+            action = await self._drive(srv, srv.on_request(request), self._perform_batch, link, index, step)
         finally:
             for e in list(srv.held.values()):
                 if ring.release_read(e.slot, e.generation, srv.token):
                     self.stats["released"] += 1
             srv.held.clear()
         return isinstance(action, proto.Done)
+
+    @staticmethod
+    async def _drive(srv: Any, action: Any, perform: Any, link: Link, index: int, step: StepDeadline) -> Any:
+        """Perform a machine's actions until Done or Close; a failed step goes to `srv.on_error`."""
+        while not isinstance(action, proto.Done | proto.Close):
+            try:
+                action = await perform(link, srv, action, index, step)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reset, timeout, cancel of one step
+                action = srv.on_error(repr(exc))
+        return action
 
     async def _perform_batch(
         self, link: Link, srv: proto.ServerBatch, action: proto.BatchAction, index: int, step: StepDeadline
@@ -253,12 +251,7 @@ class SlotServer:
                 return srv.on_sent()
             case proto.SendPayloads(items=items):
                 for slot, nbytes in items:  # one message per slot, so faults can hit any one of them
-                    view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
-                    try:
-                        async with step:
-                            await link.send(view, Phase.PAYLOAD)
-                    finally:
-                        del view
+                    await self._send_payload(link, slot, nbytes, step)
                 return srv.on_sent()
             case proto.AwaitCommitBatch(size=size):
                 buf = np.zeros(size, dtype=np.uint8)
@@ -337,12 +330,7 @@ class SlotServer:
                     await link.send(msg, Phase.INLINE)
                 return srv.on_sent()
             case proto.SendPayload(slot=slot, nbytes=nbytes):
-                view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
-                try:
-                    async with step:
-                        await link.send(view, Phase.PAYLOAD)
-                finally:
-                    del view
+                await self._send_payload(link, slot, nbytes, step)
                 return srv.on_sent()
             case proto.AwaitCommit():
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
@@ -371,6 +359,15 @@ class SlotServer:
                 )
                 return next_action
         raise AssertionError(f"unhandled server action {action!r}")
+
+    async def _send_payload(self, link: Link, slot: int, nbytes: int, step: StepDeadline) -> None:
+        """One PAYLOAD straight from the ring's memory (no copy), bounded by the step timeout."""
+        view = np.frombuffer(self.ring.payload_view(slot, nbytes), dtype=np.uint8)
+        try:
+            async with step:
+                await link.send(view, Phase.PAYLOAD)
+        finally:
+            del view
 
     def _finalise(self, kind: str, slot: int, generation: int, token: int, index: int) -> bool:
         """The ring call for a Finalise action; no await here (the commit log must see it atomically)."""
