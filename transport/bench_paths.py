@@ -116,6 +116,21 @@ def _gets(consumer: Any, host: LocalRing, n: int) -> float:
     return _timed_gets(consumer, host, n)  # type: ignore[arg-type]
 
 
+def _gets_out(consumer: Any, host: LocalRing, n: int) -> float:
+    """Like _gets, into one caller-owned array (`out=`): the copy without a fresh allocation."""
+    out = np.empty(host.size, dtype=np.uint8)
+    out[:] = 0
+    total, done = 0.0, 0
+    while done < n:
+        descs = host.fill(min(host.slots, n - done))
+        t0 = time.perf_counter()
+        for d in descs:
+            consumer.get(d, out=out)
+        total += time.perf_counter() - t0
+        done += len(descs)
+    return total
+
+
 def _borrows(consumer: Any, host: LocalRing, n: int) -> float:
     total, done = 0.0, 0
     while done < n:
@@ -137,7 +152,7 @@ def _local(size: int, cfg: BenchConfig) -> dict[str, Any]:
     consumer = Consumer(connect_timeout=0.5, max_attempts=1)
     try:
         row: dict[str, Any] = {}
-        for name, fn in (("get", _gets), ("borrow", _borrows)):
+        for name, fn in (("get", _gets), ("get_out", _gets_out), ("borrow", _borrows)):
             fn(consumer, host, 4)  # attach the segment
             n, s = _calibrated(lambda n, fn=fn: fn(consumer, host, n), cfg.cell_seconds)  # type: ignore[misc]
             row[name] = _rate(size, n, s)
@@ -207,7 +222,7 @@ def _inline(cfg: BenchConfig) -> dict[str, Any]:
         host.reap()
 
 
-def run(rounds: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(rounds: int, log: Callable[[str], None] = print, json_path: Path | None = None) -> dict[str, Any]:
     cfg = BenchConfig.make(sizes=BATCH_SIZES, reps=2, cell_seconds=0.5, ring_budget=256 * MiB)
     out: dict[str, Any] = {"machine": machine_info(), "rounds": []}
     for r in range(rounds):
@@ -232,8 +247,13 @@ def run(rounds: int, log: Callable[[str], None] = print) -> dict[str, Any]:
         }
         out["rounds"].append(rnd)
         log(f"round {r + 1}: raw 4 KiB {raw['median_slots_s']:,.0f} slots/s; {summary(rnd)}")
+        if json_path is not None:  # every round on disk: a long run cut short keeps what it measured
+            out["ratios"] = ratios(out["rounds"])
+            json_path.write_text(json.dumps(out, indent=1))
     out["ratios"] = ratios(out["rounds"])
     out["targets"] = TARGETS
+    if json_path is not None:
+        json_path.write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -255,6 +275,7 @@ def round_ratios(rnd: dict[str, Any]) -> dict[str, float]:
         "no_inline_get_4k_vs_raw": inl["no_inline"]["slots_s"] / rnd["raw_4k_slots_s"],
         "inline_vs_no_inline": best_inline / inl["no_inline"]["slots_s"],
         "local_get_16m_vs_memcpy": l16["get"]["gib_s"] / m16["gib_s"],
+        "local_get_out_16m_vs_memcpy": l16["get_out"]["gib_s"] / m16["gib_s"],
         "local_get_4k_slots_s": rnd["local"][str(4 * KiB)]["get"]["slots_s"],
         "borrow_4k_slots_s": rnd["local"][str(4 * KiB)]["borrow"]["slots_s"],
         **{
@@ -286,12 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    report = run(args.rounds)
+    report = run(args.rounds, json_path=args.json)
     for k, v in report["ratios"].items():
         target = TARGETS.get(k)
         print(f"{k:32} {v['min']:>12.3f} .. {v['max']:<12.3f} target {target if target else '-'}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
         print(f"wrote {args.json}")
     return 0
 
