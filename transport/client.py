@@ -368,6 +368,9 @@ class SlotClient:
             link.abort()
             cb.on_error(exc)
             self._link_failed(port, _as_transport_error(exc, f"batch on port {port}"))
+            for i, payload in enumerate(payloads):
+                if payload is not None and not isinstance(cb.errors[i], InDoubtError):
+                    self._buffers.forget(payload)  # its receive may still be live in UCX
         else:
             bad = next((e for e in cb.errors if isinstance(e, _LINK_FAULTS)), None)
             if bad is not None:  # e.g. one truncated payload: the exchange held, the port misbehaved
