@@ -69,6 +69,10 @@ def _payload(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
 
 
+def _cap(producer: Producer, slot: int, generation: int) -> str:
+    return producer._ring_key.capability(slot, generation).hex()
+
+
 def _state(producer: Producer, desc: SlotDescriptor) -> SlotState:
     return producer.ring.info(desc.slot).state
 
@@ -94,9 +98,10 @@ def test_get_reads_shared_memory_with_fenced_commit(producer: Producer, consumer
 def test_stale_and_forged_descriptors_are_refused(producer: Producer, consumer: Consumer) -> None:
     desc = producer.put(b"abc")
     with pytest.raises(UnauthorizedError):
-        consumer.get(replace(desc, secret="00" * 16))
-    with pytest.raises(StaleSlotError):
-        consumer.get(replace(desc, generation=desc.generation + 1))
+        consumer.get(replace(desc, capability="00" * 16))
+    newer = desc.generation + 1
+    with pytest.raises(StaleSlotError):  # a genuine capability for a generation the slot is not at
+        consumer.get(replace(desc, generation=newer, capability=_cap(producer, desc.slot, newer)))
     assert _state(producer, desc) == SlotState.READY, "refusals leave the slot as it was"
     assert bytes(consumer.get(desc)) == b"abc"
 

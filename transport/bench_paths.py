@@ -96,14 +96,18 @@ class LocalRing:
     def fill(self, n: int) -> list[Any]:
         from transport.descriptor import SlotDescriptor
         from transport.local import boot_id
+        from transport.protocol import RingKey
 
+        key = RingKey(self.ring.secret, self.ring.ring_id)
         out = []
         for _ in range(n):
             w = self.ring.write(self.data, timeout=30.0)
             out.append(
                 SlotDescriptor(
-                    "127.0.0.1", (1,), self.ring.ring_id, w.slot, w.generation, w.nbytes, w.checksum,
-                    self.ring.secret_hex, self.ring.name, boot_id(),
+                    host="127.0.0.1", ports=(1,), ring_id=self.ring.ring_id, ring_slots=self.ring.slots,
+                    slot=w.slot, generation=w.generation, nbytes=w.nbytes, checksum=w.checksum,
+                    capability=key.capability(w.slot, w.generation).hex(), segment=self.ring.name,
+                    boot_id=boot_id(),
                 )
             )  # fmt: skip
         return out

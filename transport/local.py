@@ -8,8 +8,8 @@ slot (`release_read`), and a reader that dies or outlives its lease is reclaimed
 they mean over UCX, and the harness's checker judges both paths with the same invariants.
 
 Access: on one host the segment's 0600 mode is the boundary (only the producer's user can open it);
-the descriptor's access proof is still checked, so a descriptor for another ring or a forged one is
-refused the same way the server refuses it.
+the descriptor's per-slot capability is still checked (against the key in the segment's header), so
+a descriptor for another slot, generation or ring, or a forged one, is refused as the server refuses it.
 
 No checksum pass on this path: the bytes never cross a wire (the writer hashed them in place and the
 slot cannot change while READING). The ring's size and checksum must still match the descriptor.
@@ -37,7 +37,7 @@ from transport.errors import (
     UnauthorizedError,
 )
 from transport.events import EventSink, NullSink
-from transport.protocol import new_token
+from transport.protocol import RingKey, new_token
 from transport.ring import ReadCode, SharedRing
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class LocalReader:
         self.events = events or NullSink()
         self.reads = 0
         self._rings: dict[str, SharedRing] = {}
+        self._keys: dict[str, RingKey] = {}  # segment -> the ring's key, read from its header
         self._unreachable: dict[str, float] = {}  # segment -> monotonic time to retry attaching
 
     # -- which descriptors are local ----------------------------------------------------------------
@@ -120,11 +121,22 @@ class LocalReader:
         on an exception. The view points into the ring: do not keep it past the block."""
         return Borrow(self, ring, desc)
 
+    def _admits(self, ring: SharedRing, desc: SlotDescriptor) -> bool:
+        """The descriptor's capability is the one the ring key issues for (slot, generation)."""
+        key = self._keys.get(ring.name)
+        if key is None:
+            key = self._keys[ring.name] = RingKey(ring.secret, ring.ring_id)
+        try:
+            given = bytes.fromhex(desc.capability)
+        except ValueError:
+            return False
+        return hmac.compare_digest(given, key.capability(desc.slot, desc.generation))
+
     def begin(self, ring: SharedRing, desc: SlotDescriptor) -> tuple[int, np.ndarray]:
         """begin_read with a fresh token -> (token, read-only view of the payload); the caller owes
         exactly one `end` for it."""
-        if not hmac.compare_digest(desc.secret, ring.secret_hex):
-            raise UnauthorizedError(f"{desc.key}: access proof does not match ring {ring.ring_id}")
+        if not self._admits(ring, desc):
+            raise UnauthorizedError(f"{desc.key}: capability does not open this slot of ring {ring.ring_id}")
         token = new_token()
         code, info = ring.begin_read(desc.slot, desc.generation, token, self.lease)
         if code != ReadCode.OK:
