@@ -114,7 +114,7 @@ def test_a_descriptor_opens_its_own_slot_and_generation_only() -> None:
     """The capability of slot 3 opens neither slot 4 nor slot 3 at another generation (with the old
     ring-wide secret both were readable), and neither the descriptor nor its repr holds the ring key."""
     with Producer(slots=8, slot_bytes=1024, ports=2) as p:
-        c = Consumer(read_timeout=2.0, max_attempts=4)
+        c = Consumer(read_timeout=2.0, max_attempts=4, local=False)
         try:
             descs = {d.slot: d for d in (p.put(bytes([i]) * 8) for i in range(5))}
             three, four = descs[3], descs[4]

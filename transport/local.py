@@ -128,9 +128,10 @@ class LocalReader:
             key = self._keys[ring.name] = RingKey(ring.secret, ring.ring_id)
         try:
             given = bytes.fromhex(desc.capability)
-        except ValueError:
+            expected = key.capability(desc.slot, desc.generation)
+        except (ValueError, ConfigError):  # not hex, or a slot/generation no capability can name
             return False
-        return hmac.compare_digest(given, key.capability(desc.slot, desc.generation))
+        return hmac.compare_digest(given, expected)
 
     def begin(self, ring: SharedRing, desc: SlotDescriptor) -> tuple[int, np.ndarray]:
         """begin_read with a fresh token -> (token, read-only view of the payload); the caller owes
