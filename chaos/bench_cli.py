@@ -90,6 +90,12 @@ def chaos_off_options() -> dict[str, object]:
     is_flag=True,
     help="Also measure the stack with the chaos link wrapper installed, every fault at probability 0.",
 )
+@click.option(
+    "--paths",
+    is_flag=True,
+    help="Instead: issue 13's rows (batches, inline, same-host get/borrow, memcpy) with raw ucxx, "
+    "--rounds interleaved (transport.bench_paths).",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -103,12 +109,18 @@ def bench(
     ports: int | None,
     json_path: Path | None,
     chaos_overhead: bool,
+    paths: bool,
 ) -> None:
     """Benchmark the best raw ucxx progress mode against Consumer.get through the full stack.
 
     Prints GiB/s, slots/s and the ratio stack/raw per payload size, get_many vs sequential gets and the
     idle CPU of a server and a consumer; writes every measurement as JSON. Takes a few minutes.
     """
+    if paths:
+        from transport.bench_paths import main as paths_main
+
+        argv = ["--rounds", str(rounds or 2)] + (["--json", str(json_path)] if json_path else [])
+        ctx.exit(paths_main(argv))
     try:
         cfg = BenchConfig.make(
             quick=quick,

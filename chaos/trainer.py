@@ -42,9 +42,10 @@ from chaos.channel import Delivery
 from chaos.content import verify_payload
 from transport.checksum import checksum
 from transport.descriptor import SlotDescriptor
+from transport.errors import TransportError
 from transport.events import EventSink
 from transport.facade import AsyncConsumer
-from transport.packer import BatchResult, DataPackerMixin, SlotFailure
+from transport.packer import BatchResult, DataPackerMixin, SlotFailure, failure_reason
 
 # Failures that another attempt cannot change: acked. Anything else goes back for another attempt.
 FINAL_REASONS = frozenset({"stale", "unauthorized", "consumed", "in_doubt"})
@@ -127,6 +128,14 @@ class DeliverySink:
         self.seed = seed
         self.seqs = seqs
 
+    def verify(self, descriptor: SlotDescriptor, payload: np.ndarray) -> tuple[bool, bool]:
+        """(checksum ok, content ok) of a payload against its descriptor and the producer's seed."""
+        seq = self.seqs.get(descriptor.key)
+        return (
+            checksum(payload) == descriptor.checksum,
+            seq is None or verify_payload(payload, self.seed, seq, descriptor.nbytes),
+        )
+
     def delivered(
         self,
         descriptor: SlotDescriptor,
@@ -135,10 +144,13 @@ class DeliverySink:
         port: int | None = None,
         latency_s: float | None = None,
         attempts: int | None = None,
+        verified: tuple[bool, bool] | None = None,
         **extra: Any,
     ) -> None:
-        """`extra` fields go into the event as they are (e.g. the read's fencing `token`)."""
-        seq = self.seqs.get(descriptor.key)
+        """`verified`: the payload was checked earlier with `verify` (a borrowed view is checked while
+        its slot is held, and reported only once the commit succeeded). `extra` fields go into the
+        event as they are (e.g. the read's fencing `token`)."""
+        checksum_ok, content_ok = verified if verified is not None else self.verify(descriptor, payload)
         self.events.emit(
             "delivered",
             key=descriptor.key,
@@ -146,8 +158,8 @@ class DeliverySink:
             generation=descriptor.generation,
             port=descriptor.ports.index(port) if port in descriptor.ports else None,
             nbytes=int(payload.nbytes),
-            checksum_ok=checksum(payload) == descriptor.checksum,
-            content_ok=seq is None or verify_payload(payload, self.seed, seq, descriptor.nbytes),
+            checksum_ok=checksum_ok,
+            content_ok=content_ok,
             latency_s=None if latency_s is None else round(latency_s, 6),
             attempts=attempts,
             **extra,
@@ -303,3 +315,53 @@ async def builtin_consume(ctx: TrainerContext, depth: int = 2) -> None:
     finally:
         for task in in_flight:
             task.cancel()
+
+
+async def borrow_consume(ctx: TrainerContext, *, hold: float = 0.0, max_attempts: int = 4) -> None:
+    """Same-host consumer that borrows each slot (a zero-copy view), checks it in place, holds it
+    `hold` seconds (what a trainer's compute on the view looks like) and commits on leaving the block.
+
+    A slot is reported delivered only after its commit succeeded; retryable failures (BUSY, an
+    expired lease) get `max_attempts` tries, like the UCX path's per-slot retries.
+    """
+    while not ctx.stopping():
+        messages = await ctx.source.read(ctx.batch, timeout=0.5)
+        done: list[Message] = []
+        retry: list[Message] = []
+        for message in messages:
+            final = await _borrow_one(ctx, message.descriptor, hold, max_attempts)
+            (done if final else retry).append(message)
+        await ctx.source.ack(done)
+        await ctx.source.nack(retry)
+
+
+async def _borrow_one(ctx: TrainerContext, desc: SlotDescriptor, hold: float, max_attempts: int) -> bool:
+    """Borrow, check, hold and commit one slot; True when it is settled (delivered or finally failed)."""
+    started = time.perf_counter()
+    error: TransportError | None = None
+    for attempt in range(1, max_attempts + 1):
+        try:
+            with ctx.consumer.borrow(desc) as view:
+                verified = ctx.sink.verify(desc, view)
+                nbytes = int(view.nbytes)
+                if hold:
+                    await asyncio.sleep(hold)
+        except TransportError as exc:
+            error = exc
+            if not exc.retryable:
+                break
+            ctx.events.emit("retry", key=desc.key, port=None, reason=type(exc).__name__)
+            await asyncio.sleep(0.01 * attempt)
+            continue
+        ctx.sink.delivered(
+            desc,
+            np.empty(nbytes, dtype=np.uint8),  # the view is gone with the commit; only its size is read
+            latency_s=time.perf_counter() - started,
+            attempts=attempt,
+            verified=verified,
+        )
+        return True
+    assert error is not None
+    failure = SlotFailure(0, desc, failure_reason(error), error)
+    ctx.sink.failed(failure)
+    return failure.reason in FINAL_REASONS

@@ -45,6 +45,7 @@ def consumer_main(name: str, cfg: dict[str, Any], descriptors: Any, results: Any
         quarantine=cfg.get("quarantine", 0.5),
         max_attempts=cfg.get("max_attempts", 8),
         protocol=cfg["protocol"],
+        local=cfg.get("local", False),
     )
     try:
         while True:

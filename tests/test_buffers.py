@@ -83,7 +83,7 @@ def test_consumer_reuses_a_large_buffer_and_every_payload_stays_intact() -> None
     rng = np.random.default_rng(5)
     datas = [rng.integers(0, 256, size, dtype=np.uint8) for _ in range(3)]
     with Producer(slots=3, slot_bytes=size, ports=1) as producer:
-        consumer = Consumer(read_timeout=10.0)
+        consumer = Consumer(read_timeout=10.0, local=False)
         try:
             descs = [producer.put(d) for d in datas]
             kept = consumer.get(descs[0])  # held by the test for the whole run
@@ -103,7 +103,7 @@ def test_a_failed_read_gives_its_buffer_up() -> None:
 
     size = 40 << 20
     with Producer(slots=1, slot_bytes=size, ports=1) as producer:
-        consumer = Consumer(read_timeout=10.0)
+        consumer = Consumer(read_timeout=10.0, local=False)
         try:
             old = producer.put(np.ones(size, dtype=np.uint8))
             assert int(consumer.get(old)[0]) == 1  # dropped at once: its buffer is free to lend

@@ -85,7 +85,7 @@ def test_local_protocol_misuse_is_not_retried_and_quarantines_nothing(producer: 
     desc = producer.put(b"payload")
     mangled = SlotDescriptor.from_dict(desc.to_dict())
     object.__setattr__(mangled, "slot", 1 << 40)  # bypasses validation, as a buggy caller could
-    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4)
+    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4, local=False)
     try:
         with pytest.raises(LocalProtocolError) as caught:
             c.get(mangled)

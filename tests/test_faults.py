@@ -799,3 +799,40 @@ def test_nack_redelivers_at_once_and_only_the_owners_entries() -> None:
     again = queue.claim("b", 10)  # no wait for the visibility timeout
     assert [(d.key, d.delivery) for d in again] == [("0:1", 2), ("2:1", 2)]
     assert queue.ack("a", ["1:1"]) == 1 and queue.ack("b", ["0:1", "2:1"]) == 2 and queue.empty()
+
+
+async def serve_batch(link: Any, payloads: int) -> None:
+    """What the server does for one batch: one status, one payload per slot, commit, committed."""
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
+    await link.send(np.zeros(FRAME, np.uint8), Phase.STATUS)
+    for _ in range(payloads):
+        await link.send(np.zeros(PAYLOAD, np.uint8), Phase.PAYLOAD)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.COMMIT)
+    await link.send(np.zeros(FRAME, np.uint8), Phase.COMMITTED)
+
+
+async def test_payload_faults_draw_again_for_every_payload_of_a_batch() -> None:
+    """A truncate at 30% per payload hits single slots of a 16-payload batch (not all or none), and
+    a later slot of the batch can be the one cut (e.g. the third)."""
+    wrapper, fake, events = wrapped(FaultSpec(index=1, kind="truncate", probability=0.3), seed=3)
+    link = wrapper(fake)
+    cut_positions: list[int] = []
+    for _ in range(20):
+        fake.sent.clear()
+        await serve_batch(link, 16)
+        sizes = [n for phase, n, _ in fake.sent if phase == Phase.PAYLOAD]
+        cut_positions += [i for i, n in enumerate(sizes) if n == PAYLOAD // 2]
+    fired = len(events.of("fault"))
+    assert fired == len(cut_positions) and 20 < fired < 20 * 16, "per slot, not per batch"
+    assert any(i >= 2 for i in cut_positions), "slots after the first are cut too"
+
+
+async def test_inline_status_meets_both_status_and_payload_faults() -> None:
+    wrapper, fake, events = wrapped(
+        FaultSpec(index=0, kind="timeout", delay_s=0.05), FaultSpec(index=1, kind="truncate", phase="payload")
+    )
+    link = wrapper(fake)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
+    await link.send(np.zeros(FRAME + 100, np.uint8), Phase.INLINE)
+    assert [e["kind"] for e in events.of("fault")] == ["timeout", "truncate"]
+    assert [n for _, n, _ in fake.sent] == [(FRAME + 100) // 2]

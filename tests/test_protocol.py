@@ -6,6 +6,7 @@ import hmac
 import struct
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import pytest
@@ -149,6 +150,9 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
             case p.SendPayload(slot, nbytes):
                 wire.append(bytes(ring.payload_view(slot, nbytes)))
                 action = srv.on_sent()
+            case p.SendInline(_, data, slot, nbytes):
+                wire.append(bytes(p.inline_message(data, ring.payload_view(slot, nbytes))))
+                action = srv.on_sent()
             case p.Finalise("commit", slot, generation, token):
                 action = srv.on_finalised(ring.commit_read(slot, generation, token))
             case p.Finalise("release", slot, generation, token):
@@ -229,6 +233,8 @@ ALL_FRAMES = [
     p.resolve((1 << 32) - 1, (1 << 64) - 1, (1 << 64) - 1, SECRET),
     *(p.resolved(r, 3, 7, 99) for r in p.Resolution),
     p.request(1, 2, 3, KEY.capability(1, 2))._replace(flags=0xFFFF),
+    *(p.Frame(t, 0, 4, 0, 99) for t in (p.MsgType.REQUEST_BATCH, p.MsgType.STATUS_BATCH)),
+    *(p.Frame(t, 0, 4, 0, 99) for t in (p.MsgType.COMMIT_BATCH, p.MsgType.COMMITTED_BATCH)),
 ]
 
 
@@ -383,7 +389,17 @@ def test_new_token_is_a_nonzero_u64() -> None:
 # -- hypothesis: decode never raises anything but ProtocolError ------------------------------------
 
 VALID_CODES: dict[p.MsgType, list[int]] = {
-    t: [0] for t in (p.MsgType.REQUEST, p.MsgType.COMMIT, p.MsgType.RESOLVE, p.MsgType.LEGACY_REQUEST)
+    t: [0]
+    for t in (
+        p.MsgType.REQUEST,
+        p.MsgType.COMMIT,
+        p.MsgType.RESOLVE,
+        p.MsgType.LEGACY_REQUEST,
+        p.MsgType.REQUEST_BATCH,
+        p.MsgType.STATUS_BATCH,
+        p.MsgType.COMMIT_BATCH,
+        p.MsgType.COMMITTED_BATCH,
+    )
 } | {
     p.MsgType.STATUS: list(p.Status),
     p.MsgType.COMMITTED: list(p.Status),
@@ -1045,3 +1061,250 @@ def test_resolve_of_a_rewritten_slot_reads_the_ring_history(history: int, expect
     reply = srv.on_fenced(7, SlotState.READY, last_commit_token=0, committed_token=history)
     assert isinstance(reply, p.SendFrame)
     assert p.decode(reply.data).code == p.Resolution[expected]
+
+
+# -- inline payloads --------------------------------------------------------------------------------
+
+
+def _inline_exchange(
+    net: Net, client: p.ClientRead, room: int
+) -> tuple[p.ServerRead, p.ServerAction, list[bytes]]:
+    srv, wire = net.server(), []
+    action = drive(srv, srv.on_request(p.encode(client.request_frame(room))), net.ring, wire)
+    return srv, action, wire
+
+
+def test_small_payload_rides_inside_the_status_when_the_client_has_room() -> None:
+    net = new_net()
+    client = net.client(0)  # 1200 bytes
+    room = client.inline_room()
+    assert room == 1200
+    srv, action, wire = _inline_exchange(net, client, room)
+    assert isinstance(action, p.AwaitCommit) and srv.inline and len(wire) == 1, "one message, no PAYLOAD"
+    msg = wire[0]
+    assert len(msg) == p.FRAME_SIZE + 1200 + len(p.TRAILER)
+    assert client.on_status(msg[: p.FRAME_SIZE]) == 1200 and client.inline
+    payload = client.inline_payload(msg)
+    assert bytes(payload) == net.ring.data[0]
+    commit = client.on_payload(checksum(payload))
+    assert commit is not None and client.state is p.ClientState.AWAIT_COMMITTED
+
+
+def test_no_room_or_too_large_keeps_the_separate_payload() -> None:
+    net = new_net()
+    for room in (0, 1199):  # no room asked, or less room than the payload
+        client = net.client(0)
+        srv, _, wire = _inline_exchange(net, client, room)
+        assert not srv.inline and len(wire) == 2 and len(wire[0]) == p.FRAME_SIZE
+        assert client.on_status(wire[0]) == 1200 and not client.inline
+        drive(srv, srv.on_error("test over"), net.ring, [])
+    client = p.ClientRead(0, 1, 5, SECRET, p.INLINE_MAX + 1, 0)
+    assert client.inline_room() == 0, "over INLINE_MAX never asks for room"
+    assert p.ClientRead(0, 1, 5, SECRET, 10, 0, "single-chunk").inline_room() == 0
+
+
+@pytest.mark.parametrize("cut", [1, 600, p.FRAME_SIZE + 1200])
+def test_short_inline_message_is_truncated_and_not_committed(cut: int) -> None:
+    """A message cut anywhere after the frame (even keeping every payload byte) fails on the
+    closing trailer, in a zeroed receive buffer as the client posts it."""
+    net = new_net()
+    client = net.client(0)
+    _, _, wire = _inline_exchange(net, client, client.inline_room())
+    received = bytearray(len(wire[0]))  # the client's zeroed receive buffer
+    short = wire[0][: p.FRAME_SIZE + cut - 1] if cut < p.FRAME_SIZE + 1200 else wire[0][:-1]
+    received[: len(short)] = short
+    assert client.on_status(bytes(received[: p.FRAME_SIZE])) == 1200
+    with pytest.raises(TruncatedError):
+        client.inline_payload(received)
+    assert client.state is p.ClientState.FAILED and client.error is not None and client.error.retryable
+
+
+# -- batched reads --------------------------------------------------------------------------------
+
+
+def drive_batch(
+    srv: p.ServerBatch, action: p.BatchAction, ring: FakeRing, wire: list[bytes]
+) -> p.BatchAction:
+    """Perform server batch actions until it waits for the client (AwaitCommitBatch) or is over."""
+    while True:
+        match action:
+            case p.BeginBatch(entries, token):
+                results = []
+                for e in entries:
+                    if e is None:
+                        results.append(None)
+                        continue
+                    code, info = ring.begin_read(e.slot, e.generation, token, lease=30.0)
+                    results.append((code, info.generation, info.nbytes, info.checksum))
+                action = srv.on_begun(results)
+            case p.SendStatusBatch():
+                wire.append(bytes(p.fill_inline(action, ring.payload_view)))
+                action = srv.on_sent()
+            case p.SendPayloads(items):
+                wire.extend(bytes(ring.payload_view(slot, n)) for slot, n in items)
+                action = srv.on_sent()
+            case p.FinaliseBatch(items):
+                oks = [
+                    (ring.commit_read if kind == "commit" else ring.release_read)(slot, gen, token)
+                    for kind, slot, gen, token in items
+                ]
+                action = srv.on_finalised(oks)
+            case p.SendBatchReply(data):
+                wire.append(bytes(data))
+                action = srv.on_sent()
+            case _:
+                return action
+
+
+def _batch_net() -> Net:
+    ring = FakeRing(slots=8)
+    ring.write(0, b"payload-zero" * 100)
+    ring.write(1, b"one")
+    net = Net(ring, p.CommitLog(64))
+    net.ring.write(2, b"x" * 40_000)  # too big to inline
+    net.ring.write(3, b"")
+    return net
+
+
+def _batch_slots(net: Net, slots: list[int], forged: bool = False) -> list[p.BatchSlot]:
+    out = []
+    for s in slots:
+        m = net.ring.meta[s]
+        proof = OTHER_SECRET if forged else KEY.capability(s, m.generation)
+        out.append(p.BatchSlot(s, m.generation, m.nbytes, m.checksum, proof))
+    return out
+
+
+def _run_batch(
+    net: Net, cb: p.ClientBatch, corrupt: int | None = None
+) -> tuple[p.ServerBatch, p.BatchAction, list[bytes]]:
+    """Client and server machines through one batch on a perfect wire (slot `corrupt`'s separate
+    payload arrives short)."""
+    srv, wire = p.ServerBatch(KEY, net.log, slots=net.ring.slots), []
+    action = drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    status = bytearray(cb.status_size())
+    status[: len(wire[0])] = wire[0]
+    sizes = cb.on_status(status)
+    if cb.state is p.BatchState.DONE:
+        return srv, action, wire
+    received = dict(zip(cb.pending, wire[1 : 1 + len(sizes)], strict=True))
+    checksums = {}
+    for i, held in enumerate(cb.ok):
+        if held:
+            place = cb.inline[i]
+            data = status[place[0] : place[0] + place[1]] if place else received.get(i, b"")
+            if i == corrupt:
+                data = data[: len(data) // 2]
+            checksums[i] = checksum(bytes(data))
+    commit = cb.on_payloads(checksums)
+    assert isinstance(action, p.AwaitCommitBatch) and action.size >= len(commit)
+    before = len(wire)
+    action = drive_batch(srv, srv.on_commit(bytes(commit)), net.ring, wire)
+    reply = bytearray(cb.committed_size())
+    reply[: len(wire[before])] = wire[before]
+    cb.on_committed(reply)
+    return srv, action, wire
+
+
+def test_batch_commits_each_slot_and_fails_bad_ones_alone() -> None:
+    net = _batch_net()
+    net.ring.write(4, b"four")
+    good = _batch_slots(net, [0, 1, 2, 3, 4])
+    stale = p.BatchSlot(5, 9, 1, 1, KEY.capability(5, 9))  # never written: STALE
+    forged = _batch_slots(net, [4])[0]._replace(slot=6)  # slot 4's capability used for slot 6
+    cb = p.ClientBatch([*good[:2], stale, *good[2:4], forged, good[4]], p.new_token())
+    srv, action, wire = _run_batch(net, cb)
+    assert isinstance(action, p.Done) and cb.state is p.BatchState.DONE
+    assert [type(e).__name__ if e else None for e in cb.errors] == [
+        None, None, "StaleSlotError", None, None, "UnauthorizedError", None,
+    ]  # fmt: skip
+    assert all(net.ring.meta[s].state is SlotState.FREE for s in (0, 1, 2, 3, 4))
+    assert len(wire) == 1 + 1 + 1, "status (3 inline), one separate payload (40 kB), COMMITTED_BATCH"
+    assert sorted(e.slot for e in srv.committed) == [0, 1, 2, 3, 4]
+    for s in (0, 1, 2, 3, 4):
+        m = net.ring.meta[s]
+        assert net.log.lookup(s, m.generation, cb.token) is p.Resolution.COMMITTED
+
+
+def test_a_truncated_payload_releases_that_slot_only() -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1, 2]), p.new_token())
+    _run_batch(net, cb, corrupt=2)
+    assert cb.errors[0] is None and cb.errors[1] is None
+    assert isinstance(cb.errors[2], TruncatedError) and cb.errors[2].retryable
+    assert net.ring.meta[2].state is SlotState.READY, "released for the next attempt"
+    assert net.ring.meta[0].state is SlotState.FREE and net.ring.meta[1].state is SlotState.FREE
+
+
+def test_lost_committed_batch_leaves_asked_slots_in_doubt_and_resolve_settles_each() -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1]), p.new_token())
+    srv, wire = p.ServerBatch(KEY, net.log, slots=net.ring.slots), []
+    drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    status = bytearray(cb.status_size())
+    status[: len(wire[0])] = wire[0]
+    assert cb.on_status(status) == []
+    sums = {i: checksum(bytes(status[o : o + n])) for i, (o, n) in enumerate(pl for pl in cb.inline if pl)}
+    drive_batch(srv, srv.on_commit(bytes(cb.on_payloads(sums))), net.ring, [])  # reply never arrives
+    cb.on_error(ConnectionResetError("COMMITTED_BATCH lost"))
+    assert all(isinstance(e, InDoubtError) for e in cb.errors)
+    for i in range(2):
+        cr = cb.resolve_read(i)
+        _, _, answer = net.serve(cr.resolve_frame())
+        cr.on_resolved(answer[0])
+        assert cr.state is p.ClientState.DONE and cr.resolution is p.Resolution.COMMITTED
+
+
+def test_error_before_commit_releases_every_held_slot() -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 2]), p.new_token())
+    srv, wire = p.ServerBatch(KEY, net.log, slots=net.ring.slots), []
+    action = drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    assert isinstance(action, p.AwaitCommitBatch) and len(srv.held) == 2
+    action = drive_batch(srv, srv.on_error("reset"), net.ring, [])
+    assert isinstance(action, p.Close) and not srv.held
+    assert net.ring.meta[0].state is SlotState.READY and net.ring.meta[2].state is SlotState.READY
+
+
+@pytest.mark.parametrize("cut", [1, 64, 200])
+def test_short_status_batch_fails_every_slot_retryably(cut: int) -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1]), p.new_token())
+    srv, wire = p.ServerBatch(KEY, net.log, slots=net.ring.slots), []
+    drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
+    status = bytearray(cb.status_size())
+    status[: len(wire[0]) - cut] = wire[0][:-cut]
+    with pytest.raises((TruncatedError, ProtocolError)):
+        cb.on_status(status)
+    assert all(e is not None and e.retryable for e in cb.errors)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: m[:100],
+        lambda m: m[: p.FRAME_SIZE] + m[p.FRAME_SIZE + 3 :],
+        lambda m: bytes(m[:8]) + b"\xff\xff\xff\xff" + bytes(m[12:]),  # entry count 2**32-1
+        lambda m: bytes(m[:8]) + b"\0\0\0\0" + bytes(m[12:]),  # no entries
+    ],
+)
+def test_malformed_batch_request_is_refused_holding_nothing(mutate: Any) -> None:
+    net = _batch_net()
+    cb = p.ClientBatch(_batch_slots(net, [0, 1]), p.new_token())
+    srv = p.ServerBatch(KEY, net.log, slots=net.ring.slots)
+    wire: list[bytes] = []
+    action = drive_batch(srv, srv.on_request(bytes(mutate(bytes(cb.request_message())))), net.ring, wire)
+    assert isinstance(action, p.Close) and not srv.held
+    assert p.decode(wire[0]).code is p.Status.BAD_REQUEST
+    assert net.ring.meta[0].state is SlotState.READY
+
+
+def test_batch_transitions_outside_the_table_are_driver_bugs() -> None:
+    net = _batch_net()
+    srv = p.ServerBatch(KEY, net.log)
+    with pytest.raises(ProtocolError):
+        srv.on_begun([])
+    cb = p.ClientBatch(_batch_slots(net, [0]), p.new_token())
+    with pytest.raises(ProtocolError):
+        cb.on_payloads({})
+    assert (p.BatchState.IDLE, "request") in p.BATCH_TRANSITIONS

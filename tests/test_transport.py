@@ -36,7 +36,7 @@ def producer() -> Iterator[Producer]:
 
 @pytest.fixture(scope="module")
 def consumer() -> Iterator[Consumer]:
-    c = Consumer(read_timeout=2.0, quarantine=1.0, max_attempts=4)
+    c = Consumer(read_timeout=2.0, quarantine=1.0, max_attempts=4, local=False)
     yield c
     c.close()
 
@@ -77,7 +77,7 @@ def test_stale_descriptor_is_not_retried() -> None:
     with Producer(slots=1, slot_bytes=1024, ports=2, policy="overwrite") as p:
         old = p.put(b"old")
         new = p.put(b"new")  # recycles the only slot: `old` is now STALE
-        c = Consumer(read_timeout=2.0, max_attempts=5)
+        c = Consumer(read_timeout=2.0, max_attempts=5, local=False)
         try:
             reads_before = c.client.stats.reads
             with pytest.raises(StaleSlotError):
@@ -114,7 +114,7 @@ def test_a_descriptor_opens_its_own_slot_and_generation_only() -> None:
     """The capability of slot 3 opens neither slot 4 nor slot 3 at another generation (with the old
     ring-wide secret both were readable), and neither the descriptor nor its repr holds the ring key."""
     with Producer(slots=8, slot_bytes=1024, ports=2) as p:
-        c = Consumer(read_timeout=2.0, max_attempts=4)
+        c = Consumer(read_timeout=2.0, max_attempts=4, local=False)
         try:
             descs = {d.slot: d for d in (p.put(bytes([i]) * 8) for i in range(5))}
             three, four = descs[3], descs[4]
@@ -149,7 +149,7 @@ def test_single_chunk_descriptors_do_not_carry_the_ring_key() -> None:
 
 def test_dead_port_is_quarantined_and_skipped(producer: Producer) -> None:
     dead = _free_port()
-    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4, connect_timeout=1.0)
+    c = Consumer(read_timeout=1.0, quarantine=30.0, max_attempts=4, connect_timeout=1.0, local=False)
     try:
         for i in range(6):
             desc = producer.put(bytes([i]) * 100)
@@ -226,7 +226,7 @@ def test_lost_committed_is_resolved_not_duplicated(tmp_path: Path) -> None:
         "link_wrapper_args": {"count": 3, "fired_path": str(fired)},
     }
     with Producer(slots=4, slot_bytes=4096, ports=2, server_options=options) as p:
-        c = Consumer(read_timeout=1.0, quarantine=0.1, max_attempts=3)
+        c = Consumer(read_timeout=1.0, quarantine=0.1, max_attempts=3, local=False)
         try:
             for i in range(5):
                 desc = p.put(bytes([i]) * 10)
@@ -242,7 +242,7 @@ def test_lost_committed_is_resolved_not_duplicated(tmp_path: Path) -> None:
 def test_idle_server_and_stop_are_bounded() -> None:
     p = Producer(slots=2, slot_bytes=1024, ports=2)
     try:
-        c = Consumer(read_timeout=2.0)
+        c = Consumer(read_timeout=2.0, local=False)
         try:
             assert bytes(c.get(p.put(b"warm"))) == b"warm"  # leaves a pooled idle endpoint
             server = psutil.Process(p.server.pid)
@@ -259,8 +259,8 @@ def test_idle_server_and_stop_are_bounded() -> None:
 
 def test_idle_eviction_and_max_age_replace_pooled_endpoints() -> None:
     with Producer(slots=4, slot_bytes=1024, ports=1, idle_evict=0.5) as p:
-        evicted = Consumer(read_timeout=2.0, max_age=30.0, quarantine=30.0)
-        aged = Consumer(read_timeout=2.0, max_age=0.3, quarantine=30.0)
+        evicted = Consumer(read_timeout=2.0, max_age=30.0, quarantine=30.0, local=False)
+        aged = Consumer(read_timeout=2.0, max_age=0.3, quarantine=30.0, local=False)
         try:
             for c in (evicted, aged):
                 assert bytes(c.get(p.put(b"first"))) == b"first"
@@ -309,7 +309,7 @@ def test_consumers_opened_and_closed_leave_nothing_running(producer: Producer) -
     me = psutil.Process()
 
     def one_epoch() -> None:
-        c = Consumer(read_timeout=2.0)
+        c = Consumer(read_timeout=2.0, local=False)
         try:
             assert bytes(c.get(producer.put(b"epoch"))) == b"epoch"
         finally:
@@ -324,3 +324,36 @@ def test_consumers_opened_and_closed_leave_nothing_running(producer: Producer) -
     me.cpu_percent(None)
     time.sleep(1.0)
     assert me.cpu_percent(None) < 25.0, "closed consumers must not keep anything spinning"
+
+
+def test_get_many_reads_batches_and_fails_bad_slots_alone() -> None:
+    """32 slots of mixed sizes (inline, separate payload, empty) and three bad descriptors: the good
+    ones commit in batched exchanges (32 + 3 entries), each bad one fails alone with its reason."""
+    from dataclasses import replace
+
+    producer = Producer(slots=48, slot_bytes=1 << 20, ports=2)
+    c = Consumer(read_timeout=2.0, local=False, concurrency=1)
+    try:
+        sizes = [4096] * 28 + [0, 16 << 10, (16 << 10) + 1, 1 << 20]
+        data = [np.full(n, i, dtype=np.uint8) for i, n in enumerate(sizes)]
+        descs = [producer.put(d) for d in data[:14]]
+        consumed = producer.put(b"eaten")
+        assert bytes(c.get(consumed)) == b"eaten"
+        y = producer.put(b"y")
+        stale = replace(y, generation=10**6, capability=producer._ring_key.capability(y.slot, 10**6).hex())
+        bad = [replace(producer.put(b"x"), capability="00" * 16), stale]
+        descs += [producer.put(d) for d in data[14:]]
+        before = c.client.stats.reads
+        result = c.get_many([*descs[:5], bad[0], consumed, *descs[5:], bad[1]])
+        assert [(f.index, f.reason) for f in result.failures] == [
+            (5, "unauthorized"),
+            (6, "consumed"),
+            (34, "stale"),
+        ]
+        got = [p for p in result.payloads if p is not None]
+        assert len(got) == 32 and all(np.array_equal(g, d) for g, d in zip(got, data, strict=True))
+        assert c.client.stats.reads - before == 35 and set(result.attempts) == {1}
+        assert all(producer.ring.info(d.slot).state == SlotState.FREE for d in descs)
+    finally:
+        c.close()
+        producer.close()

@@ -611,7 +611,7 @@ def bench_stack_size(
 
     host = ProducerHost(size, ring_slots(cfg, size), cfg.ports, server_options)
     hosts.append(host)
-    consumer = Consumer()
+    consumer = Consumer(local=False)
     try:
         _timed_gets(consumer, host, 2 * cfg.ports)  # connect to every port
         n, elapsed = 1, 0.0
@@ -662,7 +662,7 @@ def bench_get_many_and_idle(
     n = GET_MANY_SLOTS
     host = ProducerHost(GET_MANY_SIZE, 4 * n, cfg.ports)
     hosts.append(host)
-    consumer = Consumer()
+    consumer = Consumer(local=False)
     try:
 
         def batch() -> float:
@@ -717,7 +717,7 @@ def idle_consumer_main(descriptors: list[Any], conn: Any) -> None:
     try:
         from transport.facade import Consumer
 
-        consumer = Consumer()
+        consumer = Consumer(local=False)
         half = len(descriptors) // 2
         result = consumer.get_many(descriptors[:half])
         if not result.ok:

@@ -36,6 +36,8 @@ from transport.errors import (
 )
 from transport.events import EventSink, NullSink
 from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_recv
+from transport.local import LocalReader
+from transport.ring import SharedRing
 from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ class ReadResult:
     """A committed read: the payload and where it came from."""
 
     payload: np.ndarray
-    port: int
+    port: int | None  # None: read on the same host from shared memory (no port involved)
     generation: int
     resolved: bool = False  # COMMITTED was lost and RESOLVE confirmed the commit
 
@@ -91,6 +93,11 @@ def _as_transport_error(exc: BaseException, what: str) -> TransportError:
     return ConnectionLostError(f"{what}: {name}: {exc}")
 
 
+def _with_port(exc: TransportError, port: int) -> TransportError:
+    exc.port = port  # type: ignore[attr-defined]
+    return exc
+
+
 class SlotClient:
     """Async client; one instance per event loop. Use `transport.Consumer` from sync code."""
 
@@ -106,7 +113,12 @@ class SlotClient:
         link_wrapper: LinkWrapper | None = None,
         events: EventSink | None = None,
         recycle_bytes: int = 256 << 20,
+        inline_max: int = proto.INLINE_MAX,
+        local: bool = True,
+        local_lease: float = 30.0,
     ) -> None:
+        """`local=False` turns the same-host path off (every read goes over UCX); `local_lease`
+        bounds how long a same-host read or borrow may hold its slot."""
         if recycle_bytes < 0:
             raise ConfigError(f"recycle_bytes={recycle_bytes!r}: must be >= 0 (0 turns recycling off)")
         for name, value in (
@@ -121,6 +133,7 @@ class SlotClient:
         if protocol not in ("commit", "single-chunk"):
             raise ConfigError(f"protocol={protocol!r}: expected 'commit' or 'single-chunk'")
         self.read_timeout = read_timeout
+        self.inline_max = inline_max  # 0: never ask for inline payloads
         self.connect_timeout = connect_timeout
         self.quarantine_s = quarantine
         self.max_age = max_age
@@ -136,6 +149,7 @@ class SlotClient:
         self._ucx_acquired = False
         # Large receive buffers nobody holds any more are reused (see transport.buffers).
         self._buffers = ReceiveBuffers(recycle_bytes)
+        self.local = LocalReader(local_lease, self.events) if local and protocol == "commit" else None
 
     # -- port choice -----------------------------------------------------------------------------
 
@@ -159,6 +173,11 @@ class SlotClient:
     async def _checkout(self, host: str, port: int) -> Link:
         idle = self._pool.get((host, port), [])
         now = time.monotonic()
+        engine = ucx.engine()
+        if idle and engine is not None and now - idle[-1].idle_since > 0.01:
+            # A sync Consumer drives the loop only inside its calls: an eviction that arrived while
+            # the caller was elsewhere is only seen once the worker progresses.
+            engine.poll()
         while idle:
             pooled = idle.pop()
             if now - pooled.idle_since < self.max_age and not pooled.link.closed:
@@ -209,6 +228,8 @@ class SlotClient:
         """
         if self._closed:
             raise ConfigError("client is closed")
+        if self.local is not None and (ring := self.local.ring_for(desc)) is not None:
+            return ReadResult(self.read_local(ring, desc, out), None, desc.generation)
         if not desc.ports:
             raise ConfigError("descriptor has no ports")
         port = self.healthy_ports(desc.ports)[0]
@@ -230,6 +251,13 @@ class SlotClient:
             raise
         self._checkin(desc.host, port, link)
         return result
+
+    def read_local(self, ring: SharedRing, desc: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        """One same-host read (no await: the sync Consumer calls it without a loop turn)."""
+        assert self.local is not None
+        self.stats.reads += 1
+        buf = self._buffers.take(desc.nbytes) if out is None else out  # large ones recycled
+        return self.local.read(ring, desc, buf)
 
     def _link_failed(self, port: int, exc: TransportError) -> None:
         exc.port = port  # type: ignore[attr-defined]
@@ -267,11 +295,14 @@ class SlotClient:
         try:
             # One block bounds the whole exchange; `restart()` gives each step its own read_timeout.
             async with bound:
-                await link.send(proto.encode(cr.request_frame()), Phase.REQUEST)
+                room = cr.inline_room(self.inline_max)
+                await link.send(proto.encode(cr.request_frame(room)), Phase.REQUEST)
                 bound.restart()
-                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-                status_recv = post_recv(link, buf, Phase.STATUS) if bare else link.recv(buf, Phase.STATUS)
-                if not legacy and desc.nbytes >= PREPOST_MIN_BYTES:
+                # With room, the STATUS receive also takes a small payload (and its closing trailer).
+                msg = np.zeros(proto.FRAME_SIZE + (room + len(proto.TRAILER) if room else 0), dtype=np.uint8)
+                buf = msg[: proto.FRAME_SIZE]
+                status_recv = post_recv(link, msg, Phase.STATUS) if bare else link.recv(msg, Phase.STATUS)
+                if not legacy and not room and desc.nbytes >= PREPOST_MIN_BYTES:
                     # Post the payload receive right behind the status one (the descriptor says its
                     # size): a large payload's rendezvous then starts without waiting for us to read
                     # the status. Order holds: a bare link posts both now; on a wrapped link the
@@ -285,6 +316,11 @@ class SlotClient:
                 bound.restart()
                 if payload_recv is not None:
                     await payload_recv
+                elif cr.inline:
+                    inline = np.frombuffer(cr.inline_payload(msg), dtype=np.uint8)
+                    payload = inline if out is None else self._buffer(nbytes, out)
+                    if out is not None:
+                        payload[:] = inline
                 else:
                     payload = self._buffer(nbytes, out)
                     if nbytes:
@@ -324,6 +360,119 @@ class SlotClient:
         assert payload is not None
         await self._resolve(desc, cr)
         return ReadResult(payload, port, generation, resolved=True)
+
+    # -- one batched attempt --------------------------------------------------------------------------
+
+    async def read_batch(self, descs: list[SlotDescriptor]) -> list[ReadResult | TransportError]:
+        """One REQUEST_BATCH for `descs` (one producer: same host and ports) on the next healthy port.
+
+        Per slot: a ReadResult (committed) or the TransportError that slot met (each error carries
+        `.port`). Never raises for one slot's failure; a link failure fails (or leaves in doubt, then
+        RESOLVEs) every slot of the batch on its own.
+        """
+        if self._closed:
+            raise ConfigError("client is closed")
+        first = descs[0]
+        if not first.ports:
+            raise ConfigError("descriptor has no ports")
+        port = self.healthy_ports(first.ports)[0]
+        self.stats.reads += len(descs)
+        try:
+            link = await self._checkout(first.host, port)
+        except TransportError as exc:
+            self._link_failed(port, exc)
+            return [_with_port(exc, port)] * len(descs)
+        cb = proto.ClientBatch(
+            [
+                proto.BatchSlot(d.slot, d.generation, d.nbytes, d.checksum, proto._capability(d.capability))
+                for d in descs
+            ],
+            proto.new_token(),
+            self.inline_max,
+        )
+        payloads: list[np.ndarray | None] = [None] * len(descs)
+        try:
+            await self._batch_exchange(link, cb, payloads)
+        except asyncio.CancelledError:
+            link.abort()
+            raise
+        except Exception as exc:
+            link.abort()
+            cb.on_error(exc)
+            self._link_failed(port, _as_transport_error(exc, f"batch on port {port}"))
+            for i, payload in enumerate(payloads):
+                if payload is not None and not isinstance(cb.errors[i], InDoubtError):
+                    self._buffers.forget(payload)  # its receive may still be live in UCX
+        else:
+            bad = next((e for e in cb.errors if isinstance(e, _LINK_FAULTS)), None)
+            if bad is not None:  # e.g. one truncated payload: the exchange held, the port misbehaved
+                link.abort()
+                self._link_failed(port, bad)
+            else:
+                self._checkin(first.host, port, link)
+        out: list[ReadResult | TransportError] = []
+        for i, d in enumerate(descs):
+            err = cb.errors[i]
+            if err is None:
+                payload = payloads[i]
+                assert payload is not None
+                out.append(ReadResult(payload, port, d.generation))
+                continue
+            if isinstance(err, InDoubtError):
+                try:
+                    await self._resolve(d, cb.resolve_read(i))
+                    out.append(ReadResult(payloads[i], port, d.generation, resolved=True))  # type: ignore[arg-type]
+                    continue
+                except TransportError as resolved_err:
+                    err = resolved_err
+            out.append(_with_port(err, port))
+        return out
+
+    async def _batch_exchange(
+        self, link: Link, cb: proto.ClientBatch, payloads: list[np.ndarray | None]
+    ) -> None:
+        """REQUEST_BATCH -> STATUS_BATCH -> payloads -> COMMIT_BATCH -> COMMITTED_BATCH, each step bounded."""
+        bound = StepDeadline(self.read_timeout)
+        status_recv: asyncio.Future[None] | None = None
+        try:
+            async with bound:
+                status = np.zeros(cb.status_size(), dtype=np.uint8)
+                status_recv = post_recv(link, status, Phase.STATUS)
+                await link.send(cb.request_message(), Phase.REQUEST)
+                bound.restart()
+                await status_recv
+                sizes = cb.on_status(status)
+                if cb.state is proto.BatchState.DONE:
+                    return
+                for i, n in zip(cb.pending, sizes, strict=True):
+                    payloads[i] = buf = self._buffers.take(n)
+                    bound.restart()
+                    await link.recv(buf, Phase.PAYLOAD)
+                checksums: dict[int, int] = {}
+                for i, held in enumerate(cb.ok):
+                    if not held:
+                        continue
+                    place = cb.inline[i]
+                    if place is not None:
+                        offset, n = place
+                        payloads[i] = status[offset : offset + n]
+                    elif payloads[i] is None:
+                        payloads[i] = np.empty(0, dtype=np.uint8)
+                    checksums[i] = checksum(payloads[i])
+                commit = cb.on_payloads(checksums)
+                reply = np.zeros(cb.committed_size(), dtype=np.uint8)
+                committed = post_recv(link, reply, Phase.COMMITTED)
+                try:
+                    bound.restart()
+                    await link.send(commit, Phase.COMMIT)
+                    bound.restart()
+                    await committed
+                finally:
+                    discard(committed)
+                cb.on_committed(reply)
+        finally:
+            bound.close()
+            discard(status_recv)
 
     async def _resolve(self, desc: SlotDescriptor, cr: proto.ClientRead) -> None:
         """RESOLVE on other endpoints until answered or `resolve_timeout` passes (then in-doubt)."""
@@ -379,6 +528,8 @@ class SlotClient:
         """
         self._closed = True
         self._buffers.clear()
+        if self.local is not None:
+            self.local.close()
         pooled = [p.link for idle in self._pool.values() for p in idle]
         self._pool.clear()
         for link in pooled:

@@ -13,6 +13,8 @@ _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
 _HEX16 = re.compile(r"[0-9a-f]{32}")
 
+_OPTIONAL = frozenset({"segment", "boot_id"})
+
 
 @dataclass(frozen=True, slots=True)
 class SlotDescriptor:
@@ -27,6 +29,8 @@ class SlotDescriptor:
     hierarchy, never retried): a bad descriptor fails before any read, instead of failing inside the
     read as a link fault that would quarantine healthy ports, and the receive buffer a client posts
     is bounded by `MAX_PAYLOAD`.
+    `segment` (the ring's /dev/shm name) and `boot_id` (its host's kernel boot id) let a consumer on
+    the same host read the slot from shared memory (`transport.local`); both optional (empty: UCX only).
     """
 
     host: str
@@ -38,6 +42,8 @@ class SlotDescriptor:
     nbytes: int
     checksum: int
     capability: str = field(repr=False)
+    segment: str = ""
+    boot_id: str = ""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -59,7 +65,7 @@ class SlotDescriptor:
         if not isinstance(data, dict):
             raise DescriptorError(f"bad descriptor: expected a mapping, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys()
+        missing = names - data.keys() - _OPTIONAL
         unknown = data.keys() - names
         if missing or unknown:
             raise DescriptorError(
@@ -100,4 +106,8 @@ def _problems(d: SlotDescriptor) -> list[str]:
         out.append(f"checksum={d.checksum!r}: a u64")
     if not isinstance(d.capability, str) or not _HEX16.fullmatch(d.capability):
         out.append("capability: 32 lowercase hex digits (value not shown)")
+    if not isinstance(d.segment, str) or "/" in d.segment or len(d.segment) > 255:
+        out.append(f"segment={d.segment!r}: a plain /dev/shm file name (or empty)")
+    if not isinstance(d.boot_id, str) or len(d.boot_id) > 64:
+        out.append(f"boot_id={d.boot_id!r}: a kernel boot id (or empty)")
     return out

@@ -88,6 +88,11 @@ class ConnectionLostError(TransportError):
     """The endpoint was reset, closed or cancelled mid-read."""
 
 
+class LeaseExpiredError(TransportError):
+    """A same-host read (or borrow) held its slot past the lease: the slot was reclaimed and this read
+    did not commit. Another attempt may succeed (or find the slot consumed by another reader)."""
+
+
 class ReadTimeoutError(TransportError, TimeoutError):
     """One read step did not finish within the read timeout."""
 

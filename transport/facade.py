@@ -15,7 +15,8 @@ import numpy as np
 
 from transport.client import SlotClient
 from transport.descriptor import SlotDescriptor
-from transport.errors import ConfigError
+from transport.errors import ConfigError, TransportError
+from transport.local import Borrow, boot_id
 from transport.packer import BatchResult, fetch_batch, fetch_one
 from transport.protocol import RingKey
 from transport.ring import SharedRing
@@ -84,6 +85,8 @@ class Producer:
             nbytes=nbytes,
             checksum=checksum,
             capability=self._ring_key.issue(slot, generation, self.protocol).hex(),
+            segment=self.ring.name,
+            boot_id=boot_id(),
         )
 
     def close(self) -> None:
@@ -99,6 +102,25 @@ class Producer:
         self.close()
 
 
+def borrow_local(client: SlotClient, descriptor: SlotDescriptor) -> Borrow:
+    """Lend a read-only view straight into the producer's slot (same host only, zero copy).
+
+    Clean exit commits the read; an exception releases the slot for another reader. The client's
+    `local_lease` bounds how long the view may be held: past it the slot is reclaimed and the exit
+    raises LeaseExpiredError (not committed). Do not keep the view past the block.
+    """
+    local = client.local
+    if local is None:
+        raise ConfigError("borrow: the same-host path is off for this consumer (local=False)")
+    ring = local.ring_for(descriptor)
+    if ring is None:
+        raise ConfigError(
+            f"borrow: {descriptor.key} is not readable from this host's shared memory "
+            f"(segment {descriptor.segment or '-'!r}); use get()"
+        )
+    return local.borrow(ring, descriptor)
+
+
 class AsyncConsumer:
     """Fetches slots from asyncio code: `await get(desc)`, `await get_many(descs)`."""
 
@@ -111,13 +133,16 @@ class AsyncConsumer:
         *,
         concurrency: int = 8,
         protocol: str = "commit",
+        batch_size: int = 32,
         **client_options: Any,
     ) -> None:
+        """`batch_size`: slots per batched exchange in `get_many` (0: one exchange per slot)."""
         if max_attempts < 1 or rounds < 1 or concurrency < 1:
             raise ConfigError("max_attempts, rounds and concurrency must be >= 1")
         self.max_attempts = max_attempts
         self.rounds = rounds
         self.concurrency = concurrency
+        self.batch_size = batch_size
         self.client = SlotClient(
             read_timeout=read_timeout, quarantine=quarantine, protocol=protocol, **client_options
         )
@@ -127,6 +152,10 @@ class AsyncConsumer:
         result, _ = await fetch_one(self.client, descriptor, max_attempts=self.max_attempts, out=out)
         return result.payload
 
+    def borrow(self, descriptor: SlotDescriptor) -> Borrow:
+        """`with consumer.borrow(desc) as view:` (see `borrow_local`)."""
+        return borrow_local(self.client, descriptor)
+
     async def get_many(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
         return await fetch_batch(
             self.client,
@@ -134,6 +163,7 @@ class AsyncConsumer:
             max_attempts=self.max_attempts,
             rounds=self.rounds,
             concurrency=self.concurrency,
+            batch_size=self.batch_size,
         )
 
     async def close(self) -> None:
@@ -170,7 +200,20 @@ class Consumer:
         return self._inner.client
 
     def get(self, descriptor: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
+        client = self._inner.client
+        if client.local is not None and (ring := client.local.ring_for(descriptor)) is not None:
+            # Same host: one try right here, no event loop turn; a retryable miss (BUSY, an expired
+            # lease) goes on to the retrying path below.
+            try:
+                return client.read_local(ring, descriptor, out)
+            except TransportError as exc:
+                if not exc.retryable:
+                    raise
         return self._loop.run(self._inner.get(descriptor, out), self._slot_bound)
+
+    def borrow(self, descriptor: SlotDescriptor) -> Borrow:
+        """`with consumer.borrow(desc) as view:` (see `borrow_local`)."""
+        return borrow_local(self.client, descriptor)
 
     def get_many(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
         waves = -(-len(descriptors) // self._inner.concurrency) or 1

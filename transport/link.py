@@ -20,6 +20,7 @@ class Phase(StrEnum):
     REQUEST = "request"
     STATUS = "status"
     PAYLOAD = "payload"
+    INLINE = "inline"  # STATUS and a small payload in one message: faults of both phases apply
     COMMIT = "commit"
     COMMITTED = "committed"
     RESOLVE = "resolve"  # RESOLVE request and RESOLVED reply, kept apart so `drop_commit` spares them

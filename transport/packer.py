@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from transport.errors import (
     TransportError,
     UnauthorizedError,
 )
+from transport.protocol import BATCH_MAX
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -124,58 +128,179 @@ async def fetch_batch(
     rounds: int = 3,
     concurrency: int = 8,
     round_pause: float = 0.1,
+    batch_size: int = 32,
 ) -> BatchResult:
-    """Fetch concurrently (bounded), then retry failed retryable slots for up to `rounds` rounds."""
+    """Fetch every descriptor, then retry failed retryable slots for up to `rounds` rounds.
+
+    Descriptors the client reads from this host's shared memory go one by one (no wire). The rest
+    are grouped by producer (host, ports, ring) and read `batch_size` at a time with one batched
+    exchange each (`SlotClient.read_batch`), `concurrency` exchanges in flight, each on the next
+    healthy port; a slot that failed retryably is read again in a later batch (up to `max_attempts`
+    per round). `batch_size=0` (or the single-chunk protocol) reads every slot on its own.
+    """
     if rounds < 1:
         raise ConfigError(f"rounds={rounds}: must be >= 1")
     if concurrency < 1:
         raise ConfigError(f"concurrency={concurrency}: must be >= 1")
+    if not 0 <= batch_size <= BATCH_MAX:
+        raise ConfigError(f"batch_size={batch_size}: must be in 0..{BATCH_MAX}")
     n = len(descriptors)
-    payloads: list[np.ndarray | None] = [None] * n
-    attempts = [0] * n
-    ports: list[int | None] = [None] * n
-    seconds = [0.0] * n
-    last_error: dict[int, TransportError] = {}
-    final: set[int] = set()
+    state = _BatchState(n)
+    batched = batch_size > 0 and client.protocol == "commit"
+    local = client.local
+    singles = [
+        i
+        for i in range(n)
+        if not batched or (local is not None and local.ring_for(descriptors[i]) is not None)
+    ]
+    grouped = sorted(set(range(n)) - set(singles))
+    for round_no in range(rounds):
+        todo_single = [i for i in singles if state.open(i)]
+        todo_batch = [i for i in grouped if state.open(i)]
+        if not todo_single and not todo_batch:
+            break
+        if round_no:
+            await asyncio.sleep(min(client.read_timeout, round_pause * 2**round_no))
+        await _singles(client, descriptors, todo_single, state, max_attempts, concurrency)
+        await _batches(client, descriptors, todo_batch, state, max_attempts, concurrency, batch_size)
+    failures = [
+        SlotFailure(i, descriptors[i], failure_reason(state.last_error[i]), state.last_error[i])
+        for i in range(n)
+        if state.payloads[i] is None
+    ]
+    return BatchResult(state.payloads, failures, state.attempts, state.ports, state.seconds)
 
+
+class _BatchState:
+    """Per-slot outcome of a fetch_batch call, filled by both the single and the batched path."""
+
+    def __init__(self, n: int) -> None:
+        self.payloads: list[np.ndarray | None] = [None] * n
+        self.attempts = [0] * n
+        self.ports: list[int | None] = [None] * n
+        self.seconds = [0.0] * n
+        self.last_error: dict[int, TransportError] = {}
+        self.final: set[int] = set()
+
+    def open(self, i: int) -> bool:
+        return self.payloads[i] is None and i not in self.final
+
+    def done(self, i: int, result: ReadResult) -> None:
+        self.payloads[i] = result.payload
+        self.ports[i] = result.port
+        self.last_error.pop(i, None)
+
+    def failed(self, i: int, exc: TransportError) -> None:
+        self.last_error[i] = exc
+        if not exc.retryable:
+            self.final.add(i)
+
+
+async def _drain(items: Sequence[T], concurrency: int, fn: Callable[[T], Awaitable[None]]) -> None:
+    """`fn` over `items` with `concurrency` workers sharing one iterator (fewer tasks than one each)."""
+
+    async def worker(queue: Iterator[T]) -> None:
+        for item in queue:  # shared iterator: each item is taken by exactly one worker
+            await fn(item)
+
+    if items:
+        queue = iter(items)
+        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(items)))))
+
+
+async def _singles(
+    client: SlotClient,
+    descriptors: Sequence[SlotDescriptor],
+    todo: list[int],
+    state: _BatchState,
+    max_attempts: int,
+    concurrency: int,
+) -> None:
     async def one(i: int) -> None:
         started = time.perf_counter()
         try:
             result, used = await fetch_one(client, descriptors[i], max_attempts=max_attempts)
         except TransportError as exc:
-            seconds[i] += time.perf_counter() - started
-            attempts[i] += len(getattr(exc, "causes", ())) or 1
-            last_error[i] = exc
-            if not exc.retryable:
-                final.add(i)
-            return
-        attempts[i] += used
-        seconds[i] += time.perf_counter() - started
-        payloads[i] = result.payload
-        ports[i] = result.port
-        last_error.pop(i, None)
+            state.attempts[i] += len(getattr(exc, "causes", ())) or 1
+            state.failed(i, exc)
+        else:
+            state.attempts[i] += used
+            state.done(i, result)
+        state.seconds[i] += time.perf_counter() - started
 
-    async def worker(queue: Iterator[int]) -> None:
-        for i in queue:  # shared iterator: each index is taken by exactly one worker
-            await one(i)
+    await _drain(todo, concurrency, one)
 
-    todo = list(range(n))
-    for round_no in range(rounds):
-        if not todo:
+
+async def _batches(
+    client: SlotClient,
+    descriptors: Sequence[SlotDescriptor],
+    todo: list[int],
+    state: _BatchState,
+    max_attempts: int,
+    concurrency: int,
+    batch_size: int,
+) -> None:
+    """Up to `max_attempts` passes; each groups what is still open by producer into batches."""
+    started = time.perf_counter()
+    for attempt in range(1, max_attempts + 1):
+        open_now = [i for i in todo if state.open(i)]
+        if not open_now:
             break
-        if round_no:
-            await asyncio.sleep(min(client.read_timeout, round_pause * 2**round_no))
-        # `concurrency` workers over one queue: fewer tasks and no semaphore per slot than one task each.
-        queue = iter(todo)
-        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(todo)))))
-        todo = [i for i in todo if payloads[i] is None and i not in final]
+        groups: dict[tuple[str, tuple[int, ...], str], list[int]] = {}
+        for i in open_now:
+            d = descriptors[i]
+            groups.setdefault((d.host, d.ports, d.ring_id), []).append(i)
+        # A retry goes in smaller batches (halved per attempt): a batch holds all its slots until its
+        # slowest payload is through, so a port that stalls or resets would fail every slot again.
+        size = max(1, batch_size >> (attempt - 1))
+        chunks = [chunk for g in groups.values() for chunk in _chunks(g, descriptors, size)]
+        busy = False
 
-    failures = [
-        SlotFailure(i, descriptors[i], failure_reason(last_error[i]), last_error[i])
-        for i in range(n)
-        if payloads[i] is None
-    ]
-    return BatchResult(payloads, failures, attempts, ports, seconds)
+        async def run(chunk: list[int]) -> None:
+            nonlocal busy
+            results = await client.read_batch([descriptors[i] for i in chunk])
+            for i, res in zip(chunk, results, strict=True):
+                state.attempts[i] += 1
+                if isinstance(res, ReadResult):
+                    state.done(i, res)
+                    continue
+                state.failed(i, res)
+                if res.retryable:
+                    busy = busy or isinstance(res, BusyError)
+                    d = descriptors[i]
+                    port = getattr(res, "port", None)
+                    client.events.emit(
+                        "retry",
+                        key=d.key,
+                        port=d.ports.index(port) if port in d.ports else None,
+                        reason=type(res).__name__,
+                    )
+
+        await _drain(chunks, concurrency, run)
+        if attempt < max_attempts and any(state.open(i) for i in todo):
+            pause = 0.01 * attempt * (5 * 2 ** (attempt - 1) if busy else 1)
+            await asyncio.sleep(min(client.read_timeout, pause))
+    elapsed = time.perf_counter() - started
+    for i in todo:
+        state.seconds[i] += elapsed
+
+
+def _chunks(group: list[int], descriptors: Sequence[SlotDescriptor], size: int) -> list[list[int]]:
+    """Split one producer's indexes into batches of at most `size`, never naming a slot twice in one
+    batch (the same descriptor handed over twice goes to a later batch, where it meets NOT_READY)."""
+    chunks: list[list[int]] = []
+    slots: list[set[int]] = []
+    for i in group:
+        slot = descriptors[i].slot
+        for chunk, seen in zip(chunks, slots, strict=True):
+            if len(chunk) < size and slot not in seen:
+                chunk.append(i)
+                seen.add(slot)
+                break
+        else:
+            chunks.append([i])
+            slots.append({slot})
+    return chunks
 
 
 class DataPackerMixin:
@@ -189,6 +314,7 @@ class DataPackerMixin:
     fetch_max_attempts: int = 4
     fetch_rounds: int = 3
     fetch_concurrency: int = 8
+    fetch_batch_size: int = 32
     last_fetch_seconds: float = 0.0
 
     async def fetch_slots(self, descriptors: Sequence[SlotDescriptor]) -> BatchResult:
@@ -200,6 +326,7 @@ class DataPackerMixin:
                 max_attempts=self.fetch_max_attempts,
                 rounds=self.fetch_rounds,
                 concurrency=self.fetch_concurrency,
+                batch_size=self.fetch_batch_size,
             )
         finally:
             self.last_fetch_seconds = time.perf_counter() - started

@@ -120,6 +120,12 @@ class HybridProgress:
                 pass
             self._last = time.monotonic()
 
+    def poll(self) -> None:
+        """Progress the worker now (no wait): lets a peer's close of an idle endpoint land before
+        the caller decides whether that endpoint is still usable."""
+        if self.worker.progress_once():
+            self.worker.progress()
+
     def close(self) -> None:
         self._task.cancel()
         self.loop.remove_reader(self.worker.epoll_file_descriptor)

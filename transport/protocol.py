@@ -38,6 +38,12 @@ Commit protocol (one read attempt, token = the attempt's fencing token)::
     server COMMITTED(OK)                      -> client hands the payload to its caller
     COMMITTED lost: client RESOLVE(slot, gen, token) on another endpoint -> RESOLVED(resolution)
 
+Inline payloads: a REQUEST whose `nbytes` is L > 0 says the client posted a receive of
+`FRAME_SIZE + L + 4` bytes for the STATUS. A payload of n <= min(L, INLINE_MAX) bytes then travels in
+that one message: the STATUS frame with `flags & FLAG_INLINE`, the n payload bytes, and the trailer
+magic again (so a short message is caught even when the payload ends in zeros). One send instead of
+two; a copy of a few KiB costs less than a send here. Larger payloads keep the no-copy PAYLOAD send.
+
 Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
 legacy capability) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
 
@@ -118,7 +124,9 @@ from transport.errors import (
 
 __all__ = [
     "CAPABILITY_SIZE",
+    "FLAG_INLINE",
     "FRAME_SIZE",
+    "INLINE_MAX",
     "MAGIC",
     "MAX_PAYLOAD",
     "MESSAGE_SIZE",
@@ -138,6 +146,7 @@ __all__ = [
     "Resolution",
     "RingKey",
     "SendFrame",
+    "SendInline",
     "SendPayload",
     "ServerAction",
     "ServerRead",
@@ -149,6 +158,7 @@ __all__ = [
     "committed",
     "decode",
     "encode",
+    "inline_message",
     "legacy_request",
     "new_token",
     "request",
@@ -164,6 +174,11 @@ CAPABILITY_SIZE: Final = 16
 MESSAGE_SIZE: Final = 48
 MAX_PAYLOAD: Final = 1 << 31
 PROTOCOLS: Final = ("commit", "single-chunk")
+# Payloads up to this size ride inside the STATUS message (see "Inline payloads" below); measured in
+# docs/decisions.md ("Inline threshold"). A REQUEST's nbytes field is the largest inline payload the
+# client has room for (0 = none); the server inlines when the payload fits both limits.
+INLINE_MAX: Final = 16 << 10
+FLAG_INLINE: Final = 1
 
 Protocol: TypeAlias = Literal["commit", "single-chunk"]
 FrameLike: TypeAlias = "Frame | bytes | bytearray | memoryview"
@@ -183,6 +198,10 @@ class MsgType(IntEnum):
     RESOLVE = 5
     RESOLVED = 6
     LEGACY_REQUEST = 7
+    REQUEST_BATCH = 8
+    STATUS_BATCH = 9
+    COMMIT_BATCH = 10
+    COMMITTED_BATCH = 11
 
 
 class Status(IntEnum):
@@ -212,6 +231,10 @@ _CODES: Final[dict[int, dict[int, int]]] = {
     MsgType.RESOLVE: {0: 0},
     MsgType.RESOLVED: {int(r): r for r in Resolution},
     MsgType.LEGACY_REQUEST: {0: 0},
+    MsgType.REQUEST_BATCH: {0: 0},
+    MsgType.STATUS_BATCH: {0: 0},
+    MsgType.COMMIT_BATCH: {0: 0},
+    MsgType.COMMITTED_BATCH: {0: 0},
 }
 _TYPES: Final[dict[int, MsgType]] = {int(t): t for t in MsgType}
 
@@ -429,8 +452,20 @@ def clip_message(text: str) -> str:
     return raw.decode("utf-8", "ignore")
 
 
-def request(slot: int, generation: int, token: int, capability: bytes | str) -> Frame:
-    return Frame(MsgType.REQUEST, 0, slot, generation, token, capability=_capability(capability))
+def request(slot: int, generation: int, token: int, capability: bytes | str, inline: int = 0) -> Frame:
+    """A REQUEST; `inline` is the largest payload the client can take inside the STATUS (0: none)."""
+    return Frame(MsgType.REQUEST, 0, slot, generation, token, inline, capability=_capability(capability))
+
+
+def inline_message(status_frame: bytes, payload: object) -> bytearray:
+    """STATUS frame + payload + trailer: the one message an inline read sends (the payload copied)."""
+    view = memoryview(payload).cast("B")  # type: ignore[arg-type]
+    n = view.nbytes
+    msg = bytearray(FRAME_SIZE + n + len(TRAILER))
+    msg[:FRAME_SIZE] = status_frame
+    msg[FRAME_SIZE : FRAME_SIZE + n] = view
+    msg[FRAME_SIZE + n :] = TRAILER
+    return msg
 
 
 def legacy_request(slot: int, capability: bytes | str) -> Frame:
@@ -593,6 +628,16 @@ class SendFrame(NamedTuple):
     data: bytes
 
 
+class SendInline(NamedTuple):
+    """Send `inline_message(data, ring.payload_view(slot, nbytes))` (STATUS + payload in one message),
+    then `on_sent()`."""
+
+    frame: Frame
+    data: bytes
+    slot: int
+    nbytes: int
+
+
 class SendPayload(NamedTuple):
     """Send `ring.payload_view(slot, nbytes)` (no copy), then `on_sent()`."""
 
@@ -638,7 +683,9 @@ class Close:
     reason: str
 
 
-ServerAction: TypeAlias = BeginRead | SendFrame | SendPayload | AwaitCommit | Finalise | Fence | Done | Close
+ServerAction: TypeAlias = (
+    BeginRead | SendFrame | SendInline | SendPayload | AwaitCommit | Finalise | Fence | Done | Close
+)
 
 _DONE: Final = Done()
 
@@ -676,6 +723,7 @@ class ServerRead:
         self.nbytes = 0
         self.checksum = 0
         self.holds_slot = False
+        self.inline = False  # the payload rides inside the STATUS message
         self.committed = False  # the ring commit (or legacy finalise) succeeded
         self.resolution: Resolution | None = None
         self.reason = ""  # why the endpoint is closed, or the last error/refusal
@@ -745,14 +793,20 @@ class ServerRead:
             self.holds_slot = True
             self.log.observe(self.slot, self.generation)
         self.state = ServerState.SEND_STATUS
-        ok = status(
+        room = 0 if legacy or self.request is None else min(self.request.nbytes, INLINE_MAX)
+        self.inline = 0 < nbytes <= room
+        ok = Frame(
+            MsgType.STATUS,
             Status.OK,
-            slot=self.slot,
-            generation=self.generation,
-            token=self.token,
-            nbytes=nbytes,
-            checksum=checksum,
+            self.slot,
+            self.generation,
+            self.token,
+            nbytes,
+            checksum,
+            flags=FLAG_INLINE if self.inline else 0,
         )
+        if self.inline:
+            return SendInline(ok, encode(ok), self.slot, nbytes)
         return SendFrame(ok, encode(ok))
 
     def on_sent(self) -> ServerAction:
@@ -760,7 +814,7 @@ class ServerRead:
         self._expect(ServerState.SEND_STATUS, ServerState.SEND_PAYLOAD, ServerState.SEND_REPLY)
         if self.state is ServerState.SEND_REPLY:
             return self._end(self._then)
-        if self.state is ServerState.SEND_STATUS and self.nbytes > 0:
+        if self.state is ServerState.SEND_STATUS and self.nbytes > 0 and not self.inline:
             self.state = ServerState.SEND_PAYLOAD
             return SendPayload(self.slot, self.nbytes)
         if self.protocol == "single-chunk":
@@ -950,6 +1004,7 @@ class ClientRead:
         self.state = ClientState.IDLE
         self.nbytes = 0  # bytes to receive after an OK status
         self.checksum_ok: bool | None = None
+        self.inline = False  # the STATUS carried the payload (see inline_payload)
         self.resolution: Resolution | None = None
         self.error: TransportError | None = None
 
@@ -963,13 +1018,30 @@ class ClientRead:
 
     # -- frames to send ------------------------------------------------------------------------------
 
-    def request_frame(self) -> Frame:
-        """IDLE -> AWAIT_STATUS: the REQUEST (or LEGACY_REQUEST) to send."""
+    def request_frame(self, inline: int = 0) -> Frame:
+        """IDLE -> AWAIT_STATUS: the REQUEST (or LEGACY_REQUEST) to send. `inline` > 0: the STATUS
+        receive was posted with room for that many payload bytes (`inline_room`)."""
         self._expect(ClientState.IDLE)
         self.state = ClientState.AWAIT_STATUS
         if self.protocol == "single-chunk":
             return legacy_request(self.slot, self.capability)
-        return request(self.slot, self.generation, self.token, self.capability)
+        return request(self.slot, self.generation, self.token, self.capability, inline)
+
+    def inline_room(self, limit: int = INLINE_MAX) -> int:
+        """How many payload bytes to make room for in the STATUS receive (0: a plain 128-byte one)."""
+        if self.protocol != "commit" or not 0 < self.expected_nbytes <= min(limit, INLINE_MAX):
+            return 0
+        return self.expected_nbytes
+
+    def inline_payload(self, msg: memoryview | bytearray | bytes) -> memoryview:
+        """The payload of an inline STATUS (after on_status returned its size and `inline` is set):
+        the bytes after the frame, checked for the closing trailer (TruncatedError -> FAILED)."""
+        self._expect(ClientState.AWAIT_PAYLOAD)
+        view = memoryview(msg).cast("B")
+        end = FRAME_SIZE + self.nbytes
+        if not self.inline or view.nbytes < end + len(TRAILER) or view[end : end + len(TRAILER)] != TRAILER:
+            raise self._fail(TruncatedError(f"{self.key}: inline STATUS lacks its closing trailer (short)"))
+        return view[FRAME_SIZE:end]
 
     def commit_frame(self) -> Frame:
         """The COMMIT to send (also returned by on_payload)."""
@@ -1004,6 +1076,7 @@ class ClientRead:
                 )
             )
         self.nbytes = frame.nbytes
+        self.inline = bool(frame.flags & FLAG_INLINE)
         self.state = ClientState.AWAIT_PAYLOAD
         return frame.nbytes
 
@@ -1113,3 +1186,587 @@ class ClientRead:
         err.__cause__ = cause
         self.error = err
         return err
+
+
+# -- batched reads -----------------------------------------------------------------------------------
+#
+# One exchange reads k slots on one endpoint; every slot is still CASed, fenced, committed, released
+# and RESOLVEd on its own, and one bad slot never fails its neighbours::
+#
+#     client REQUEST_BATCH(token; k x (slot, generation, inline room, proof))
+#     server per slot: CAS READY(gen) -> READING(token)
+#     server STATUS_BATCH(k x (slot, code, flags, generation, nbytes, checksum); inline payloads)
+#     server PAYLOAD for each OK slot that is not inline, in entry order
+#     client per slot: length + checksum -> COMMIT_BATCH(n x (slot, commit|release, generation, proof))
+#     server per slot: CAS READING(token) -> FREE (commit) or -> READY (release), commit log
+#     server COMMITTED_BATCH(n x (slot, OK | ERROR, generation))  -> client hands over the committed
+#     COMMITTED_BATCH lost: each slot it would commit is IN_DOUBT, settled by a per-slot RESOLVE
+#
+# A batch message is a 128-byte header frame (type, token, `slot` = entry count; its own trailer at
+# 124), then 32-byte entries, then inline payloads (STATUS_BATCH only), then the trailer magic again:
+# a short message is caught at its end. `proof` is the slot's capability (HMAC of ring key, ring id,
+# slot and generation; see RingKey), checked per entry: one forged entry fails alone. The server
+# posts its request receive with room for
+# the largest REQUEST_BATCH (`REQUEST_MAX` bytes); a plain REQUEST is shorter, which UCX accepts.
+
+BATCH_MAX: Final = 128
+BATCH_ENTRY: Final = 32
+REQUEST_MAX: Final = FRAME_SIZE + BATCH_MAX * BATCH_ENTRY + len(TRAILER)
+INLINE_BATCH_MAX: Final = 256 << 10  # total inline room a client asks for in one STATUS_BATCH
+_ASK = struct.Struct("<IIQ16s")  # REQUEST / COMMIT entry: slot, room | commit flag, generation, proof
+_ANSWER = struct.Struct("<IBBHQQQ")  # STATUS / COMMITTED entry: slot, code, flags, pad, gen, n, csum
+assert _ASK.size == _ANSWER.size == BATCH_ENTRY
+
+
+class BatchEntry(NamedTuple):
+    """One slot of a batch message; `extra` is the inline room (REQUEST) or 1 commit / 0 release
+    (COMMIT); `code`/`flags`/`nbytes`/`checksum` belong to STATUS and COMMITTED entries."""
+
+    slot: int
+    generation: int
+    extra: int = 0
+    proof: bytes = _NO_CAPABILITY
+    code: int = 0
+    flags: int = 0
+    nbytes: int = 0
+    checksum: int = 0
+
+
+_ASKING: Final = (MsgType.REQUEST_BATCH, MsgType.COMMIT_BATCH)
+
+
+def encode_batch(
+    mtype: MsgType, token: int, entries: list[BatchEntry], tail_room: int = 0
+) -> tuple[bytearray, int]:
+    """Header + entries, with `tail_room` bytes left for inline payloads before the closing trailer
+    (the caller fills them, see `close_batch`); returns (message, offset of the tail)."""
+    if not 0 < len(entries) <= BATCH_MAX:
+        raise ProtocolError(f"encode: a batch holds 1..{BATCH_MAX} entries, got {len(entries)}")
+    head = encode(Frame(mtype, 0, len(entries), 0, token))
+    tail = FRAME_SIZE + len(entries) * BATCH_ENTRY
+    msg = bytearray(tail + tail_room + len(TRAILER))
+    msg[:FRAME_SIZE] = head
+    asking = mtype in _ASKING
+    try:
+        for i, e in enumerate(entries):
+            at = FRAME_SIZE + i * BATCH_ENTRY
+            if asking:
+                _ASK.pack_into(msg, at, e.slot, e.extra, e.generation, e.proof)
+            else:
+                _ANSWER.pack_into(msg, at, e.slot, e.code, e.flags, 0, e.generation, e.nbytes, e.checksum)
+    except struct.error:
+        raise ProtocolError(f"encode: batch entry out of range: {e!r}") from None
+    msg[-len(TRAILER) :] = TRAILER
+    return msg, tail
+
+
+def decode_batch(buf: FrameLike, mtype: MsgType, tail_room: int | None = 0) -> tuple[Frame, list[BatchEntry]]:
+    """Parse a batch message of type `mtype`; `tail_room` = inline bytes expected after the entries
+    (None: do not check the closing trailer, the caller does once it knows the tail's size)."""
+    view = memoryview(buf).cast("B") if not isinstance(buf, Frame) else None  # type: ignore[arg-type]
+    if view is None or view.nbytes < FRAME_SIZE:
+        raise ProtocolError("batch message shorter than its header frame")
+    head = decode(view[:FRAME_SIZE])
+    if head.type is not mtype:
+        raise ProtocolError(f"expected {mtype.name}, got {head.type.name}")
+    k = head.slot
+    if not 0 < k <= BATCH_MAX:
+        raise ProtocolError(f"batch of {k} entries, expected 1..{BATCH_MAX}")
+    end = FRAME_SIZE + k * BATCH_ENTRY
+    if tail_room is not None:
+        close = end + tail_room
+        if view.nbytes < close + len(TRAILER) or view[close : close + len(TRAILER)] != TRAILER:
+            raise ProtocolError("batch message lacks its closing trailer: truncated (short) message")
+    elif view.nbytes < end:
+        raise ProtocolError("batch message shorter than its entries")
+    asking = mtype in _ASKING
+    entries = []
+    for at in range(FRAME_SIZE, end, BATCH_ENTRY):
+        if asking:
+            slot, extra, gen, proof = _ASK.unpack_from(view, at)
+            entries.append(BatchEntry(slot, gen, extra, proof))
+        else:
+            slot, code, flags, _, gen, n, csum = _ANSWER.unpack_from(view, at)
+            if code not in _CODES[MsgType.STATUS] or n > MAX_PAYLOAD:
+                raise ProtocolError(f"batch entry for slot {slot}: code {code} / nbytes {n} invalid")
+            entries.append(BatchEntry(slot, gen, code=Status(code), flags=flags, nbytes=n, checksum=csum))
+    return head, entries
+
+
+def _entry_proof_ok(entry: BatchEntry, key: RingKey) -> bool:
+    """The entry's per-slot capability for the (slot, generation) it names, compared in constant time."""
+    try:
+        expected = key.capability(entry.slot, entry.generation)
+    except ConfigError:
+        return False
+    return hmac.compare_digest(entry.proof, expected)
+
+
+class BatchState(StrEnum):
+    IDLE = "idle"
+    BEGIN = "begin"  # server: BeginBatch issued
+    SEND_STATUS = "send_status"  # server: SendStatusBatch issued / client: waiting for it
+    PAYLOADS = "payloads"  # server: SendPayloads issued / client: receiving them
+    AWAIT_COMMIT = "await_commit"  # server: waiting for COMMIT_BATCH
+    FINALISE = "finalise"  # server: FinaliseBatch issued
+    SEND_REPLY = "send_reply"  # server: COMMITTED_BATCH (or a refusal) issued
+    AWAIT_COMMITTED = "await_committed"  # client: COMMIT_BATCH sent
+    DONE = "done"
+    CLOSED = "closed"
+
+
+# (state, event) -> the states that event may lead to; anything else is a driver bug (ProtocolError).
+_B = BatchState
+BATCH_TRANSITIONS: Final[dict[tuple[BatchState, str], frozenset[BatchState]]] = {
+    (_B.IDLE, "request"): frozenset({_B.BEGIN, _B.SEND_REPLY}),
+    (_B.BEGIN, "begun"): frozenset({_B.SEND_STATUS}),
+    (_B.SEND_STATUS, "sent"): frozenset({_B.PAYLOADS, _B.AWAIT_COMMIT, _B.DONE}),
+    (_B.PAYLOADS, "sent"): frozenset({_B.AWAIT_COMMIT}),
+    (_B.AWAIT_COMMIT, "commit"): frozenset({_B.FINALISE}),
+    (_B.FINALISE, "finalised"): frozenset({_B.SEND_REPLY, _B.CLOSED}),
+    (_B.SEND_REPLY, "sent"): frozenset({_B.DONE, _B.CLOSED}),
+    # client side
+    (_B.IDLE, "send_request"): frozenset({_B.SEND_STATUS}),
+    (_B.SEND_STATUS, "status"): frozenset({_B.PAYLOADS, _B.DONE}),
+    (_B.PAYLOADS, "payloads"): frozenset({_B.AWAIT_COMMITTED, _B.DONE}),
+    (_B.AWAIT_COMMITTED, "committed"): frozenset({_B.DONE}),
+}
+_ANY_STATE_EVENTS: Final = frozenset({"error"})
+
+
+class _BatchMachine:
+    state: BatchState = BatchState.IDLE
+
+    def _move(self, event: str, to: BatchState) -> None:
+        if event not in _ANY_STATE_EVENTS and to not in BATCH_TRANSITIONS.get((self.state, event), ()):
+            raise ProtocolError(f"batch: {event} -> {to.value} not valid in state {self.state.value}")
+        self.state = to
+
+
+class BeginBatch(NamedTuple):
+    """Per entry: `ring.begin_read(slot, generation, token, lease)` (None entries: skip, refused
+    already); then `on_begun([(code, info.generation, info.nbytes, info.checksum) or None, ...])`."""
+
+    entries: tuple[BatchEntry | None, ...]
+    token: int
+
+
+class SendStatusBatch(NamedTuple):
+    """Send `message` after copying each `inline` (offset, slot, nbytes) payload into it
+    (`fill_inline`), then `on_sent()`."""
+
+    message: bytearray
+    inline: tuple[tuple[int, int, int], ...]
+
+
+class SendPayloads(NamedTuple):
+    """Send `ring.payload_view(slot, nbytes)` for each item, in order, then `on_sent()`."""
+
+    items: tuple[tuple[int, int], ...]
+
+
+class AwaitCommitBatch(NamedTuple):
+    """Receive `size` bytes (a fresh zeroed buffer), then `on_commit(buf)`."""
+
+    size: int
+
+
+class FinaliseBatch(NamedTuple):
+    """Per item (kind, slot, generation, token): ring.commit_read / release_read; then
+    `on_finalised([ok, ...])` with no await in between (the commit log must see commits atomically)."""
+
+    items: tuple[tuple[Literal["commit", "release"], int, int, int], ...]
+
+
+class SendBatchReply(NamedTuple):
+    """Send `data` (COMMITTED_BATCH, or a refusal STATUS), then `on_sent()`."""
+
+    data: bytes | bytearray
+
+
+BatchAction: TypeAlias = (
+    BeginBatch
+    | SendStatusBatch
+    | SendPayloads
+    | AwaitCommitBatch
+    | FinaliseBatch
+    | SendBatchReply
+    | Done
+    | Close
+)
+
+
+def fill_inline(action: SendStatusBatch, view_of: Callable[[int, int], object]) -> bytearray:
+    """The STATUS_BATCH message with its inline payloads copied in from `view_of(slot, nbytes)`."""
+    msg = action.message
+    for offset, slot, n in action.inline:
+        msg[offset : offset + n] = memoryview(view_of(slot, n)).cast("B")  # type: ignore[arg-type]
+    return msg
+
+
+class ServerBatch(_BatchMachine):
+    """Server side of one batched read. `held` maps entry index -> slot held (READING by `token`):
+    the driver's `finally` releases whatever is still in it after cancellation."""
+
+    def __init__(self, ring_key: RingKey, log: CommitLog, slots: int | None = None) -> None:
+        self._ring_key = ring_key
+        self.log = log
+        self._slots = slots
+        self.token = 0
+        self.entries: list[BatchEntry] = []
+        self.codes: list[int] = []
+        self.held: dict[int, BatchEntry] = {}
+        self.committed: list[BatchEntry] = []
+        self.reason = ""
+        self._items: tuple[tuple[Literal["commit", "release"], int, int, int], ...] = ()
+        self._answered: list[bool] = []
+        self._payloads: tuple[tuple[int, int], ...] = ()
+        self._after: Done | Close = _DONE
+
+    def on_request(self, msg: FrameLike) -> BatchAction:
+        try:
+            head, entries = decode_batch(msg, MsgType.REQUEST_BATCH)
+        except ProtocolError as exc:
+            return self._refuse(Status.BAD_REQUEST, str(exc))
+        if head.token == 0:
+            return self._refuse(Status.BAD_REQUEST, "token 0 is reserved")
+        self.token, self.entries = head.token, entries
+        self.codes = [-1] * len(entries)
+        todo: list[BatchEntry | None] = []
+        for i, e in enumerate(entries):
+            if not _entry_proof_ok(e, self._ring_key):
+                self.codes[i] = Status.UNAUTHORIZED
+            elif self._slots is not None and e.slot >= self._slots:
+                self.codes[i] = Status.BAD_REQUEST
+            elif any(o.slot == e.slot for o in entries[:i]):
+                self.codes[i] = Status.BAD_REQUEST  # the same slot twice in one batch
+            todo.append(e if self.codes[i] < 0 else None)
+        self._move("request", BatchState.BEGIN)
+        return BeginBatch(tuple(todo), self.token)
+
+    def on_begun(self, results: list[tuple[int, int, int, int] | None]) -> BatchAction:
+        """Per entry: the ring's (ReadCode, generation, nbytes, checksum), None where skipped."""
+        if self.state is not BatchState.BEGIN or len(results) != len(self.entries):
+            raise ProtocolError(f"batch: on_begun not valid in state {self.state.value}")
+        answers: list[BatchEntry] = []
+        inline: list[tuple[int, int]] = []  # (entry index, nbytes)
+        payloads: list[tuple[int, int]] = []
+        room_left = INLINE_BATCH_MAX
+        for i, (e, r) in enumerate(zip(self.entries, results, strict=True)):
+            code, nbytes, csum, flags = self.codes[i], 0, 0, 0
+            if r is not None:
+                code, _, nbytes, csum = r
+                if code == Status.OK:
+                    self.held[i] = e
+                    self.log.observe(e.slot, e.generation)
+                    if 0 < nbytes <= min(e.extra, INLINE_MAX, room_left):
+                        flags = FLAG_INLINE
+                        room_left -= nbytes
+                        inline.append((i, nbytes))
+                    elif nbytes:
+                        payloads.append((e.slot, nbytes))
+            self.codes[i] = code
+            answers.append(
+                BatchEntry(e.slot, e.generation, code=code, flags=flags, nbytes=nbytes, checksum=csum)
+            )
+        tail = sum(n for _, n in inline)
+        msg, offset = encode_batch(MsgType.STATUS_BATCH, self.token, answers, tail)
+        places = []
+        for i, n in inline:
+            places.append((offset, self.entries[i].slot, n))
+            offset += n
+        self._payloads = tuple(payloads)
+        self._move("begun", BatchState.SEND_STATUS)
+        return SendStatusBatch(msg, tuple(places))
+
+    def on_sent(self) -> BatchAction:
+        if self.state is BatchState.SEND_STATUS:
+            if not self.held:
+                self._move("sent", BatchState.DONE)
+                return _DONE
+            if self._payloads:
+                self._move("sent", BatchState.PAYLOADS)
+                return SendPayloads(self._payloads)
+            self._move("sent", BatchState.AWAIT_COMMIT)
+            return AwaitCommitBatch(self._commit_size())
+        if self.state is BatchState.PAYLOADS:
+            self._move("sent", BatchState.AWAIT_COMMIT)
+            return AwaitCommitBatch(self._commit_size())
+        self._move("sent", BatchState.DONE if isinstance(self._after, Done) else BatchState.CLOSED)
+        return self._after
+
+    def _commit_size(self) -> int:
+        return FRAME_SIZE + len(self.held) * BATCH_ENTRY + len(TRAILER)
+
+    def on_commit(self, msg: FrameLike) -> BatchAction:
+        """COMMIT_BATCH: per named held slot commit or release (each answered in COMMITTED_BATCH);
+        held slots it does not name are released unanswered; a garbled one releases them all."""
+        if self.state is not BatchState.AWAIT_COMMIT:
+            raise ProtocolError(f"batch: on_commit not valid in state {self.state.value}")
+        try:
+            head, asks = decode_batch(msg, MsgType.COMMIT_BATCH)
+            if head.token != self.token:
+                raise ProtocolError("COMMIT_BATCH does not carry the batch's token")
+        except ProtocolError as exc:
+            return self.on_error(f"bad COMMIT_BATCH: {exc}")
+        by_slot = {e.slot: e for e in self.held.values()}
+        items: list[tuple[Literal["commit", "release"], int, int, int]] = []
+        answered: list[bool] = []
+        for a in asks:
+            held = by_slot.get(a.slot)
+            ours = held is not None and held.generation == a.generation and _entry_proof_ok(a, self._ring_key)
+            if held is None or not ours:
+                continue  # not a slot this batch holds: ignored, never answered
+            del by_slot[a.slot]
+            items.append(("commit" if a.extra == 1 else "release", a.slot, a.generation, self.token))
+            answered.append(True)
+        for e in by_slot.values():
+            items.append(("release", e.slot, e.generation, self.token))
+            answered.append(False)
+        self._items, self._answered = tuple(items), answered
+        self._after = _DONE
+        self._move("commit", BatchState.FINALISE)
+        return FinaliseBatch(self._items)
+
+    def on_finalised(self, results: list[bool]) -> BatchAction:
+        """The ring's result per FinaliseBatch item (False: the token no longer held that slot)."""
+        if self.state is not BatchState.FINALISE or len(results) != len(self._items):
+            raise ProtocolError(f"batch: on_finalised not valid in state {self.state.value}")
+        self.held.clear()
+        if isinstance(self._after, Close):  # releases after an error: nothing to answer
+            self._move("finalised", BatchState.CLOSED)
+            return self._after
+        answers: list[BatchEntry] = []
+        for (kind, slot, generation, _), ok, answered in zip(
+            self._items, results, self._answered, strict=True
+        ):
+            committed_now = kind == "commit" and ok
+            if committed_now:
+                self.log.record(slot, generation, self.token)
+                self.committed.append(BatchEntry(slot, generation))
+            if answered:
+                answers.append(
+                    BatchEntry(slot, generation, code=Status.OK if committed_now else Status.ERROR)
+                )
+        self._move("finalised", BatchState.SEND_REPLY)
+        msg, _ = encode_batch(MsgType.COMMITTED_BATCH, self.token, answers)
+        return SendBatchReply(msg)
+
+    def on_error(self, reason: str) -> BatchAction:
+        """A send/recv failed or timed out: release every held slot, then close."""
+        self.reason = reason
+        self._after = Close(reason)
+        if self.held and self.state is not BatchState.FINALISE:
+            self._items = tuple(("release", e.slot, e.generation, self.token) for e in self.held.values())
+            self._answered = [False] * len(self._items)
+            self._move("error", BatchState.FINALISE)
+            return FinaliseBatch(self._items)
+        self.held.clear()
+        self._move("error", BatchState.CLOSED)
+        return self._after
+
+    def _refuse(self, code: Status, message: str) -> BatchAction:
+        self.reason = message
+        self._after = Close(message)
+        self._move("request", BatchState.SEND_REPLY)
+        return SendBatchReply(encode(status(code, message=message)))
+
+
+class BatchSlot(NamedTuple):
+    """What a client batch needs of one descriptor."""
+
+    slot: int
+    generation: int
+    nbytes: int
+    checksum: int
+    proof: bytes
+
+
+class ClientBatch(_BatchMachine):
+    """Client side of one batched read (one token for the batch, every slot judged on its own).
+
+    Per slot `errors[i]` ends as None (committed: the payload is the caller's) or a TransportError:
+    retryable when the slot did not commit, an InDoubtError when COMMIT_BATCH asked to commit it and
+    no answer came (RESOLVE it with `resolve_read(i)` on another endpoint, never read it again).
+    """
+
+    def __init__(self, slots: list[BatchSlot], token: int, inline_max: int = INLINE_MAX) -> None:
+        if not 0 < len(slots) <= BATCH_MAX:
+            raise ConfigError(f"a batch holds 1..{BATCH_MAX} slots, got {len(slots)}")
+        if len({s.slot for s in slots}) != len(slots):
+            raise ConfigError("a batch cannot name the same slot twice")
+        if not 0 < token <= _U64:
+            raise ConfigError(f"token={token!r}: must be a non-zero u64 (see new_token)")
+        self.slots = slots
+        self.token = token
+        self.errors: list[TransportError | None] = [None] * len(slots)
+        self.ok: list[bool] = [False] * len(slots)  # status OK, payload to verify
+        self.inline: list[tuple[int, int] | None] = [None] * len(slots)  # (offset, nbytes) in status
+        self.pending: list[int] = []  # entry indexes whose payload comes as its own message, in order
+        self.commit_sent: list[int] = []  # entry indexes COMMIT_BATCH asked to commit
+        self.released: list[int] = []
+        room, self.rooms = INLINE_BATCH_MAX, []
+        for s in slots:
+            r = s.nbytes if 0 < s.nbytes <= min(inline_max, INLINE_MAX, room) else 0
+            room -= r
+            self.rooms.append(r)
+
+    def key(self, i: int) -> str:
+        return f"{self.slots[i].slot}:{self.slots[i].generation}"
+
+    def request_message(self) -> bytearray:
+        entries = [
+            BatchEntry(s.slot, s.generation, r, s.proof) for s, r in zip(self.slots, self.rooms, strict=True)
+        ]
+        msg, _ = encode_batch(MsgType.REQUEST_BATCH, self.token, entries)
+        self._move("send_request", BatchState.SEND_STATUS)
+        return msg
+
+    def status_size(self) -> int:
+        """Bytes to receive the STATUS_BATCH into (entries plus the inline room asked for)."""
+        return FRAME_SIZE + len(self.slots) * BATCH_ENTRY + sum(self.rooms) + len(TRAILER)
+
+    def on_status(self, msg: FrameLike) -> list[int]:
+        """The STATUS_BATCH: per slot OK (payload inline or to receive) or refused (that slot fails
+        alone). Returns the sizes of the payload messages to receive next, in order. A garbled
+        message fails every slot (raises the error, nothing committed)."""
+        if self.state is not BatchState.SEND_STATUS:
+            raise ProtocolError(f"batch: on_status not valid in state {self.state.value}")
+        view = memoryview(msg).cast("B")  # type: ignore[arg-type]
+        try:
+            head, answers = decode_batch(view, MsgType.STATUS_BATCH, None)
+            if head.token != self.token or len(answers) != len(self.slots):
+                raise ProtocolError("STATUS_BATCH for another batch (a late reply?)")
+            tail = sum(a.nbytes for a in answers if a.flags & FLAG_INLINE)
+            decode_batch(view, MsgType.STATUS_BATCH, tail)  # the closing trailer, after the inline bytes
+        except ProtocolError as exc:
+            self._fail_all(_as_frame_error(exc))
+            raise self.errors[0] from None  # type: ignore[misc]
+        offset = FRAME_SIZE + len(self.slots) * BATCH_ENTRY
+        sizes = []
+        for i, (s, a) in enumerate(zip(self.slots, answers, strict=True)):
+            if (a.slot, a.generation) != (s.slot, s.generation):
+                self._fail_one(i, ProtocolError(f"{self.key(i)}: STATUS_BATCH entry names another slot"))
+                continue
+            if a.code != Status.OK:
+                self.errors[i] = _STATUS_ERRORS[Status(a.code)](f"{self.key(i)}: {Status(a.code).name}")
+                continue
+            self.ok[i] = True
+            if (a.nbytes, a.checksum) != (s.nbytes, s.checksum):
+                self._fail_one(
+                    i, ProtocolError(f"{self.key(i)}: status says {a.nbytes} bytes, descriptor {s.nbytes}")
+                )
+            if a.flags & FLAG_INLINE:
+                if a.nbytes > self.rooms[i]:
+                    self._fail_one(i, ProtocolError(f"{self.key(i)}: inline payload larger than asked"))
+                self.inline[i] = (offset, a.nbytes)
+                offset += a.nbytes
+            elif a.nbytes:
+                self.pending.append(i)
+                sizes.append(a.nbytes)
+        if not any(self.ok):
+            self._move("status", BatchState.DONE)
+        else:
+            self._move("status", BatchState.PAYLOADS)
+        return sizes
+
+    def on_payloads(self, checksums: dict[int, int]) -> bytearray | None:
+        """Checksums of every OK slot's bytes (inline or received), by entry index -> the
+        COMMIT_BATCH to send: commit where length and checksum hold, release the rest (each failing
+        alone with TruncatedError). None if nothing is held (DONE)."""
+        if self.state is not BatchState.PAYLOADS:
+            raise ProtocolError(f"batch: on_payloads not valid in state {self.state.value}")
+        asks = []
+        for i, held in enumerate(self.ok):
+            if not held:
+                continue
+            s = self.slots[i]
+            good = self.errors[i] is None and checksums.get(i) == s.checksum
+            if self.errors[i] is None and not good:
+                self.errors[i] = TruncatedError(
+                    f"{self.key(i)}: payload checksum mismatch (short or corrupt)"
+                )
+            (self.commit_sent if good else self.released).append(i)
+            asks.append(BatchEntry(s.slot, s.generation, 1 if good else 0, s.proof))
+        msg, _ = encode_batch(MsgType.COMMIT_BATCH, self.token, asks)
+        self._n_asked = len(asks)
+        self._move("payloads", BatchState.AWAIT_COMMITTED)
+        return msg
+
+    def committed_size(self) -> int:
+        return FRAME_SIZE + self._n_asked * BATCH_ENTRY + len(TRAILER)
+
+    def on_committed(self, msg: FrameLike) -> None:
+        """COMMITTED_BATCH: per slot OK = committed (DONE), ERROR = refused (not committed: retryable).
+        Garbled or foreign: every slot asked to commit is IN_DOUBT."""
+        if self.state is not BatchState.AWAIT_COMMITTED:
+            raise ProtocolError(f"batch: on_committed not valid in state {self.state.value}")
+        try:
+            head, answers = decode_batch(msg, MsgType.COMMITTED_BATCH)
+            if head.token != self.token or len(answers) != self._n_asked:
+                raise ProtocolError("COMMITTED_BATCH for another batch (a late reply?)")
+        except ProtocolError as exc:
+            self.doubt(exc)
+            return
+        by_slot = {a.slot: a for a in answers}
+        for i in self.commit_sent:
+            a = by_slot.get(self.slots[i].slot)
+            if a is None or a.generation != self.slots[i].generation:
+                self._doubt_one(i, ProtocolError(f"{self.key(i)}: missing from COMMITTED_BATCH"))
+            elif a.code != Status.OK:
+                self.errors[i] = ServerError(f"{self.key(i)}: commit refused: not committed")
+        self._move("committed", BatchState.DONE)
+
+    def on_error(self, exc: BaseException) -> None:
+        """An I/O step failed: slots not yet judged fail (retryable) before COMMIT_BATCH was sent;
+        after it, every slot it asked to commit is IN_DOUBT."""
+        err = _as_error(exc, f"batch of {len(self.slots)}")
+        if self.state is BatchState.AWAIT_COMMITTED:
+            self.doubt(err)
+        else:
+            self._fail_all(err)
+        self._move("error", BatchState.DONE)
+
+    def doubt(self, cause: TransportError) -> None:
+        for i in self.commit_sent:
+            if self.errors[i] is None:
+                self._doubt_one(i, cause)
+
+    def resolve_read(self, i: int) -> ClientRead:
+        """A ClientRead for slot `i`, IN_DOUBT, to RESOLVE on another endpoint (see ClientRead)."""
+        s = self.slots[i]
+        cr = ClientRead(s.slot, s.generation, self.token, s.proof, s.nbytes, s.checksum)
+        cr.state, cr.error = ClientState.IN_DOUBT, self.errors[i]
+        return cr
+
+    def _fail_one(self, i: int, err: TransportError) -> None:
+        if self.errors[i] is None:
+            self.errors[i] = err
+
+    def _fail_all(self, err: TransportError) -> None:
+        for i in range(len(self.slots)):
+            if self.errors[i] is None:
+                self.errors[i] = err
+
+    def _doubt_one(self, i: int, cause: TransportError) -> None:
+        err = InDoubtError(f"{self.key(i)}: COMMIT_BATCH sent, outcome unknown: {cause}")
+        err.__cause__ = cause
+        self.errors[i] = err
+
+
+def _as_error(exc: BaseException, what: str) -> TransportError:
+    if isinstance(exc, TransportError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        err: TransportError = ReadTimeoutError(f"{what}: {exc or 'timed out'}")
+    else:
+        err = ConnectionLostError(f"{what}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _as_frame_error(exc: ProtocolError) -> TransportError:
+    """A garbled STATUS_BATCH: a short message (missing trailer) is a truncation, the rest protocol."""
+    if "trailer" in str(exc) or "shorter" in str(exc):
+        return TruncatedError(str(exc))
+    return exc

@@ -189,7 +189,8 @@ class SlotServer:
         wait, quiet = first, "silent"
         try:
             while not self._stopping:
-                buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
+                # Room for the largest REQUEST_BATCH; a plain REQUEST is shorter (UCX accepts that).
+                buf = np.zeros(proto.REQUEST_MAX, dtype=np.uint8)
                 try:
                     async with wait:
                         await link.recv(buf, Phase.REQUEST)
@@ -197,7 +198,10 @@ class SlotServer:
                     self.stats[quiet] += 1
                     break
                 wait, quiet = idle, "evicted"
-                if not await self._serve_one(link, buf, index, step):
+                if buf[4] == proto.MsgType.REQUEST_BATCH and self.protocol == "commit":
+                    if not await self._serve_batch(link, buf, index, step):
+                        break
+                elif not await self._serve_one(link, buf[: proto.FRAME_SIZE], index, step):
                     break
         except asyncio.CancelledError:
             raise
@@ -215,19 +219,84 @@ class SlotServer:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
         srv = proto.ServerRead(self._ring_key, self.commit_log, self.protocol, slots=ring.slots)
-        action = srv.on_request(request)
         try:
-            while not isinstance(action, proto.Done | proto.Close):
-                try:
-                    action = await self._perform(link, srv, action, index, step)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # reset, timeout, cancel of one step
-                    action = srv.on_error(repr(exc))
+            action = await self._drive(srv, srv.on_request(request), self._perform, link, index, step)
         finally:
             if srv.holds_slot and ring.release_read(srv.slot, srv.generation, srv.token):
                 self.stats["released"] += 1
         return isinstance(action, proto.Done)
+
+    async def _serve_batch(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
+        """Drive one `ServerBatch` from REQUEST_BATCH to Done (True: keep the endpoint) or Close."""
+        ring = self.ring
+        srv = proto.ServerBatch(self._ring_key, self.commit_log, slots=ring.slots)
+        try:
+            action = await self._drive(srv, srv.on_request(request), self._perform_batch, link, index, step)
+        finally:
+            for e in list(srv.held.values()):
+                if ring.release_read(e.slot, e.generation, srv.token):
+                    self.stats["released"] += 1
+            srv.held.clear()
+        return isinstance(action, proto.Done)
+
+    @staticmethod
+    async def _drive(srv: Any, action: Any, perform: Any, link: Link, index: int, step: StepDeadline) -> Any:
+        """Perform a machine's actions until Done or Close; a failed step goes to `srv.on_error`."""
+        while not isinstance(action, proto.Done | proto.Close):
+            try:
+                action = await perform(link, srv, action, index, step)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reset, timeout, cancel of one step
+                action = srv.on_error(repr(exc))
+        return action
+
+    async def _perform_batch(
+        self, link: Link, srv: proto.ServerBatch, action: proto.BatchAction, index: int, step: StepDeadline
+    ) -> proto.BatchAction:
+        ring = self.ring
+        match action:
+            case proto.BeginBatch(entries=entries, token=token):
+                results: list[tuple[int, int, int, int] | None] = []
+                for e in entries:
+                    if e is None:
+                        results.append(None)
+                        continue
+                    code, info = ring.begin_read(e.slot, e.generation, token, self.lease)
+                    if code == ReadCode.OK:
+                        self.stats["served"] += 1
+                        self.events.emit(
+                            "served",
+                            key=f"{e.slot}:{info.generation}",
+                            port=index,
+                            token=token,
+                            protocol=self.protocol,
+                            requested=e.generation,
+                        )
+                    results.append((int(code), info.generation, info.nbytes, info.checksum))
+                return srv.on_begun(results)
+            case proto.SendStatusBatch():
+                msg = proto.fill_inline(action, ring.payload_view)
+                async with step:
+                    await link.send(msg, Phase.STATUS)
+                return srv.on_sent()
+            case proto.SendPayloads(items=items):
+                for slot, nbytes in items:  # one message per slot, so faults can hit any one of them
+                    await self._send_payload(link, slot, nbytes, step)
+                return srv.on_sent()
+            case proto.AwaitCommitBatch(size=size):
+                buf = np.zeros(size, dtype=np.uint8)
+                async with step:
+                    await link.recv(buf, Phase.COMMIT)
+                return srv.on_commit(buf)
+            case proto.FinaliseBatch(items=items):
+                oks = [self._finalise(kind, slot, gen, token, index) for kind, slot, gen, token in items]
+                return srv.on_finalised(oks)
+            case proto.SendBatchReply(data=data):
+                async with step:
+                    await link.send(data, Phase.COMMITTED)
+                return srv.on_sent()
+        raise AssertionError(f"unhandled batch action {action!r}")
 
     async def _perform(
         self,
@@ -286,13 +355,13 @@ class SlotServer:
                     del view
                     discard(payload_sent)
                 return srv.on_sent()
+            case proto.SendInline(data=data, slot=slot, nbytes=nbytes):
+                msg = proto.inline_message(data, ring.payload_view(slot, nbytes))
+                async with step:
+                    await link.send(msg, Phase.INLINE)
+                return srv.on_sent()
             case proto.SendPayload(slot=slot, nbytes=nbytes):
-                view = np.frombuffer(ring.payload_view(slot, nbytes), dtype=np.uint8)
-                try:
-                    async with step:
-                        await link.send(view, Phase.PAYLOAD)
-                finally:
-                    del view
+                await self._send_payload(link, slot, nbytes, step)
                 return srv.on_sent()
             case proto.AwaitCommit():
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
@@ -321,6 +390,15 @@ class SlotServer:
                 )
                 return next_action
         raise AssertionError(f"unhandled server action {action!r}")
+
+    async def _send_payload(self, link: Link, slot: int, nbytes: int, step: StepDeadline) -> None:
+        """One PAYLOAD straight from the ring's memory (no copy), bounded by the step timeout."""
+        view = np.frombuffer(self.ring.payload_view(slot, nbytes), dtype=np.uint8)
+        try:
+            async with step:
+                await link.send(view, Phase.PAYLOAD)
+        finally:
+            del view
 
     def _finalise(self, kind: str, slot: int, generation: int, token: int, index: int) -> bool:
         """The ring call for a Finalise action; no await here (the commit log must see it atomically)."""

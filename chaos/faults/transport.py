@@ -15,6 +15,12 @@ Where each kind acts, on the server side of the link:
   the request arrived (it is never processed), `commit` before receiving the commit, `status`,
   `payload` or `committed` before sending it.
 - `truncate`: sends half of the `status` frame or of the `payload` (`phase`, default payload).
+Batches (REQUEST_BATCH ... COMMITTED_BATCH): the draw happens when the batch request arrives, the
+status/commit/committed faults act on the batch's one message of that step, and every PAYLOAD after
+the first draws the payload-step faults (`reset` at payload, `truncate` of payload, `stall`) again,
+so they hit slots of a batch one by one. An inline STATUS (a small payload inside the status
+message) is both steps: status and payload faults
+act on that one message (a truncated inline payload is half the message).
 - `timeout`: holds the status for `delay` (default 1.5x the client's read timeout), then sends it.
 - `stall`: sends the status, holds the payload for `delay`, then sends it.
 - `evict`: closes the endpoint after a fully served read (COMMITTED sent after a COMMIT, or the
@@ -174,6 +180,10 @@ class ChaosLinkWrapper:
 make_link_wrapper = ChaosLinkWrapper
 
 
+def _acts_on_payload(spec: FaultSpec) -> bool:
+    return spec.kind == "stall" or (spec.kind in ("reset", "truncate") and spec.phase == Phase.PAYLOAD)
+
+
 def wrong_size(buf: Any) -> np.ndarray:
     """Half the message (a message too short to halve becomes one byte too long)."""
     data = np.frombuffer(buf, dtype=np.uint8)
@@ -259,16 +269,29 @@ class ChaosLink:
             attempt.sent_committed = True
         return future
 
+    def _redraw_for_next_payload(self, phase: Phase) -> None:
+        """A batch sends one PAYLOAD per slot: from the second one on, the payload-step faults draw
+        again, so each slot of a batch meets them as a single read would (a truncated third payload,
+        a reset mid-batch, a stall of one slot)."""
+        attempt = self._attempt
+        if phase != Phase.PAYLOAD or attempt is None or not attempt.sent_payload or self.chaos.healed:
+            return
+        attempt.pending.extend(spec for spec in self.chaos.draw(self.port) if _acts_on_payload(spec))
+
     async def send(self, buf: Any, phase: Phase) -> None:
-        spec = self._take("reset", phase)
-        if spec is not None:
-            self._reset(spec, phase)
-        if phase == Phase.STATUS and (spec := self._take("timeout")) is not None:
-            self._fire(spec, phase)
-            await self.chaos.hold(self.chaos.delay_for(spec))
-        if phase == Phase.PAYLOAD and (spec := self._take("stall")) is not None:
-            self._fire(spec, phase)
-            await self.chaos.hold(self.chaos.delay_for(spec))
+        self._redraw_for_next_payload(phase)
+        # An inline STATUS carries the payload too: the faults of both steps act on it, in order.
+        steps = (Phase.STATUS, Phase.PAYLOAD) if phase == Phase.INLINE else (phase,)
+        for step in steps:
+            spec = self._take("reset", step)
+            if spec is not None:
+                self._reset(spec, step)
+            if step == Phase.STATUS and (spec := self._take("timeout")) is not None:
+                self._fire(spec, step)
+                await self.chaos.hold(self.chaos.delay_for(spec))
+            if step == Phase.PAYLOAD and (spec := self._take("stall")) is not None:
+                self._fire(spec, step)
+                await self.chaos.hold(self.chaos.delay_for(spec))
         attempt = self._attempt
         if phase == Phase.COMMITTED and attempt is not None and attempt.saw_commit:
             spec = self._take("drop_commit")
@@ -276,13 +299,15 @@ class ChaosLink:
                 self._fire(spec, phase)
                 self.inner.abort()
                 raise InjectedFaultError(f"chaos fault {spec.index}: COMMITTED dropped on port {self.port}")
-        spec = self._take("truncate", phase)
-        if spec is not None:
-            self._fire(spec, phase)
-            buf = wrong_size(buf)
+        for step in steps:
+            spec = self._take("truncate", step)
+            if spec is not None:
+                self._fire(spec, step)
+                buf = wrong_size(buf)
+                break
         await self.inner.send(buf, phase)
         if attempt is not None:
-            if phase == Phase.PAYLOAD:
+            if phase in (Phase.PAYLOAD, Phase.INLINE):
                 attempt.sent_payload = True
             elif phase == Phase.COMMITTED:
                 attempt.sent_committed = True

@@ -539,7 +539,11 @@ class ScenarioRun:
                 max_attempts=sc.consumers.max_attempts,
                 rounds=sc.consumers.rounds,
                 entrypoint=sc.consumers.entrypoint,
-                warm=(HOST, tuple(advertised)),
+                warm=(HOST, tuple(advertised)) if sc.consumers.transport == "ucx" else None,
+                transport=sc.consumers.transport,
+                borrow=sc.consumers.borrow,
+                hold=sc.consumers.hold,
+                lease=server_config.lease,
             )
             handles[name] = RoleHandle(
                 name, consumer_main, cfg, channel, stop_consuming, self.cleanup.track_process

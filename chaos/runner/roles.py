@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import logging
 import os
 import random
@@ -62,6 +63,7 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
     """Write payloads at `rate` until `stop` is set (or `count` is reached) and publish them."""
     setup_process(cfg.run_dir, "producer")
     from transport.events import JsonlSink
+    from transport.local import boot_id
     from transport.protocol import RingKey
     from transport.ring import SharedRing
 
@@ -103,6 +105,8 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
                     "nbytes": written.nbytes,
                     "checksum": written.checksum,
                     "capability": ring_key.issue(written.slot, written.generation, cfg.protocol).hex(),
+                    "segment": ring.name,
+                    "boot_id": boot_id(),
                     "seq": seq,
                 }
             )
@@ -145,6 +149,10 @@ class ConsumerConfig:
     rounds: int
     entrypoint: str | None = None
     warm: tuple[str, tuple[int, ...]] | None = None  # (host, ports) to connect before the first claim
+    transport: str = "ucx"  # "local": same-host reads from the shared segment
+    borrow: bool = False  # local only: borrow each slot (zero copy) instead of copying it
+    hold: float = 0.0  # seconds a borrowed slot is held before its commit
+    lease: float = 30.0  # how long a local read may hold its slot
 
 
 def consumer_main(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
@@ -155,11 +163,22 @@ def consumer_main(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
 
 
 async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
-    from chaos.trainer import TrainerContext, builtin_consume, load_entrypoint, run_entrypoint
+    from chaos.trainer import (
+        TrainerContext,
+        borrow_consume,
+        builtin_consume,
+        load_entrypoint,
+        run_entrypoint,
+    )
     from transport.events import JsonlSink
     from transport.facade import AsyncConsumer
 
-    consume = load_entrypoint(cfg.entrypoint) if cfg.entrypoint else builtin_consume
+    if cfg.entrypoint:
+        consume = load_entrypoint(cfg.entrypoint)
+    elif cfg.borrow:
+        consume = functools.partial(borrow_consume, hold=cfg.hold, max_attempts=cfg.max_attempts)
+    else:
+        consume = builtin_consume
     events = JsonlSink(Path(cfg.run_dir) / "events" / f"{cfg.name}.jsonl", cfg.name)
     consumer = AsyncConsumer(
         read_timeout=cfg.read_timeout,
@@ -169,6 +188,8 @@ async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
         concurrency=cfg.batch,
         protocol=cfg.protocol,
         events=events,
+        local=cfg.transport == "local",
+        local_lease=cfg.lease,
     )
     if cfg.warm is not None:
         await consumer.client.warm(*cfg.warm)

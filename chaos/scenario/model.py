@@ -38,6 +38,7 @@ Decisions where DESIGN.md is silent:
   `max_p99_latency` (durations) are optional.
 - `server.lease` (optional duration) is how long a read may hold its slot before the server's
   reclaim hands it back; leave it unset (30 s) unless the scenario is about reads outliving it.
+  Same-host consumers (`consumers.transport: local`) hold their slots under the same lease.
 - `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
 - Every size, count and time has an upper bound (the `MAX_*` constants below), so a typo such as
   `slots: 6400000` is refused as bad input (exit 2) instead of failing late; whether the ring fits in
@@ -167,6 +168,10 @@ class Consumers(_Model):
 
     `entrypoint` (`"package.module:function"`) runs a trainer's own consumer code as the role
     (`chaos.trainer` documents what it is called with); None runs the harness's built-in consumer.
+    `transport: local` reads every slot from the producer's shared segment (same host, no UCX); the
+    consumer then `borrow`s each slot (a zero-copy view, checked in place) when `borrow` is true and
+    holds it `hold` seconds before the commit (what a trainer's compute on the view looks like).
+    Local reads hold their slots under the server's lease (`server.lease`).
     """
 
     entrypoint: str | None = Field(None, pattern=ENTRYPOINT_PATTERN)
@@ -176,6 +181,15 @@ class Consumers(_Model):
     quarantine: Duration = 5.0
     max_attempts: int = Field(4, ge=1, le=MAX_ATTEMPTS)
     rounds: int = Field(3, ge=1, le=MAX_ATTEMPTS)
+    transport: Literal["ucx", "local"] = "ucx"
+    borrow: bool = False
+    hold: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _local_only(self) -> Consumers:
+        if self.transport != "local" and (self.borrow or self.hold):
+            raise ValueError("borrow and hold need transport: local")
+        return self
 
 
 class Window(_Model):

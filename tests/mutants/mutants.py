@@ -49,17 +49,42 @@ def finalise_on_send() -> None:
     from transport.server import SlotServer
 
     original = SlotServer._perform
+    original_batch = SlotServer._perform_batch
 
-    async def _perform(self: SlotServer, link: Any, srv: Any, action: Any, index: int) -> Any:
+    async def _perform(self: SlotServer, link: Any, srv: Any, action: Any, index: int, *step: Any) -> Any:
         if isinstance(action, proto.Finalise) and action.kind == "commit" and hasattr(srv, "_mutant_done"):
             return srv.on_finalised(srv._mutant_done)  # already committed when the send completed
-        following = await original(self, link, srv, action, index)
+        following = await original(self, link, srv, action, index, *step)
         if isinstance(action, proto.SendPayload) and srv.protocol == "commit":
             # mutant: the payload send completed, so finalise now instead of awaiting the COMMIT
             srv._mutant_done = self._finalise("commit", srv.slot, srv.generation, srv.token, index)
         return following
 
+    async def _perform_batch(
+        self: SlotServer, link: Any, srv: Any, action: Any, index: int, step: Any
+    ) -> Any:
+        """The same bug in batched reads: each slot whose payload went out is committed at once."""
+        done = getattr(srv, "_mutant_done", {})
+        if isinstance(action, proto.FinaliseBatch) and done:
+            oks = [
+                done[slot]
+                if kind == "commit" and slot in done
+                else self._finalise(kind, slot, gen, tok, index)
+                for kind, slot, gen, tok in action.items
+            ]
+            return srv.on_finalised(oks)
+        following = await original_batch(self, link, srv, action, index, step)
+        if isinstance(action, proto.SendPayloads):
+            sent = {slot for slot, _ in action.items}
+            srv._mutant_done = {
+                e.slot: self._finalise("commit", e.slot, e.generation, srv.token, index)
+                for e in srv.held.values()
+                if e.slot in sent
+            }
+        return following
+
     SlotServer._perform = _perform  # type: ignore[method-assign]
+    SlotServer._perform_batch = _perform_batch  # type: ignore[method-assign]
 
 
 def orphan_finalise_no_token() -> None:
