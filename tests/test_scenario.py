@@ -171,7 +171,7 @@ def test_minimal_scenario_gets_documented_defaults() -> None:
     assert scenario.deadline == 10.0 + 30.0 + 60.0
     assert scenario.protocol == "commit"
     assert scenario.ring.policy == "block"
-    assert scenario.expect.faults_fired == "all"
+    assert scenario.expect.faults_fired == "none" and scenario.expect.faults_effective == "all"
     assert scenario.expect.faults_quarantined == "none"
     assert scenario.server.lease is None  # the runner's default lease
     assert scenario.faults == []

@@ -55,6 +55,7 @@ class ReadResult:
     port: int
     generation: int
     resolved: bool = False  # COMMITTED was lost and RESOLVE confirmed the commit
+    token: int = 0  # the fencing token of the read that committed it (0 in single-chunk)
 
 
 @dataclass
@@ -165,6 +166,7 @@ class SlotClient:
                 raise
             raise _as_transport_error(exc, f"connect {host}:{port}") from exc
         self.stats.connects += 1
+        self.events.emit("connect", port=port)  # a new endpoint: evidence that an old one was replaced
         return self.link_wrapper(UcxLink(endpoint, port, "client"))
 
     def _checkin(self, host: str, port: int, link: Link) -> None:
@@ -262,7 +264,7 @@ class SlotClient:
                 assert payload is not None
                 commit = cr.on_payload(checksum(payload))
                 if commit is None:
-                    return ReadResult(payload, port, generation)
+                    return ReadResult(payload, port, generation, token=cr.token)
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
                 if bare:
                     committed = post_recv(link, buf, Phase.COMMITTED)  # posted before COMMIT is answered
@@ -271,7 +273,7 @@ class SlotClient:
                 bound.restart()
                 await (committed or link.recv(buf, Phase.COMMITTED))
                 cr.on_committed(buf)
-                return ReadResult(payload, port, generation)
+                return ReadResult(payload, port, generation, token=cr.token)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -291,7 +293,7 @@ class SlotClient:
         self.quarantine(port, "commit-unconfirmed")
         assert payload is not None
         await self._resolve(desc, cr)
-        return ReadResult(payload, port, generation, resolved=True)
+        return ReadResult(payload, port, generation, resolved=True, token=cr.token)
 
     async def _resolve(self, desc: SlotDescriptor, cr: proto.ClientRead) -> None:
         """RESOLVE on other endpoints until answered or `resolve_timeout` passes (then in-doubt)."""

@@ -48,6 +48,7 @@ class BatchResult:
     attempts: list[int] = field(default_factory=list)
     ports: list[int | None] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # per slot: first attempt to commit (or giving up)
+    tokens: list[int] = field(default_factory=list)  # per slot: the committing read's token (0 if none)
 
     @property
     def ok(self) -> bool:
@@ -135,6 +136,7 @@ async def fetch_batch(
     attempts = [0] * n
     ports: list[int | None] = [None] * n
     seconds = [0.0] * n
+    tokens = [0] * n
     last_error: dict[int, TransportError] = {}
     final: set[int] = set()
 
@@ -153,6 +155,7 @@ async def fetch_batch(
         seconds[i] += time.perf_counter() - started
         payloads[i] = result.payload
         ports[i] = result.port
+        tokens[i] = result.token
         last_error.pop(i, None)
 
     async def worker(queue: Iterator[int]) -> None:
@@ -175,7 +178,7 @@ async def fetch_batch(
         for i in range(n)
         if payloads[i] is None
     ]
-    return BatchResult(payloads, failures, attempts, ports, seconds)
+    return BatchResult(payloads, failures, attempts, ports, seconds, tokens)
 
 
 class DataPackerMixin:

@@ -181,6 +181,7 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
                         content_ok=verify_payload(payload, cfg.seed, seqs[i], desc.nbytes),
                         latency_s=round(batch.seconds[i], 6),
                         attempts=batch.attempts[i],
+                        token=batch.tokens[i],
                     )
                     done.append(desc.key)
             for failure in batch.failures:

@@ -28,8 +28,13 @@ Decisions where DESIGN.md is silent:
   the server comes back on the same ports.
 - Toxic attributes are Toxiproxy's integers in Toxiproxy's units (ms; slicer `delay` in us, bandwidth
   `rate` in KB/s), checked per toxic type; `stream` defaults to `downstream`, `toxicity` to 1.
-- `expect` counts are upper bounds (0 = none allowed). `faults_fired` is `all` (default: every fault
-  fired at least once), `none`, or the list of fault indexes that must fire. `faults_quarantined`
+- `expect` counts are upper bounds (0 = none allowed). `faults_effective` is `all` (default: every
+  fault changed an outcome its kind is meant to change, see chaos/effects.py), `none`, or the list of
+  fault indexes that must be effective. `faults_fired` takes the same values (default `none`) and only
+  asks that a fault fired on every port it lists. `consumed_by_dead_consumer` (default unset: at most
+  what killed consumers held) bounds commits lost with a killed consumer; `slot_leak` (default 0)
+  READING/WRITING slots and `drain_incomplete` (default false) descriptors left after the drain.
+  `faults_quarantined`
   takes the same values (default `none`): every port on which such a fault fired must have been
   quarantined by a client at least once. `min_throughput` (rate), `max_recovery` and
   `max_p99_latency` (durations) are optional.
@@ -434,7 +439,11 @@ class Expect(_Model):
     duplicated: int = Field(0, ge=0)
     corrupted: int = Field(0, ge=0)
     in_doubt: int = Field(0, ge=0)
-    faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
+    consumed_by_dead_consumer: int | None = Field(None, ge=0)
+    slot_leak: int = Field(0, ge=0)
+    drain_incomplete: bool = False
+    faults_effective: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
+    faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
     faults_quarantined: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
     min_throughput: Rate | None = None
     max_recovery: Duration | None = None
@@ -485,7 +494,7 @@ class Scenario(_Model):
             )
         for i, fault in enumerate(self.faults):
             problems.extend((("faults", i, *loc), msg) for loc, msg in self._check_fault(fault))
-        for field in ("faults_fired", "faults_quarantined"):
+        for field in ("faults_effective", "faults_fired", "faults_quarantined"):
             indexes = getattr(self.expect, field)
             if isinstance(indexes, list):
                 for j, index in enumerate(indexes):
