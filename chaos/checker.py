@@ -106,6 +106,7 @@ COUNT_KEYS = (
     "uncommitted_delivery",
     "republished",
     "slot_leak",
+    "port_abandoned",
     "retries",
     "failed",
 )
@@ -122,7 +123,10 @@ BOUNDED = (
     "uncommitted_delivery",
     "republished",
 )
-SAFETY_KINDS = frozenset({*ANOMALY_KINDS, "ring_audit", "slot_leak", "drain_incomplete"})
+SAFETY_KINDS = frozenset({*ANOMALY_KINDS, "ring_audit", "slot_leak", "drain_incomplete", "port_abandoned"})
+# A port is abandoned when this many deliveries per port went elsewhere after its quarantine ended.
+ABANDON_DELIVERIES_PER_PORT = 10
+ABANDON_GRACE_S = 1.0
 COVERAGE_KINDS = frozenset({"ineffective", "faults_fired", "faults_quarantined", "vacuous"})
 LIVENESS_KINDS = frozenset({"throughput", "recovery", "p99_latency"})
 # Fault kinds whose firing is an event in time (a signal), not a per-request decision.
@@ -365,6 +369,8 @@ class _Scan:
     fencing: dict[str, list[tuple[Event, Any]]] = field(default_factory=dict)
     audit: Event | None = None
     drain: Event | None = None
+    quarantine_end: dict[int, float] = field(default_factory=dict)  # port -> last quarantine's end
+    port_deliveries: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     retries: int = 0
     failed: int = 0
 
@@ -409,6 +415,9 @@ def _scan(history: Sequence[Event], spec: CheckSpec, port_of: _Ports) -> _Scan:
             if isinstance(lat, int | float) and not isinstance(lat, bool):
                 sc.latencies.append(float(lat))
             bump(e.get("port"), "delivered")
+            port = port_of(e.get("port"))
+            if port is not None:
+                sc.port_deliveries[port].append(t)
         elif kind == "dropped" and key:
             sc.dropped.add(key)
         elif kind == "failed":
@@ -436,6 +445,10 @@ def _scan(history: Sequence[Event], spec: CheckSpec, port_of: _Ports) -> _Scan:
             bump(e.get("port"), "retries")
         elif kind == "quarantine":
             bump(e.get("port"), "quarantines")
+            port = port_of(e.get("port"))
+            seconds = e.get("seconds")
+            if port is not None and isinstance(seconds, int | float):
+                sc.quarantine_end[port] = max(sc.quarantine_end.get(port, t), t + float(seconds))
         elif kind == "fault":
             bump(e.get("port"), "faults")
             try:
@@ -638,6 +651,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
     sc.delivery_times.sort()
     anomaly_keys, notes = _classify(sc, spec)
     audit = sc.audit
+    abandoned = _abandoned_ports(sc, spec)
     leaked = 0 if audit is None else int(audit.get("reading") or 0) + int(audit.get("writing") or 0)
     counts = {
         "published": len(sc.published),
@@ -645,6 +659,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
         "dropped": len(sc.dropped),
         "stale_rejected": sum(1 for reasons in sc.failed_reasons.values() if "stale" in reasons),
         "slot_leak": leaked,
+        "port_abandoned": len(abandoned),
         "retries": sc.retries,
         "failed": sc.failed,
         **{kind: len(keys) for kind, keys in anomaly_keys.items()},
@@ -672,7 +687,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
         "p99": quantile(sc.latencies, 0.99),
         "max": sc.latencies[-1] if sc.latencies else None,
     }
-    failures = _safety_failures(sc, spec, counts, anomaly_keys)
+    failures = _safety_failures(sc, spec, counts, anomaly_keys, abandoned)
     failures += _coverage_failures(sc, spec, coverage)
     failures += _liveness_failures(spec, throughput, recovery, latency)
     return Verdict(
@@ -695,7 +710,11 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
 
 
 def _safety_failures(
-    sc: _Scan, spec: CheckSpec, counts: Mapping[str, int], anomaly_keys: Mapping[str, list[str]]
+    sc: _Scan,
+    spec: CheckSpec,
+    counts: Mapping[str, int],
+    anomaly_keys: Mapping[str, list[str]],
+    abandoned: Mapping[int, tuple[float, int]],
 ) -> list[str]:
     ex = spec.expect
     failures: list[str] = []
@@ -721,6 +740,11 @@ def _safety_failures(
             f"slot_leak: {counts['slot_leak']} > {ex.slot_leak} slots left mid-transition after the drain "
             f"({audit.get('reading')} READING, {audit.get('writing')} WRITING)"
         )
+    for port, (free_at, elsewhere) in abandoned.items():
+        failures.append(
+            f"port_abandoned: port {port} carried no read after its quarantine ended at "
+            f"{free_at - sc.t0:.1f}s while {elsewhere} reads went to other ports"
+        )
     drain = sc.drain
     if drain is not None and not drain.get("complete", True) and not ex.drain_incomplete:
         failures.append(
@@ -728,6 +752,21 @@ def _safety_failures(
             f"descriptors left in the channel after {drain.get('seconds', 0):.0f}s of drain"
         )
     return failures
+
+
+def _abandoned_ports(sc: _Scan, spec: CheckSpec) -> dict[int, tuple[float, int]]:
+    """Ports whose quarantine ended but that never carried a delivery again, although plenty of
+    deliveries went to other ports afterwards (a client must bring a recovered port back)."""
+    out: dict[int, tuple[float, int]] = {}
+    ports = max(spec.ports, 1)
+    for port, end in sc.quarantine_end.items():
+        free_at = end + ABANDON_GRACE_S
+        if any(t >= free_at for t in sc.port_deliveries.get(port, ())):
+            continue
+        elsewhere = sum(1 for p, ts in sc.port_deliveries.items() if p != port for t in ts if t >= free_at)
+        if elsewhere >= ABANDON_DELIVERIES_PER_PORT * ports:
+            out[port] = (free_at, elsewhere)
+    return out
 
 
 def _coverage_failures(sc: _Scan, spec: CheckSpec, coverage: Sequence[Mapping[str, Any]]) -> list[str]:

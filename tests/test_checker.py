@@ -303,6 +303,20 @@ def test_descriptors_left_after_the_drain_are_drain_incomplete() -> None:
     assert check(done.events, spec()).passed
 
 
+def test_a_port_never_used_after_its_quarantine_is_abandoned() -> None:
+    h = H()
+    h.add(0.0, "consumer-0", "quarantine", port=1, reason="ConnectionLostError", seconds=1.0)
+    for i in range(30):  # 30 deliveries after the quarantine ended, all on port 0
+        h.publish(2.0 + 0.1 * i, f"{i}:1").deliver(2.05 + 0.1 * i, f"{i}:1", port=0)
+    v = check(h.events, spec())
+    assert v.failures == [
+        "port_abandoned: port 1 carried no read after its quarantine ended at 2.0s while 30 reads went "
+        "to other ports"
+    ]
+    h.publish(5.0, "99:1").deliver(5.05, "99:1", port=1)  # the port came back
+    assert check(h.events, spec()).passed
+
+
 def test_a_run_that_published_nothing_is_vacuous() -> None:
     v = check(H().events, spec())
     assert v.failures == ["vacuous: nothing was published during the run, so nothing was checked"]
