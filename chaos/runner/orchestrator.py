@@ -1,7 +1,9 @@
 """Run one scenario: start the processes, inject faults, heal, drain, check, clean up.
 
-Timeline (wall clock, shared by every process): `run_start` is a little after launch so every process
-is up before the fault phase; faults act in `[run_start, run_start + duration)`; then the producer stops,
+Timeline (wall clock, shared by every process): producer and consumers are spawned first and each marks
+itself ready (`ready/<proc>`) once its stack is imported; then the server starts and `run_start` is
+set a little later (at least as long as the roles took), so every process is up before the fault
+phase; faults act in `[run_start, run_start + duration)`; then the producer stops,
 every fault heals (a killed server is restarted) and consumers drain the channel for at most
 `drain_timeout`. A watchdog enforces the scenario's `deadline`: past it, every process's stacks are
 dumped into the run directory and the run is judged a harness error (exit 3).
@@ -10,6 +12,7 @@ dumped into the run directory and the run is judged a harness error (exit 3).
 from __future__ import annotations
 
 import faulthandler
+import json
 import multiprocessing as mp
 import os
 import random
@@ -19,7 +22,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,14 @@ from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults
 from chaos.history import read_history
 from chaos.runner.network import NetworkFaults
-from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
+from chaos.runner.roles import (
+    ConsumerConfig,
+    ProducerConfig,
+    consumer_main,
+    mark_ready,
+    producer_main,
+    server_role,
+)
 from chaos.scenario.model import Scenario
 from transport.errors import TransportError
 from transport.events import JsonlSink
@@ -38,7 +48,8 @@ from transport.ring import SharedRing, SlotState
 from transport.serve import ServerConfig, ServerProcess
 
 SPAWN = mp.get_context("spawn")
-STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
+STARTUP_S = 4.0  # at least this between the roles being ready and the fault phase (server start)
+READY_TIMEOUT_S = 120.0  # a role that has not imported its stack by then: harness error
 STEP_TIMEOUT_S = 5.0
 HOST = "127.0.0.1"
 
@@ -423,7 +434,48 @@ class ScenarioRun:
         self._cleanups.append(lambda: self._close_ring(ring))
 
         specs = fault_specs(sc, self.seed)
-        run_start = time.time() + STARTUP_S
+        # Producer and consumers first: on a loaded machine a spawned role can take many seconds to
+        # import ucxx, and a fault phase that starts before they run checks nothing (`vacuous`).
+        channel = ChannelServer(RecordingQueue(events, visibility_timeout=10.0)).start()
+        self._cleanups.append(channel.stop)
+        stop_producing = SPAWN.Event()
+        stop_consuming = SPAWN.Event()
+        self._cleanups.append(stop_consuming.set)
+        roles: dict[str, RoleHandle] = {}
+        for i in range(sc.consumers.count):
+            name = f"consumer-{i}"
+            cfg = ConsumerConfig(
+                run_dir=str(self.run_dir),
+                name=name,
+                seed=self.seed,
+                protocol=sc.protocol,
+                batch=sc.consumers.batch,
+                read_timeout=sc.consumers.read_timeout,
+                quarantine=sc.consumers.quarantine,
+                max_attempts=sc.consumers.max_attempts,
+                rounds=sc.consumers.rounds,
+            )
+            roles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
+        producer_cfg = ProducerConfig(
+            run_dir=str(self.run_dir),
+            ring_name=ring.name,
+            host=HOST,
+            ports=(),  # filled in from start.json once the server (and any proxy) listens
+            seed=self.seed,
+            rate=sc.producer.rate,
+            min_bytes=sc.producer.payload.min,
+            max_bytes=sc.producer.payload.max,
+            count=sc.producer.count,
+        )
+        roles["producer"] = RoleHandle("producer", _delayed_producer, producer_cfg, channel, stop_producing)
+        spawned = time.time()
+        for handle in roles.values():
+            self._children.append(handle)
+            self._cleanups.append(handle.kill)
+            handle.start()
+        self._await_ready(list(roles), spawned)
+        # The server takes about as long to come up as the roles did: start the fault phase after it.
+        run_start = time.time() + max(STARTUP_S, time.time() - spawned)
         heal_at = run_start + sc.duration
         has_transport = any(s.layer == "transport" for s in specs)
         server_config = ServerConfig(
@@ -450,6 +502,8 @@ class ScenarioRun:
         self._children.append(server)
         self._cleanups.append(server.stop)
         server_ports = server.start()
+        if time.time() > run_start:
+            self.notes.append(f"the server came up {time.time() - run_start:.1f}s into the fault phase")
 
         network = None
         advertised = list(server_ports)
@@ -462,48 +516,9 @@ class ScenarioRun:
             network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
             self._cleanups.append(network.heal)
 
-        control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
-        channel = ChannelServer(RecordingQueue(events, visibility_timeout=10.0, control=control)).start()
-        self._cleanups.append(channel.stop)
-
-        stop_producing = SPAWN.Event()
-        stop_consuming = SPAWN.Event()
-        self._cleanups.append(stop_consuming.set)
-        handles: dict[str, Any] = {"server": server}
-        for i in range(sc.consumers.count):
-            name = f"consumer-{i}"
-            cfg = ConsumerConfig(
-                run_dir=str(self.run_dir),
-                name=name,
-                seed=self.seed,
-                protocol=sc.protocol,
-                batch=sc.consumers.batch,
-                read_timeout=sc.consumers.read_timeout,
-                quarantine=sc.consumers.quarantine,
-                max_attempts=sc.consumers.max_attempts,
-                rounds=sc.consumers.rounds,
-            )
-            handles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
-        producer_cfg = ProducerConfig(
-            run_dir=str(self.run_dir),
-            ring_name=ring.name,
-            host=HOST,
-            ports=tuple(advertised),
-            seed=self.seed,
-            rate=sc.producer.rate,
-            min_bytes=sc.producer.payload.min,
-            max_bytes=sc.producer.payload.max,
-            count=sc.producer.count,
-        )
-        handles["producer"] = RoleHandle(
-            "producer", _delayed_producer, (producer_cfg, run_start), channel, stop_producing
-        )
-        for name, handle in handles.items():
-            if name == "server":
-                continue
-            self._children.append(handle)
-            self._cleanups.append(handle.kill)
-            handle.start()
+        channel.queue.control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
+        _write_start(self.run_dir, advertised, run_start)
+        handles: dict[str, Any] = {"server": server, **roles}
 
         process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
         self._cleanups.append(process_faults.close)
@@ -580,6 +595,15 @@ class ScenarioRun:
             )
         return advertised
 
+    def _await_ready(self, names: list[str], since: float) -> None:
+        """Wait until every role has imported its stack and marked itself ready (bounded)."""
+        limit = since + READY_TIMEOUT_S
+        while not all((self.run_dir / "ready" / name).exists() for name in names):
+            if self._deadline_hit.is_set() or time.time() > limit:
+                missing = [n for n in names if not (self.run_dir / "ready" / n).exists()]
+                raise HarnessError(f"{', '.join(missing)} not ready after {time.time() - since:.0f}s")
+            time.sleep(0.05)
+
     def _close_ring(self, ring: SharedRing) -> None:
         ring.close()
         ring.unlink()
@@ -605,13 +629,27 @@ def ring_audit(ring: SharedRing, tries: int = 5) -> dict[str, int]:
     }
 
 
-def _delayed_producer(cfg_and_start: tuple[ProducerConfig, float], channel: Any, stop: Any) -> None:
-    """The producer waits for the fault phase so every payload is published under the faults."""
-    cfg, run_start = cfg_and_start
-    delay = run_start - time.time()
+def _write_start(run_dir: Path, ports: list[int], run_start: float) -> None:
+    """What the producer waits for: the ports to advertise and when the fault phase starts
+    (a file, so a restarted producer finds it at once)."""
+    tmp = run_dir / "start.json.tmp"
+    tmp.write_text(json.dumps({"ports": ports, "run_start": run_start}))
+    tmp.replace(run_dir / "start.json")
+
+
+def _delayed_producer(cfg: ProducerConfig, channel: Any, stop: Any) -> None:
+    """Marks itself ready, waits for start.json, then produces from the start of the fault phase
+    so every payload is published under the faults."""
+    mark_ready(cfg.run_dir, "producer")
+    start = Path(cfg.run_dir) / "start.json"
+    while not start.exists():
+        if stop.wait(0.05):
+            return
+    info = json.loads(start.read_text())
+    delay = float(info["run_start"]) - time.time()
     if delay > 0 and stop.wait(delay):
         return
-    producer_main(cfg, channel, stop)
+    producer_main(replace(cfg, ports=tuple(info["ports"])), channel, stop)
 
 
 def run_scenario(

@@ -41,6 +41,13 @@ def setup_process(run_dir: str, proc: str) -> None:
     )
 
 
+def mark_ready(run_dir: str, proc: str) -> None:
+    """This role has imported its stack: the runner starts the fault phase only after every role did."""
+    ready = Path(run_dir) / "ready"
+    ready.mkdir(parents=True, exist_ok=True)
+    (ready / proc).touch()
+
+
 # -- producer ------------------------------------------------------------------------------------
 
 
@@ -151,6 +158,7 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
         protocol=cfg.protocol,
         events=events,
     )
+    mark_ready(cfg.run_dir, cfg.name)
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
