@@ -317,6 +317,7 @@ class ScenarioRun:
         self._cleanups: list[Callable[[], None]] = []
         self._finished = threading.Event()
         self._deadline_hit = threading.Event()
+        self._deadline_at = float("inf")
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -369,8 +370,11 @@ class ScenarioRun:
             (stacks / f"{name}.txt").write_bytes(dumped or b"(no stacks written within 1 s)\n")
 
     def _watchdog(self) -> None:
-        assert self.scenario.deadline is not None
-        if not self._finished.wait(self.scenario.deadline):
+        """Enforce `deadline`, counted from when every role was ready (start-up on a loaded machine
+        is bounded on its own by READY_TIMEOUT_S and must not eat the scenario's time)."""
+        while not self._finished.wait(0.2):
+            if time.time() < self._deadline_at:
+                continue
             self.dump_stacks()  # first: the run stops when it sees the flag, and must not exit mid-dump
             self._deadline_hit.set()
             for handle in list(self._children):
@@ -378,6 +382,7 @@ class ScenarioRun:
                     handle.kill() if hasattr(handle, "kill") else handle.stop()
                 except Exception:
                     pass
+            return
 
     # -- main -------------------------------------------------------------------------------------
 
@@ -385,6 +390,8 @@ class ScenarioRun:
         started = time.time()
         (self.run_dir / "events").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        assert self.scenario.deadline is not None
+        self._deadline_at = time.time() + self.scenario.deadline
         threading.Thread(target=self._watchdog, name="chaos-watchdog", daemon=True).start()
         verdict: Verdict | None = None
         error: str | None = None
@@ -474,6 +481,7 @@ class ScenarioRun:
             self._cleanups.append(handle.kill)
             handle.start()
         self._await_ready(list(roles), spawned)
+        self._deadline_at += time.time() - spawned
         # The server takes about as long to come up as the roles did: start the fault phase after it.
         run_start = time.time() + max(STARTUP_S, time.time() - spawned)
         heal_at = run_start + sc.duration
