@@ -35,11 +35,15 @@ quiet.yaml unless noted; seconds = catch + control run, measured in the run of r
 | resolve_not_asked | client | lost | transport-drop-commit | ~70 |
 | not_ready_retried | packer | drain_incomplete | control-duplicate-descriptor | ~70 |
 | stale_is_exhausted | packer | drain_incomplete | control-delay-descriptor | ~70 |
+| reset_fault_inert | faults | ineffective (reset) | transport-reset-payload | ~70 |
 | checker_ignores_double_commit | checker | unit test fails | (test_checker, control test_lost) | ~10 |
 | checker_excuses_every_kill | checker | unit test fails | (test_checker, control test_lost) | ~10 |
 
-`truncation_not_quarantined` is the one catch in the coverage class: exactly-once still holds, and
-what breaks is the port-health guarantee, named by the truncate's effect rule.
+`truncation_not_quarantined` and `reset_fault_inert` are the catches in the coverage class: exactly-once
+still holds; what breaks is the port-health guarantee (a truncating port must leave the rotation) and
+the harness's own fault (it fires but is off the data path), each named by the fault's effect rule.
+`reset_fault_inert` is the acceptance case "a scenario whose fault is removed from the data path fails
+as `ineffective`".
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ CASES = [
     Case("resolve_not_asked", "transport-drop-commit", ("lost",)),
     Case("not_ready_retried", "control-duplicate-descriptor", ("drain_incomplete",)),
     Case("stale_is_exhausted", "control-delay-descriptor", ("drain_incomplete",)),
+    Case("reset_fault_inert", "transport-reset-payload", ("ineffective",)),
     Case(
         "checker_ignores_double_commit",
         "test_second_server_commit_of_a_key_is_double_commit",

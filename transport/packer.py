@@ -126,7 +126,12 @@ async def fetch_batch(
     concurrency: int = 8,
     round_pause: float = 0.1,
 ) -> BatchResult:
-    """Fetch concurrently (bounded), then retry failed retryable slots for up to `rounds` rounds."""
+    """Fetch concurrently (bounded), then retry failed retryable slots for up to `rounds` rounds.
+
+    Round r > 0 starts after `min(read_timeout, round_pause * 2**r)`: a slot whose `max_attempts`
+    were all used up (every port failed it just now) gets a fresh set of attempts once the ports had
+    time to recover. `attempts` counts every attempt over all rounds.
+    """
     if rounds < 1:
         raise ConfigError(f"rounds={rounds}: must be >= 1")
     if concurrency < 1:
@@ -148,7 +153,9 @@ async def fetch_batch(
             seconds[i] += time.perf_counter() - started
             attempts[i] += len(getattr(exc, "causes", ())) or 1
             last_error[i] = exc
-            if not exc.retryable:
+            # A slot that used up its attempts goes to the next round (after that round's back-off);
+            # only a failure no attempt can change (STALE, UNAUTHORIZED, consumed, in doubt) is final.
+            if not exc.retryable and not isinstance(exc, AttemptsExhaustedError):
                 final.add(i)
             return
         attempts[i] += used

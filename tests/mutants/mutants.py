@@ -363,6 +363,24 @@ def stale_is_exhausted() -> None:
     original = patch(packer, "failure_reason", failure_reason)
 
 
+# -- faults (the harness's own fault layer) -----------------------------------------------------------
+
+
+def reset_fault_inert() -> None:
+    """The transport fault layer records a `reset` but no longer aborts the endpoint.
+
+    Breaks: a fault counts when it changed an outcome (DESIGN.md §3). The reset still "fires" (its
+    `fault` events are all there) but is off the data path: `ineffective` names it.
+    """
+    from chaos.faults.transport import ChaosLink
+
+    def _reset(self: ChaosLink, spec: Any, phase: Any) -> None:
+        ran()
+        self._fire(spec, phase)  # mutant: counted, not acted
+
+    patch(ChaosLink, "_reset", _reset)
+
+
 # -- checker (caught by its unit tests: a lax checker is invisible on a correct transport) -----------
 
 
@@ -412,6 +430,7 @@ MUTANTS: dict[str, Callable[[], None]] = {
         resolve_not_asked,
         not_ready_retried,
         stale_is_exhausted,
+        reset_fault_inert,
         checker_ignores_double_commit,
         checker_excuses_every_kill,
     )
