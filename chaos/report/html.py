@@ -30,9 +30,14 @@ COUNTER_ORDER = (
     "corrupted",
     "in_doubt",
     "unexpected",
-    "delivered_to_dead_consumer",
+    "consumed_by_dead_consumer",
     "wrong_generation",
     "fencing",
+    "double_commit",
+    "uncommitted_delivery",
+    "republished",
+    "slot_leak",
+    "port_abandoned",
     "dropped",
     "stale_rejected",
     "retries",
@@ -40,7 +45,20 @@ COUNTER_ORDER = (
 )
 COUNTER_LABELS = {"failed": "failed reads", "retries": "retried reads"}
 BAD_COUNTERS = frozenset(
-    {"lost", "duplicated", "corrupted", "in_doubt", "unexpected", "wrong_generation", "fencing"}
+    {
+        "lost",
+        "duplicated",
+        "corrupted",
+        "in_doubt",
+        "unexpected",
+        "wrong_generation",
+        "fencing",
+        "double_commit",
+        "uncommitted_delivery",
+        "republished",
+        "slot_leak",
+        "port_abandoned",
+    }
 )
 
 

@@ -129,6 +129,9 @@ class CoverageRow:
     covered: bool
     per_port: bool  # False for process/control faults: one count, no port cells
     cells: list[CoverageCell]
+    effect: str = "-"  # effective / ineffective / not_judged (chaos/effects.py); "-" for old results
+    effective: int = 0  # firings an outcome matched
+    effect_detail: str = ""
 
 
 def coverage_rows(result: ScenarioResult) -> list[CoverageRow]:
@@ -154,6 +157,9 @@ def coverage_rows(result: ScenarioResult) -> list[CoverageRow]:
                 covered=bool(entry.get("covered")),
                 per_port=per_port,
                 cells=cells,
+                effect=str(entry.get("effect", "-")),
+                effective=int(entry.get("effective", 0)),
+                effect_detail=str(entry.get("effect_detail", "")),
             )
         )
     return rows
