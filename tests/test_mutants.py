@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MUTANTS_DIR = ROOT / "tests" / "mutants"
 CONTROLS = MUTANTS_DIR / "controls"
 SCENARIOS = ROOT / "scenarios"
-RUN_TIMEOUT_S = 240  # a scenario's deadline is 55 s (+ start-up under load); this bounds a hung run
+RUN_TIMEOUT_S = 300  # a scenario's deadline is 90 s (+ start-up under load); this bounds a hung run
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def test_validation_fails_when_the_mutant_raises_instead_of_mutating(tmp_path: P
     """The old finalise_on_send passed because every server action raised: now that is a failure."""
     case = next(c for c in CASES if c.mutant == "finalise_on_send")
     problems, _, control = validate(case, tmp_path, broken=True)
-    assert control is not None and control.exit_code == 1, control
+    assert control is not None and control.exit_code != 0, control  # 1 (anomalies) or 3 (never drained)
     assert any(p.startswith("(b) control failed") for p in problems), problems
 
 

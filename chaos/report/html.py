@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+from chaos.checker import ANOMALY_KINDS
 from chaos.report import plots, view
 from chaos.report.compare import History, Regressions
 from chaos.report.results import RunResults, ScenarioResult
@@ -44,22 +45,8 @@ COUNTER_ORDER = (
     "failed",
 )
 COUNTER_LABELS = {"failed": "failed reads", "retries": "retried reads"}
-BAD_COUNTERS = frozenset(
-    {
-        "lost",
-        "duplicated",
-        "corrupted",
-        "in_doubt",
-        "unexpected",
-        "wrong_generation",
-        "fencing",
-        "double_commit",
-        "uncommitted_delivery",
-        "republished",
-        "slot_leak",
-        "port_abandoned",
-    }
-)
+# Counters that are anomalies when non-zero (a dead consumer's commit is excused, so it is not one).
+BAD_COUNTERS = (frozenset(ANOMALY_KINDS) - {"consumed_by_dead_consumer"}) | {"slot_leak", "port_abandoned"}
 
 
 @dataclass(frozen=True)

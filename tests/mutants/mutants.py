@@ -158,12 +158,7 @@ def checksum_skipped() -> None:
     original = patch(ClientRead, "on_payload", on_payload)
 
 
-def resolve_says_not_committed() -> None:
-    """RESOLVE always answers NOT_COMMITTED, ignoring the ring's and the log's record.
-
-    Breaks: an answer of NOT_COMMITTED is only given when no commit can have happened. The client
-    then reads a slot it already committed again, finds it consumed and drops it: `lost`.
-    """
+def _resolve_always(answer: str) -> None:
     from transport.protocol import Resolution, ServerRead
 
     def _resolution(
@@ -174,9 +169,18 @@ def resolve_says_not_committed() -> None:
         committed_token: int = 0,
     ) -> Resolution:
         ran()
-        return Resolution.NOT_COMMITTED
+        return Resolution[answer]
 
     patch(ServerRead, "_resolution", _resolution)
+
+
+def resolve_says_not_committed() -> None:
+    """RESOLVE always answers NOT_COMMITTED, ignoring the ring's and the log's record.
+
+    Breaks: an answer of NOT_COMMITTED is only given when no commit can have happened. The client
+    then reads a slot it already committed again, finds it consumed and drops it: `lost`.
+    """
+    _resolve_always("NOT_COMMITTED")
 
 
 def resolve_says_committed() -> None:
@@ -185,19 +189,7 @@ def resolve_says_committed() -> None:
     Breaks: RESOLVE answers from the ring/commit log. A read reset before its COMMIT reached the
     server is then delivered without a server commit: `uncommitted_delivery`.
     """
-    from transport.protocol import Resolution, ServerRead
-
-    def _resolution(
-        self: ServerRead,
-        ring_generation: int,
-        ring_state: int,
-        last_commit_token: int,
-        committed_token: int = 0,
-    ) -> Resolution:
-        ran()
-        return Resolution.COMMITTED
-
-    patch(ServerRead, "_resolution", _resolution)
+    _resolve_always("COMMITTED")
 
 
 def refused_commit_taken_as_success() -> None:
