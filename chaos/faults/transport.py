@@ -15,6 +15,9 @@ Where each kind acts, on the server side of the link:
   the request arrived (it is never processed), `commit` before receiving the commit, `status`,
   `payload` or `committed` before sending it.
 - `truncate`: sends half of the `status` frame or of the `payload` (`phase`, default payload).
+- `corrupt`: sends the `status` frame or the `payload` with bytes flipped, same length (UCX cannot
+  tell; only the frame check or the payload checksum can).
+- `reset` at `resolve`: aborts before sending the RESOLVED reply (the client asks another endpoint).
 - `timeout`: holds the status for `delay` (default 1.5x the client's read timeout), then sends it.
 - `stall`: sends the status, holds the payload for `delay`, then sends it.
 - `evict`: closes the endpoint after a fully served read (COMMITTED sent after a COMMIT, or the
@@ -174,6 +177,16 @@ class ChaosLinkWrapper:
 make_link_wrapper = ChaosLinkWrapper
 
 
+def flipped(buf: Any) -> np.ndarray:
+    """A copy of the message with every byte of its middle quarter inverted (same length; the shared
+    memory view itself is never written)."""
+    data = np.frombuffer(buf, dtype=np.uint8).copy()
+    if data.nbytes:
+        start, end = data.nbytes * 3 // 8, max(data.nbytes * 5 // 8, data.nbytes * 3 // 8 + 1)
+        data[start:end] ^= 0xFF
+    return data
+
+
 def wrong_size(buf: Any) -> np.ndarray:
     """Half the message (a message too short to halve becomes one byte too long)."""
     data = np.frombuffer(buf, dtype=np.uint8)
@@ -280,6 +293,10 @@ class ChaosLink:
         if spec is not None:
             self._fire(spec, phase)
             buf = wrong_size(buf)
+        spec = self._take("corrupt", phase)
+        if spec is not None:
+            self._fire(spec, phase)
+            buf = flipped(buf)
         await self.inner.send(buf, phase)
         if attempt is not None:
             if phase == Phase.PAYLOAD:
@@ -292,6 +309,7 @@ __all__ = [
     "ChaosLink",
     "ChaosLinkWrapper",
     "InjectedFaultError",
+    "flipped",
     "make_link_wrapper",
     "wrong_size",
 ]

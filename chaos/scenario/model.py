@@ -18,8 +18,9 @@ Decisions where DESIGN.md is silent:
 - `probability` (default 1) is per request for transport faults, per descriptor for control faults
   and per opportunity for process faults. Network faults have no `probability`: their chance is the
   toxic's own `toxicity` (per connection, as in Toxiproxy), and `down` is all or nothing.
-- `reset.phase` is required (where the reset happens is the point of the fault). `truncate` also takes a
-  `phase`, `status` or `payload` (default `payload`): the fault layer can cut either message.
+- `reset.phase` is required (where the reset happens is the point of the fault; `resolve` aborts before
+  the RESOLVED reply). `truncate` and `corrupt` (bytes flipped, same length) take a `phase`, `status`
+  or `payload` (default `payload`): the fault layer can cut or garble either message.
 - `timeout.delay` defaults to 1.5x `consumers.read_timeout` and must exceed it: a shorter hold is a
   `stall`, not a timeout. Keep it and `stall.delay` below the server's step timeout (5 s).
 - `pause.duration` is required; with `at`, the pause must end inside the fault phase.
@@ -296,13 +297,20 @@ class ResetFault(_TransportFault):
     """Abort the endpoint at `phase`."""
 
     kind: Literal["reset"]
-    phase: Literal["request", "status", "payload", "commit"]
+    phase: Literal["request", "status", "payload", "commit", "resolve"]
 
 
 class TruncateFault(_TransportFault):
     """Send a wrong-size `status` or `payload` message."""
 
     kind: Literal["truncate"]
+    phase: Literal["status", "payload"] = "payload"
+
+
+class CorruptFault(_TransportFault):
+    """Send the `status` or `payload` message with bytes flipped, same length."""
+
+    kind: Literal["corrupt"]
     phase: Literal["status", "payload"] = "payload"
 
 
@@ -401,6 +409,7 @@ class DelayDescriptorFault(_ControlFault):
 Fault = Annotated[
     ResetFault
     | TruncateFault
+    | CorruptFault
     | TimeoutFault
     | StallFault
     | EvictFault
