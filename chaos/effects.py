@@ -23,7 +23,8 @@ Rules (events named as in docs/interfaces.md; "on that port" = the port a firing
   delivered no earlier than `delay` after the firing.
 - kill / restart of a consumer: it held claimed, un-acked descriptors that the channel handed out
   again (`channel_returned`); of the server: a client attempt failed afterwards; of the producer: it
-  died mid-run (`proc_exit`) and nothing was published by it until it came back.
+  died (`proc_exit`) and nothing was published until it came back (a WRITING slot the server then
+  reclaimed, `reclaimed`, marks a kill mid-write).
 - pause: the target logged nothing for most of the pause (`duration`) and something after it
   (resumed service); a server pause also counts through failed client attempts.
 - network `toxic` reset_peer / timeout / limit_data and `down`: a failed attempt on that port inside
@@ -261,14 +262,27 @@ def process_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Ef
             return Effect("effective", f"{target} died holding {n} descriptors, handed out again", len(held))
         return Effect("ineffective", f"{target} held no descriptor when it was {fault.kind}ed")
     if target == "producer":
-        exits = [e for e in ix.by_type.get("proc_exit", ()) if e.get("target") == "producer"]
-        if exits:
-            return Effect("effective", "the producer died mid-run (its in-progress write is reclaimed)", 1)
-        return Effect("ineffective", "no producer exit was recorded")
+        return _producer_stopped(fires, ix)
     failed = [t for times in ix.port_times(FAILED_ATTEMPT).values() for t in times if t >= first - SLACK_S]
     if failed:
         return Effect("effective", f"{len(failed)} client attempts failed after the {fault.kind}", 1)
     return Effect("ineffective", f"no client attempt failed after the server {fault.kind}")
+
+
+def _producer_stopped(fires: Sequence[Event], ix: Indexed) -> Effect:
+    """Killed: nothing published from its death until it was started again; a WRITING slot it left
+    behind reclaimed by the server is noted (a kill mid-write)."""
+    exits = sorted(float(e["t"]) for e in ix.by_type.get("proc_exit", ()) if e.get("target") == "producer")
+    if not exits:
+        return Effect("ineffective", "no producer exit was recorded")
+    died = exits[0]
+    back = next((t for t in exits[1:]), float("inf"))  # a restart logs another proc_exit
+    published = ix.times("published")
+    if _any_between(published, died + SLACK_S, back):
+        return Effect("ineffective", "publishing went on after the producer was killed")
+    mid_write = any(e.get("writing") and float(e["t"]) >= died for e in ix.by_type.get("reclaimed", ()))
+    how = "mid-write: the server reclaimed its WRITING slot" if mid_write else "between writes"
+    return Effect("effective", f"the producer died {how}; nothing was published after", 1)
 
 
 def _paused(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:

@@ -120,6 +120,22 @@ def test_consumer_kill_needs_descriptors_handed_out_again() -> None:
     assert effect(judge(h, fault))[0] == "effective"
 
 
+def test_producer_kill_needs_publishing_to_stop() -> None:
+    fault = FaultRef(0, "kill", target="producer", at_s=1.0)
+    h = (
+        H()
+        .fire(1.0, "kill", target="producer")
+        .add(1.0, "runner", "proc_exit", target="producer", how="killed")
+    )
+    h.add(1.2, "server", "reclaimed", reading=[], writing=[3])
+    assert effect(judge(h, fault)) == (
+        "effective",
+        "the producer died mid-write: the server reclaimed its WRITING slot; nothing was published after",
+    )
+    h.add(2.0, "runner", "published", key="9:1", slot=9, generation=1, nbytes=8, checksum=0)
+    assert effect(judge(h, fault)) == ("ineffective", "publishing went on after the producer was killed")
+
+
 def test_pause_needs_silence_then_service() -> None:
     fault = FaultRef(0, "pause", target="consumer-0", at_s=1.0, duration_s=2.0)
     busy = H().fire(1.0, "pause", target="consumer-0").add(1.5, "consumer-0", "retry", port=0, reason="x")
