@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chaos.checker import failure_kind
 from chaos.report.results import ScenarioResult
 
 # Config keys already shown elsewhere in a fault label (kind first, time last).
@@ -211,5 +212,4 @@ def offending_times(result: ScenarioResult) -> list[tuple[str, float]]:
 
 def anomaly_kind(failure: str) -> str:
     """`lost` from `lost: 3 > 0 (slots ...)`: the checker's failures start with what failed."""
-    head, sep, _ = failure.partition(":")
-    return head.strip().replace(" ", "_") if sep else "failure"
+    return failure_kind(failure)
