@@ -15,29 +15,32 @@ unit test of tests/test_checker.py failing, their control another one passing.
 `test_validation_fails_when_the_mutant_raises_instead_of_mutating` runs finalise_on_send with
 `SLOTWIRE_MUTANT_BREAK=raise` and shows the validation then reports problems.
 
-Catch table (seed 1, this 2-core machine shared with other jobs; control: tests/mutants/controls/
-quiet.yaml unless noted; seconds = catch + control run, measured in the run of record):
+Catch table, measured 2026-12-01 (seed 1, this 2-core box shared with five other jobs, load average
+~20; control: tests/mutants/controls/quiet.yaml unless noted; s = catch + control run, wall clock):
 
-| mutant | module | anomaly | shipped scenario | s |
+| mutant | module | anomaly named (observed) | shipped scenario | s |
 |---|---|---|---|---|
-| no_generation_check | ring | wrong_generation | control-delay-descriptor | ~70 |
-| orphan_finalise_no_token | ring | fencing | transport-stall-past-lease | ~70 |
-| ready_count_writes (no control: every run audits) | ring | ring_audit | baseline-no-faults | ~40 |
-| generation_reused | ring | republished | baseline-no-faults | ~70 |
-| checksum_skipped | protocol | corrupted | transport-truncate | ~70 |
-| resolve_says_not_committed | protocol | lost | transport-drop-commit | ~70 |
-| resolve_says_committed | protocol | uncommitted_delivery | transport-reset-phases | ~70 |
-| refused_commit_taken_as_success | protocol | uncommitted_delivery | transport-stall-past-lease | ~70 |
-| finalise_on_send | server | lost | transport-truncate | ~70 |
-| release_missing_on_error | server | slot_leak / drain_incomplete | transport-reset-payload | ~70 |
-| truncation_not_quarantined | client | ineffective (truncate) | transport-truncate | ~70 |
-| quarantine_never_expires | client | port_abandoned | transport-reset-payload | ~70 |
-| resolve_not_asked | client | lost | transport-drop-commit | ~70 |
-| not_ready_retried | packer | drain_incomplete | control-duplicate-descriptor | ~70 |
-| stale_is_exhausted | packer | drain_incomplete | control-delay-descriptor | ~70 |
-| reset_fault_inert | faults | ineffective (reset) | transport-reset-payload | ~70 |
-| checker_ignores_double_commit | checker | unit test fails | (test_checker, control test_lost) | ~10 |
-| checker_excuses_every_kill | checker | unit test fails | (test_checker, control test_lost) | ~10 |
+| no_generation_check | ring | wrong_generation | control-delay-descriptor | 217 |
+| orphan_finalise_no_token | ring | fencing: 7 | transport-stall-past-lease | 192 |
+| ready_count_writes (no control: every run audits) | ring | ring_audit | baseline-no-faults | 109 |
+| generation_reused | ring | republished: 64 (+ duplicated, double_commit) | baseline-no-faults | 189 |
+| checksum_skipped | protocol | corrupted: 29 | transport-truncate | 148 |
+| resolve_says_not_committed | protocol | lost: 15 | transport-drop-commit | 163 |
+| resolve_says_committed | protocol | uncommitted_delivery: 20 | transport-reset-phases | 188 |
+| refused_commit_taken_as_success | protocol | uncommitted_delivery: 43 | transport-stall-past-lease | 195 |
+| finalise_on_send | server | lost: 9 | transport-truncate | 145 |
+| release_missing_on_error | server | slot_leak / drain_incomplete | transport-reset-payload | 163 |
+| truncation_not_quarantined | client | ineffective (truncate) | transport-truncate | 119 |
+| quarantine_never_expires | client | port_abandoned: ports 0, 1 | transport-reset-payload | 109 |
+| resolve_not_asked | client | lost: 16 | transport-drop-commit | 102 |
+| not_ready_retried | packer | drain_incomplete | control-duplicate-descriptor | 170 |
+| stale_is_exhausted | packer | drain_incomplete (+ lost) | control-delay-descriptor | 110 |
+| reset_fault_inert | chaos faults | ineffective (reset, 114 firings) | transport-reset-payload | 124 |
+| checker_ignores_double_commit | checker | unit test fails | (test_checker; control test_lost) | 41 |
+| checker_excuses_every_kill | checker | unit test fails | (test_checker; control test_lost) | 47 |
+
+The finalise_on_send-raises check took 162 s. All 19 slow tests: ~2,900 s of runs, ~25 minutes with
+`-n 2` on this loaded box.
 
 `truncation_not_quarantined` and `reset_fault_inert` are the catches in the coverage class: exactly-once
 still holds; what breaks is the port-health guarantee (a truncating port must leave the rotation) and
