@@ -20,7 +20,7 @@ Catch table, measured 2026-12-01 (seed 1, this 2-core box shared with five other
 
 | mutant | module | anomaly named (observed) | shipped scenario | s |
 |---|---|---|---|---|
-| no_generation_check | ring | wrong_generation | control-delay-descriptor | 217 |
+| no_generation_check | ring | wrong_generation | control-delay-descriptor | 95 |
 | orphan_finalise_no_token | ring | fencing: 7 | transport-stall-past-lease | 192 |
 | ready_count_writes (no control: every run audits) | ring | ring_audit | baseline-no-faults | 109 |
 | generation_reused | ring | republished: 64 (+ duplicated, double_commit) | baseline-no-faults | 189 |
@@ -29,7 +29,7 @@ Catch table, measured 2026-12-01 (seed 1, this 2-core box shared with five other
 | resolve_says_committed | protocol | uncommitted_delivery: 20 | transport-reset-phases | 188 |
 | refused_commit_taken_as_success | protocol | uncommitted_delivery: 43 | transport-stall-past-lease | 195 |
 | finalise_on_send | server | lost: 9 | transport-truncate | 145 |
-| release_missing_on_error | server | slot_leak / drain_incomplete | transport-reset-payload | 163 |
+| release_missing_on_error | server | slot_leak / drain_incomplete | transport-reset-payload | 94 |
 | truncation_not_quarantined | client | ineffective (truncate) | transport-truncate | 119 |
 | quarantine_never_expires | client | port_abandoned: ports 0, 1 | transport-reset-payload | 109 |
 | resolve_not_asked | client | lost: 16 | transport-drop-commit | 102 |
