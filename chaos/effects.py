@@ -27,8 +27,8 @@ Rules (events named as in docs/interfaces.md; "on that port" = the port a firing
   reclaimed, `reclaimed`, marks a kill mid-write).
 - pause: the target logged nothing for most of the pause (`duration`) and something after it
   (resumed service); a server pause also counts through failed client attempts.
-- network `toxic` reset_peer / timeout / limit_data and `down`: a failed attempt on that port inside
-  the fault's window (plus slack). Data-shaping toxics (latency, bandwidth, slicer, slow_close) on a
+- network `toxic` reset_peer / timeout and `down`: a failed attempt on that port inside the fault's
+  window (plus slack). Data-shaping toxics (latency, bandwidth, slicer, slow_close) and limit_data on a
   listener proxy act on the UCX connection-manager link only: `not_judged` ("connection-setup only")
   until the simulated-hosts layer (issue 8) gives them real predicates: register them here.
 """
@@ -307,6 +307,8 @@ def network_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Ef
         return Effect(
             "not_judged", "connection-setup only: a listener proxy shapes the CM link, not the data"
         )
+    if fault.kind == "toxic" and fault.toxic in SETUP_BYTE_TOXICS:
+        return Effect("not_judged", "connection-setup only: a listener proxy counts CM-link bytes, not data")
     horizon = 5.0
     if fault.window is not None:
         horizon = fault.window[1] - fault.window[0] + 5.0
@@ -314,6 +316,9 @@ def network_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Ef
 
 
 DATA_SHAPING_TOXICS = frozenset({"latency", "bandwidth", "slicer", "slow_close"})
+# limit_data closes a connection after N bytes; on a listener proxy only the CM link's setup bytes
+# pass (measured: no read failed in network-limit-data), so it is judged with simulated hosts (issue 8).
+SETUP_BYTE_TOXICS = frozenset({"limit_data"})
 
 RULES: dict[str, Rule] = {
     "reset": failed_attempt,
