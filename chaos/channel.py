@@ -18,6 +18,12 @@ turn them into one delivery.
 Sharing across processes (`ChannelServer`): the runner process owns the queue and serves it from a
 thread; every other process (spawn context) gets a `ChannelClient`, one end of a `multiprocessing`
 Pipe, as a `Process` argument. No Manager process, nothing to leak: closing the server ends it.
+
+If the serving thread fails (a bug in the queue, a broken pipe it did not expect), it records the
+error in `ChannelServer.error`, closes every client pipe (clients then get `ChannelClosedError` at
+once instead of waiting out their timeout) and stops. `check()` raises `ChannelFailedError`, which
+the runner turns into a harness error (exit 3): slots the channel failed to hand out are the
+harness's fault, and must never be counted as lost by the transport.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ import multiprocessing
 import multiprocessing.connection
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from chaos.faults.base import Clock
 from chaos.faults.control import ControlFaults, Handout
+from transport.events import EventSink
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -40,20 +48,39 @@ class ChannelClosedError(ConnectionError):
     """The channel server is gone (stopped, or the runner died)."""
 
 
+class ChannelFailedError(RuntimeError):
+    """The channel's serving thread died; `__cause__` is what killed it."""
+
+
 def descriptor_key(descriptor: dict[str, Any]) -> str:
     """`slot:generation`, the same identity as `SlotDescriptor.key`."""
     return f"{descriptor['slot']}:{descriptor['generation']}"
 
 
+def emit_published(events: EventSink, descriptor: dict[str, Any]) -> None:
+    """The `published` event: from now on this descriptor must be delivered exactly once."""
+    events.emit(
+        "published",
+        key=descriptor_key(descriptor),
+        slot=descriptor["slot"],
+        generation=descriptor["generation"],
+        nbytes=descriptor["nbytes"],
+        checksum=descriptor["checksum"],
+        seq=descriptor.get("seq"),
+    )
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One handout: `delivery` counts how often this entry was handed out (1 = first time)."""
+    """One handout: `delivery` counts how often this entry was handed out (1 = first time);
+    `published_at` is when the channel accepted the descriptor (for publish-to-claim latency)."""
 
-    id: int
+    id: int | str
     key: str
     descriptor: dict[str, Any]
     delivery: int
     duplicate: bool
+    published_at: float = 0.0
 
 
 @dataclass
@@ -64,6 +91,7 @@ class _Entry:
     group: int  # id of the original entry: copies of one publish share it
     visible_at: float
     duplicate: bool
+    published_at: float = 0.0
     owner: str | None = None
     last_owner: str | None = None
     claimed_at: float = 0.0
@@ -117,6 +145,7 @@ class DescriptorQueue:
                 group=ids[0] if ids else self._next_id,
                 visible_at=now + delay,
                 duplicate=i > 0,
+                published_at=now,
             )
             self._next_id += 1
             ids.append(entry.id)
@@ -153,7 +182,16 @@ class DescriptorQueue:
                 if owners is not None:
                     owners.add(consumer)
                 self._in_flight[entry.id] = entry
-                out.append(Delivery(entry.id, entry.key, entry.descriptor, entry.deliveries, entry.duplicate))
+                out.append(
+                    Delivery(
+                        entry.id,
+                        entry.key,
+                        entry.descriptor,
+                        entry.deliveries,
+                        entry.duplicate,
+                        entry.published_at,
+                    )
+                )
             else:
                 keep.append(entry)
         self._pending = keep
@@ -231,6 +269,13 @@ class DescriptorQueue:
             self.control.heal()
         self.release_held()
 
+    def tick(self, now: float | None = None) -> bool:
+        """Nothing to flush in process (the Redis queue XADDs its outbox here)."""
+        return True
+
+    def busy(self) -> bool:
+        return False
+
     def snapshot(self) -> ChannelStats:
         return replace(self.stats, pending=len(self._pending), in_flight=len(self._in_flight))
 
@@ -302,6 +347,8 @@ class ChannelServer:
         self._wake_pending = threading.Event()  # coalesces wakes so the pipe never fills
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.error_trace = ""
 
     # -- runner-side API (thread-safe) ----------------------------------------------------------
 
@@ -312,6 +359,11 @@ class ChannelServer:
             self._conns[ours] = name
         self._wake()
         return ChannelClient(name, theirs, self.rpc_timeout)
+
+    def connect_consumer(self, name: str) -> Any:
+        """A consumer's end: straight to the stream when the queue has one (Redis), else a pipe."""
+        make = getattr(self.queue, "consumer_client", None)
+        return make(name) if make is not None else self.connect(name)
 
     def publish(self, descriptor: dict[str, Any]) -> list[int]:
         with self._lock:
@@ -337,6 +389,12 @@ class ChannelServer:
     def empty(self) -> bool:
         with self._lock:
             return self.queue.empty()
+
+    def check(self) -> None:
+        """Raise `ChannelFailedError` if the serving thread has died (call it from the runner's loops)."""
+        if self.error is not None:
+            err = ChannelFailedError(f"descriptor channel failed: {type(self.error).__name__}: {self.error}")
+            raise err from self.error
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -375,10 +433,25 @@ class ChannelServer:
             pass
 
     def _serve(self) -> None:
+        try:
+            self._serve_loop()
+        except BaseException as exc:  # recorded for the runner: a dead channel must fail the run
+            self.error = exc
+            self.error_trace = traceback.format_exc()
+            with self._lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
+            self._waiters = []
+
+    def _serve_loop(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
                 conns = list(self._conns)
-            timeout = self.poll_s if self._waiters else 0.2
+            with self._lock:
+                self.queue.tick()
+                busy = self.queue.busy()
+            timeout = self.poll_s if self._waiters or busy else 0.2
             for ready in multiprocessing.connection.wait([self._wake_r, *conns], timeout):
                 if ready is self._wake_r:
                     while self._wake_r.poll():

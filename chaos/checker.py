@@ -245,7 +245,8 @@ class Verdict:
       at or after `end_s` (a None recovery with nothing pending is not a failure).
     - throughput: {per_s, overall_per_s, bucket_s, start_s, timeline} (timeline[i] = deliveries in
       [start_s + i, start_s + i + 1)).
-    - latency: {count, p50, p90, p99, max} of `delivered.latency_s` (nearest rank; None if none).
+    - latency: {count, p50, p90, p99, max} of `delivered.latency_s` (nearest rank; None if none), and
+      under `claim` the same of `claimed.claim_latency_s`: publish-to-claim time per handout.
     - anomalies: kind -> [{key, slot, generation, note, events}] for the first `examples` keys.
     """
 
@@ -311,6 +312,18 @@ def quantile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def quantiles(values: list[float]) -> dict[str, Any]:
+    """{count, p50, p90, p99, max} of `values` (sorted in place)."""
+    values.sort()
+    return {
+        "count": len(values),
+        "p50": quantile(values, 0.50),
+        "p90": quantile(values, 0.90),
+        "p99": quantile(values, 0.99),
+        "max": values[-1] if values else None,
+    }
+
+
 def _split_key(key: str) -> tuple[int | None, int | None]:
     slot, _, gen = key.partition(":")
     try:
@@ -362,6 +375,7 @@ class _Scan:
     returned: list[Event] = field(default_factory=list)  # channel_returned events
     delivery_times: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    claim_latencies: list[float] = field(default_factory=list)
     fault_events: dict[int, list[Event]] = field(default_factory=lambda: defaultdict(list))
     per_port: dict[int, Counter[str]] = field(default_factory=dict)
     holder: dict[str, Any] = field(default_factory=dict)  # key -> token of its latest `served`
@@ -418,6 +432,10 @@ def _scan(history: Sequence[Event], spec: CheckSpec, port_of: _Ports) -> _Scan:
             port = port_of(e.get("port"))
             if port is not None:
                 sc.port_deliveries[port].append(t)
+        elif kind == "claimed":
+            lat = e.get("claim_latency_s")
+            if isinstance(lat, int | float) and not isinstance(lat, bool):
+                sc.claim_latencies.append(float(lat))
         elif kind == "dropped" and key:
             sc.dropped.add(key)
         elif kind == "failed":
@@ -679,14 +697,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
     coverage = _coverage(sc, spec, history, port_of)
     recovery = _recovery(sc, spec, history)
     throughput = _throughput(sc, spec)
-    sc.latencies.sort()
-    latency = {
-        "count": len(sc.latencies),
-        "p50": quantile(sc.latencies, 0.50),
-        "p90": quantile(sc.latencies, 0.90),
-        "p99": quantile(sc.latencies, 0.99),
-        "max": sc.latencies[-1] if sc.latencies else None,
-    }
+    latency = {**quantiles(sc.latencies), "claim": quantiles(sc.claim_latencies)}
     failures = _safety_failures(sc, spec, counts, anomaly_keys, abandoned)
     failures += _coverage_failures(sc, spec, coverage)
     failures += _liveness_failures(spec, throughput, recovery, latency)

@@ -543,10 +543,25 @@ def test_latency_quantiles_nearest_rank() -> None:
     for i in range(100):
         h.publish(0.01 * i, f"{i}:1").deliver(0.01 * i + 0.001, f"{i}:1", latency=(i + 1) / 1000)
     v = check(h.events, spec())
-    assert v.latency == {"count": 100, "p50": 0.05, "p90": 0.09, "p99": 0.099, "max": 0.1}
+    none = {"count": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    assert v.latency == {"count": 100, "p50": 0.05, "p90": 0.09, "p99": 0.099, "max": 0.1, "claim": none}
     v = check(h.events, spec(max_p99_latency_s=0.05))
     assert v.failures == ["p99 latency: 0.099s > 0.05s"]
     assert quantile([], 0.5) is None and quantile([3.0], 0.99) == 3.0
+
+
+def test_claim_latency_quantiles_from_claimed_events() -> None:
+    h = H()
+    for i in range(10):
+        h.publish(0.1 * i, f"{i}:1").deliver(0.1 * i + 0.05, f"{i}:1")
+    for i in range(10):
+        h.add(
+            0.1 * i + 0.01, "consumer-0", "claimed", key=f"{i}:1", delivery=1, claim_latency_s=(i + 1) / 1000
+        )
+    h.add(2.0, "consumer-1", "claimed", key="0:1", delivery=2, claim_latency_s=None)  # not measured
+    v = check(h.events, spec())
+    assert v.latency["claim"] == {"count": 10, "p50": 0.005, "p90": 0.009, "p99": 0.01, "max": 0.01}
+    assert v.passed
 
 
 def test_empty_history() -> None:

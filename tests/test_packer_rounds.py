@@ -43,7 +43,15 @@ class ScriptedClient:
 
 def desc(slot: int) -> SlotDescriptor:
     return SlotDescriptor(
-        host="h", ports=(1,), ring_id="r", slot=slot, generation=1, nbytes=4, checksum=0, secret="00"
+        host="h",
+        ports=(1,),
+        ring_id="0" * 32,
+        ring_slots=8,
+        slot=slot,
+        generation=1,
+        nbytes=4,
+        checksum=0,
+        capability="00" * 16,
     )
 
 

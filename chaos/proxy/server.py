@@ -17,6 +17,7 @@ from aiohttp import web
 
 from chaos.proxy.api import create_app
 from chaos.proxy.collection import ProxyCollection
+from chaos.proxy.policy import is_local
 
 SHUTDOWN_TIMEOUT = 1.0
 
@@ -25,9 +26,15 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def start_api(host: str, port: int, seed: int | None) -> tuple[web.AppRunner, ProxyCollection, str]:
-    """Start the HTTP API on (host, port); port 0 picks a free one. Returns the runner and URL."""
-    collection = ProxyCollection(seed)
+async def start_api(
+    host: str, port: int, seed: int | None, allow_remote: bool = False
+) -> tuple[web.AppRunner, ProxyCollection, str]:
+    """Start the HTTP API on (host, port); port 0 picks a free one. Returns the runner and URL.
+
+    Without `allow_remote` the API itself must listen on loopback too (ValueError otherwise)."""
+    if not allow_remote and not is_local(host):
+        raise ValueError(f"API host {host!r} is not loopback: pass --allow-remote to listen there")
+    collection = ProxyCollection(seed, allow_remote=allow_remote)
     runner = web.AppRunner(
         create_app(collection), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
@@ -42,10 +49,15 @@ async def start_api(host: str, port: int, seed: int | None) -> tuple[web.AppRunn
 
 
 async def serve(
-    host: str, port: int, seed: int | None, stop: asyncio.Event, on_ready: Callable[[str, int], None]
+    host: str,
+    port: int,
+    seed: int | None,
+    stop: asyncio.Event,
+    on_ready: Callable[[str, int], None],
+    allow_remote: bool = False,
 ) -> None:
     """Serve until `stop` is set; `on_ready(url, seed)` is called once listening."""
-    runner, collection, url = await start_api(host, port, seed)
+    runner, collection, url = await start_api(host, port, seed, allow_remote)
     try:
         on_ready(url, collection.seed)
         await stop.wait()
@@ -56,10 +68,13 @@ async def serve(
 class EmbeddedProxyServer:
     """A Toxiproxy-compatible server on a background thread: `with EmbeddedProxyServer() as s: s.url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None, *, allow_remote: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.seed = seed
+        self.allow_remote = allow_remote
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -73,7 +88,9 @@ class EmbeddedProxyServer:
         self._thread = threading.Thread(target=loop.run_forever, name="toxiproxy-embedded", daemon=True)
         self._thread.start()
         try:
-            future = asyncio.run_coroutine_threadsafe(start_api(self.host, self.port, self.seed), loop)
+            future = asyncio.run_coroutine_threadsafe(
+                start_api(self.host, self.port, self.seed, self.allow_remote), loop
+            )
             self._runner, collection, self.url = future.result(timeout)
         except BaseException:
             self._shutdown(timeout)

@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+from chaos.atomic import write_atomic
 from chaos.checker import ANOMALY_KINDS
 from chaos.report import plots, view
 from chaos.report.compare import History, Regressions
@@ -196,5 +197,5 @@ def write(
     history: History | None = None,
 ) -> Path:
     path = Path(path)
-    path.write_text(render(results, regressions, history), encoding="utf-8")
+    write_atomic(path, render(results, regressions, history))
     return path

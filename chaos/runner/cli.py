@@ -3,11 +3,17 @@
 Exit codes: 0 every scenario passed; 1 an expectation failed (or, with --fail-on-regression, a
 regression against --baseline); 2 invalid input; 3 the harness could not judge a scenario (it wins
 over 1, since an unjudged run proves nothing).
+
+Interrupts: the first Ctrl-C or SIGTERM ends the run; everything after it (each scenario's teardown,
+the `-j` parent stopping its workers) runs with further SIGINT/SIGTERM held off, and what is printed
+about the cleanup is what was checked afterwards (`chaos.runner.cleanup`), never assumed. Every run
+starts by sweeping what an earlier, SIGKILLed run of this user left behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import shlex
 import signal
@@ -22,12 +28,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from chaos.atomic import write_atomic
 from chaos.checker import failures_line
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
+from chaos.runner.cleanup import shielded, state_dir, sweep_stale
 from chaos.runner.orchestrator import Outcome, Progress, run_scenario
 from chaos.scenario import ScenarioError, load_scenarios
+from chaos.scenario.errors import Problem
 from chaos.scenario.model import Scenario
+from chaos.scenario.resources import resource_problems
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HARNESS = 0, 1, 2, 3
 SPAWN = mp.get_context("spawn")
@@ -37,6 +47,14 @@ console = Console(stderr=True, soft_wrap=True)
 
 def _stdout_console() -> Console:
     return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+@dataclass(frozen=True)
+class Servers:
+    """External servers given on the command line (None: the run starts its own)."""
+
+    toxiproxy: str | None = None
+    redis: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +83,7 @@ def _progress_line(p: Progress) -> str:
 PLAIN_PROGRESS_EVERY_S = 5.0  # a CI log gets a progress line this often (no live status there)
 
 
-def _run_job(job: Job, run_dir: Path, toxiproxy: str | None, live: Any | None) -> Outcome:
+def _run_job(job: Job, run_dir: Path, servers: Servers, live: Any | None) -> Outcome:
     last = {"t": 0.0, "phase": ""}
 
     def progress(p: Progress) -> None:
@@ -77,13 +95,19 @@ def _run_job(job: Job, run_dir: Path, toxiproxy: str | None, live: Any | None) -
             last.update(t=time.monotonic(), phase=p.phase)
             console.print(_progress_line(p), markup=True)
 
-    return run_scenario(job.scenario.with_seed(job.seed), run_dir, toxiproxy_url=toxiproxy, progress=progress)
+    return run_scenario(
+        job.scenario.with_seed(job.seed),
+        run_dir,
+        toxiproxy_url=servers.toxiproxy,
+        redis_url=servers.redis,
+        progress=progress,
+    )
 
 
-def _job_worker(job: Job, run_dir: str, toxiproxy: str | None, results: Any) -> None:
+def _job_worker(job: Job, run_dir: str, servers: Servers, results: Any) -> None:
     _terminate_on_sigterm()
     try:
-        outcome = _run_job(job, Path(run_dir), toxiproxy, None)
+        outcome = _run_job(job, Path(run_dir), servers, None)
         results.put((job.scenario.name, outcome))
     except BaseException as exc:
         results.put((job.scenario.name, f"{type(exc).__name__}: {exc}"))
@@ -116,12 +140,12 @@ def _to_result(job: Job, outcome: Outcome | str, out_dir: Path) -> ScenarioResul
     )
 
 
-def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | None) -> list[ScenarioResult]:
+def _execute(jobs: list[Job], out_dir: Path, parallel: int, servers: Servers) -> list[ScenarioResult]:
     results: list[ScenarioResult] = []
     if parallel <= 1:
         for job in jobs:
             with console.status(f"[bold]{job.scenario.name}[/] starting") as live:
-                outcome = _run_job(job, out_dir / job.scenario.name, toxiproxy, live)
+                outcome = _run_job(job, out_dir / job.scenario.name, servers, live)
             result = _to_result(job, outcome, out_dir)
             _print_done(result)
             results.append(result)
@@ -136,10 +160,11 @@ def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | Non
                 job = pending.pop(0)
                 proc = SPAWN.Process(
                     target=_job_worker,
-                    args=(job, str(out_dir / job.scenario.name), toxiproxy, channel),
+                    args=(job, str(out_dir / job.scenario.name), servers, channel),
                     name=f"chaos-run-{job.scenario.name}",
                 )
                 proc.start()
+                _OWNERS.add(str(proc.pid))  # its run-state record is checked after an interrupt
                 running[job.scenario.name] = (job, proc)
                 console.print(f"started {job.scenario.name}")
             try:
@@ -156,12 +181,44 @@ def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | Non
             done[name] = _to_result(job, outcome, out_dir)
             _print_done(done[name])
     finally:
-        for _, proc in running.values():
-            proc.terminate()
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
+        with shielded():
+            _stop_workers([proc for _, proc in running.values()])
     return [done[j.scenario.name] for j in jobs if j.scenario.name in done]
+
+
+WORKER_CLEANUP_S = 60.0  # a worker's own teardown (server stop, joins) fits well inside this
+
+
+def _stop_workers(procs: list[Any]) -> None:
+    """SIGTERM every worker at once (each tears its scenario down, shielded), wait, SIGKILL the rest;
+    then sweep whatever a SIGKILLed worker could not remove."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + WORKER_CLEANUP_S
+    for proc in procs:
+        proc.join(max(0.1, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    if procs:
+        sweep_stale()
+
+
+def _verified_cleanup() -> str:
+    """What a check of the run-state records says after an interrupt (not what we hope happened)."""
+    sweep_stale()  # runs whose owner is gone: a killed worker's leftovers
+    left = sorted(p.name for p in state_dir().glob("*.json") if _owned_by_us(p.name))
+    if left:
+        return f"[red]interrupted: cleanup could not verify everything; records left: {', '.join(left)}[/]"
+    return "[red]interrupted[/]: cleanup verified: no process, segment or proxy port of this run left"
+
+
+def _owned_by_us(record: str) -> bool:
+    """Run-state records are named `<run>-<owner pid>.json`; ours or our (dead) workers'."""
+    return record.removesuffix(".json").rpartition("-")[2] in _OWNERS
+
+
+_OWNERS: set[str] = set()
 
 
 def _print_done(result: ScenarioResult) -> None:
@@ -182,12 +239,14 @@ def _summary_table(results: RunResults) -> Table:
         "in-doubt",
         "thr/s",
         "p99",
+        "claim p50",
     ):
         table.add_column(col, justify="left" if col in ("scenario", "verdict") else "right")
     for s in results.scenarios:
         v = s.verdict or {}
         c = v.get("counts", {})
         lat = (v.get("latency") or {}).get("p99")
+        claim = ((v.get("latency") or {}).get("claim") or {}).get("p50")
         thr = (v.get("throughput") or {}).get("per_s")
         style = {"passed": "green", "failed": "red", "error": "magenta"}[s.status]
         table.add_row(
@@ -199,6 +258,7 @@ def _summary_table(results: RunResults) -> Table:
             ),
             f"{thr:.0f}" if thr is not None else "-",
             f"{lat * 1000:.0f} ms" if lat is not None else "-",
+            f"{claim * 1000:.1f} ms" if claim is not None else "-",
         )
     return table
 
@@ -218,7 +278,7 @@ def _finish(results_list: list[ScenarioResult], started: datetime, out_dir: Path
         results, out_dir, baseline=opts.baseline, history_dir=opts.history, thresholds=opts.thresholds
     )
     if opts.junit:
-        Path(opts.junit).write_bytes(paths.junit_xml.read_bytes())
+        write_atomic(opts.junit, paths.junit_xml.read_bytes())
     if paths.regressions is not None:  # regressions first: they are what a nightly reader looks for
         lines = paths.regressions.lines() or [f"no regression against {paths.regressions.baseline_run_id}"]
         for line in lines:
@@ -268,6 +328,12 @@ _common = [
     click.option(
         "--toxiproxy", "toxiproxy", metavar="URL", help="Use this Toxiproxy server for network faults."
     ),
+    click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        help="Use this Redis server for `channel: redis` scenarios (default: start one per run).",
+    ),
 ]
 
 
@@ -293,6 +359,7 @@ def run(
     p99_rise: float,
     parallel: int,
     toxiproxy: str | None,
+    redis_url: str | None,
 ) -> None:
     """Run SCENARIO files (or directories of them) and judge each one."""
     _terminate_on_sigterm()
@@ -303,7 +370,7 @@ def run(
         sys.exit(EXIT_INVALID)
     jobs = [Job(s, str(s.source or s.name), s.seed if seed is None else seed) for s in loaded]
     opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
-    sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
+    sys.exit(_run_jobs(jobs, out, opts, parallel, Servers(toxiproxy, redis_url)))
 
 
 @click.command("replay")
@@ -322,6 +389,7 @@ def replay(
     p99_rise: float,
     parallel: int,
     toxiproxy: str | None,
+    redis_url: str | None,
 ) -> None:
     """Re-run the scenarios of RESULTS_FILE (results.json or its run directory) with their recorded
     seed and configuration."""
@@ -339,8 +407,12 @@ def replay(
     if not jobs:
         console.print(f"[red]nothing to replay[/]: no scenario named {', '.join(only)} in {results_file}")
         sys.exit(EXIT_INVALID)
+    problems: list[Problem] = [p for j in jobs for p in resource_problems(j.scenario, j.file)]
+    if problems:
+        console.print(f"[red]cannot replay {results_file}[/]: {ScenarioError(problems)}")
+        sys.exit(EXIT_INVALID)
     opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
-    sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
+    sys.exit(_run_jobs(jobs, out, opts, parallel, Servers(toxiproxy, redis_url)))
 
 
 def _report_options(
@@ -361,18 +433,21 @@ def _report_options(
     return ReportOptions(junit, base, history, thresholds, fail_on_regression)
 
 
-def _run_jobs(
-    jobs: list[Job], out: str | None, opts: ReportOptions, parallel: int, toxiproxy: str | None
-) -> int:
+def _run_jobs(jobs: list[Job], out: str | None, opts: ReportOptions, parallel: int, servers: Servers) -> int:
     started = datetime.now(UTC)
     out_dir = _out_dir(out, started)
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run directory: {out_dir}  ({len(jobs)} scenario(s), -j {parallel})")
     t0 = time.monotonic()
+    swept = sweep_stale()
+    for line in swept:
+        console.print(f"swept leftovers of a killed run: {line}")
+    _OWNERS.add(str(os.getpid()))
     try:
-        results_list = _execute(jobs, out_dir, parallel, toxiproxy)
+        results_list = _execute(jobs, out_dir, parallel, servers)
     except KeyboardInterrupt:
-        console.print("[red]interrupted: processes and segments cleaned up[/]")
+        with shielded():
+            console.print(_verified_cleanup())
         return EXIT_HARNESS
     code = _finish(results_list, started, out_dir, opts)
     console.print(f"{len(jobs)} scenario(s) in {time.monotonic() - t0:.0f}s; command: {shlex.join(sys.argv)}")

@@ -1,20 +1,21 @@
 """Run one scenario: start the processes, inject faults, heal, drain, check, clean up.
 
-Timeline (wall clock, shared by every process): producer and consumers are spawned first and each marks
-itself ready (`ready/<proc>`) once its stack is imported; then the server starts and `run_start` is
-set a little later (at least as long as the roles took), so every process is up before the fault
-phase; faults act in `[run_start, run_start + duration)`; then the producer stops,
+Timeline (wall clock, shared by every process): `run_start` is a little after launch so every process
+is up before the fault phase; faults act in `[run_start, run_start + duration)`; then the producer stops,
 every fault heals (a killed server is restarted) and consumers drain the channel for at most
 `drain_timeout`. A watchdog enforces the scenario's `deadline`: past it, every process's stacks are
 dumped into the run directory and the run is judged a harness error (exit 3).
+
+Teardown goes through `chaos.runner.cleanup.RunCleanup`: every step runs (even after a failing one or
+a second Ctrl-C), and the ring segment and every child process are tracked from the moment they exist,
+so a runner killed with SIGKILL leaves a record the next run sweeps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
-import json
 import multiprocessing as mp
-import os
 import random
 import signal
 import threading
@@ -22,36 +23,39 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.channel import ChannelServer, DescriptorQueue
+from chaos.channel import ChannelFailedError, ChannelServer, DescriptorQueue, emit_published
 from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
 from chaos.faults.base import FaultSpec, layer_of
 from chaos.faults.control import ControlFaults
-from chaos.faults.process import ProcessFaults
+from chaos.faults.process import ProcessFaults, process_handle
 from chaos.history import read_history
+from chaos.redis_channel import RedisQueue, StreamRef
+from chaos.redis_server import RedisServer, RedisServerError
+from chaos.runner.cleanup import CleanupReport, RunCleanup, port_id
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import (
     ConsumerConfig,
     ProducerConfig,
     consumer_main,
-    mark_ready,
-    producer_main,
+    delayed_producer_main,
     server_role,
 )
 from chaos.scenario.model import Scenario
+from chaos.trainer import load_entrypoint
 from transport.errors import TransportError
 from transport.events import JsonlSink
-from transport.ring import SharedRing, SlotState
+from transport.ring import SHM_DIR, SharedRing, SlotState
 from transport.serve import ServerConfig, ServerProcess
 
 SPAWN = mp.get_context("spawn")
-STARTUP_S = 4.0  # at least this between the roles being ready and the fault phase (server start)
-READY_TIMEOUT_S = 120.0  # a role that has not imported its stack by then: harness error
+STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
 STEP_TIMEOUT_S = 5.0
 HOST = "127.0.0.1"
+VISIBILITY_TIMEOUT_S = 10.0  # a claimed descriptor not acked for this long is handed out again
 
 
 class HarnessError(RuntimeError):
@@ -81,6 +85,7 @@ class Outcome:
     started: float
     duration_s: float
     notes: list[str] = field(default_factory=list)
+    cleanup: CleanupReport | None = None
 
     @property
     def status(self) -> str:
@@ -89,29 +94,26 @@ class Outcome:
         return "passed" if self.verdict.passed else "failed"
 
 
-class RecordingQueue(DescriptorQueue):
+class Recording:
     """Logs `published` when the channel accepts a descriptor: from then on it must be delivered.
 
     Logging here rather than in the producer makes publish atomic for the checker: a producer
-    killed between its ring write and the channel leaves a slot nobody was promised.
+    killed between its ring write and the channel leaves a slot nobody was promised. One mixin for
+    both channels, so the in-process queue and the Redis stream log the same events.
     """
 
+    events: JsonlSink
+
+    def publish(self, descriptor: dict[str, Any], now: float | None = None) -> list[int]:
+        ids = super().publish(descriptor, now)  # type: ignore[misc]
+        emit_published(self.events, descriptor)
+        return ids
+
+
+class RecordingQueue(Recording, DescriptorQueue):
     def __init__(self, events: JsonlSink, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.events = events
-
-    def publish(self, descriptor: dict[str, Any], now: float | None = None) -> list[int]:
-        ids = super().publish(descriptor, now)
-        self.events.emit(
-            "published",
-            key=f"{descriptor['slot']}:{descriptor['generation']}",
-            slot=descriptor["slot"],
-            generation=descriptor["generation"],
-            nbytes=descriptor["nbytes"],
-            checksum=descriptor["checksum"],
-            seq=descriptor.get("seq"),
-        )
-        return ids
 
     def consumer_died(self, consumer: str) -> int:
         """Logs which descriptors the dead consumer held claimed and un-acked (`channel_returned`):
@@ -120,6 +122,12 @@ class RecordingQueue(DescriptorQueue):
         count = super().consumer_died(consumer)
         self.events.emit("channel_returned", consumer=consumer, keys=keys, why="died")
         return count
+
+
+class RecordingRedisQueue(Recording, RedisQueue):
+    def __init__(self, events: JsonlSink, ref: StreamRef, **kwargs: Any) -> None:
+        super().__init__(ref, **kwargs)
+        self.events = events
 
 
 # -- conversions --------------------------------------------------------------------------------
@@ -209,16 +217,45 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
     )
 
 
+def server_options(
+    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: float, events_path: Path
+) -> dict[str, Any]:
+    """`ServerConfig` fields for a scenario's server: timeouts, its event log and, when the scenario
+    has transport faults, the fault wrapper on its links (active from `run_start` for `duration`)."""
+    has_transport = any(s.layer == "transport" for s in specs)
+    return {
+        "step_timeout": STEP_TIMEOUT_S,
+        "lease": sc.server.lease if sc.server.lease is not None else max(30.0, 3 * STEP_TIMEOUT_S),
+        "events_path": str(events_path),
+        "link_wrapper": "chaos.faults.transport:make_link_wrapper" if has_transport else None,
+        "link_wrapper_args": {
+            "faults": specs,
+            "seed": seed,
+            "run_start": run_start,
+            "ports_by_index": True,
+            "read_timeout": sc.consumers.read_timeout,
+            "heal_at": run_start + sc.duration,
+        }
+        if has_transport
+        else {},
+    }
+
+
 # -- process handles ----------------------------------------------------------------------------
+
+
+Tracker = Callable[[int | None], None]
 
 
 class ServerHandle(ServerProcess):
     """The server process under `server_role` (log file, stack dumps); `restart()` brings it back on
-    the same ports with a fresh RNG stream."""
+    the same ports with a fresh RNG stream. `track(pid)` is told of every process it starts."""
 
-    def __init__(self, run_dir: Path, config: ServerConfig) -> None:
+    def __init__(self, run_dir: Path, config: ServerConfig, track: Tracker = lambda pid: None) -> None:
         super().__init__(config, target=server_role, target_args=(str(run_dir),))
         self.starts = 0
+        self.track = track
+        self.proc: Any = None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -234,6 +271,9 @@ class ServerHandle(ServerProcess):
             return super().start(timeout)
         except TransportError as exc:
             raise HarnessError(f"{exc} (see logs/server.log)") from exc
+        finally:
+            self.proc = process_handle(self.process)
+            self.track(self.pid)
 
     def restart(self) -> None:
         self.stop()
@@ -244,14 +284,22 @@ class RoleHandle:
     """A producer or consumer process; restart reconnects it to the channel."""
 
     def __init__(
-        self, name: str, target: Callable[..., None], config: Any, channel: ChannelServer, stop: Any
+        self,
+        name: str,
+        target: Callable[..., None],
+        config: Any,
+        channel: ChannelServer,
+        stop: Any,
+        track: Tracker = lambda pid: None,
     ) -> None:
         self.name = name
         self.target = target
         self.config = config
         self.channel = channel
         self.stop_event = stop
+        self.track = track
         self.process: mp.process.BaseProcess | None = None
+        self.proc: Any = None  # psutil.Process: what signals go through
         self.death_reported = False
 
     @property
@@ -262,11 +310,14 @@ class RoleHandle:
         return self.process is not None and self.process.is_alive()
 
     def start(self) -> None:
-        client = self.channel.connect(self.name)
+        is_consumer = self.name.startswith("consumer")
+        client = self.channel.connect_consumer(self.name) if is_consumer else self.channel.connect(self.name)
         self.process = SPAWN.Process(
             target=self.target, args=(self.config, client, self.stop_event), name=f"chaos-{self.name}"
         )
         self.process.start()
+        self.proc = process_handle(self.process)
+        self.track(self.process.pid)
         client.close()  # the child has its own copy
         self.death_reported = False
 
@@ -284,8 +335,9 @@ class RoleHandle:
     def kill(self, timeout: float = 5.0) -> None:
         if self.process is None:
             return
-        if self.process.is_alive():
-            os.kill(self.process.pid, signal.SIGCONT)
+        if self.process.is_alive():  # not reaped yet: `proc` is still this child
+            with contextlib.suppress(Exception):
+                self.proc.send_signal(signal.SIGCONT)
             self.process.kill()
         self.process.join(timeout)
 
@@ -305,23 +357,33 @@ class ScenarioRun:
         *,
         seed: int | None = None,
         toxiproxy_url: str | None = None,
+        redis_url: str | None = None,
         progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.scenario = scenario
+        self.redis_url = redis_url
         self.seed = scenario.seed if seed is None else seed
         self.run_dir = run_dir
         self.toxiproxy_url = toxiproxy_url
         self.progress = progress or (lambda p: None)
         self.notes: list[str] = []
         self._children: list[Any] = []
-        self._cleanups: list[Callable[[], None]] = []
+        self.cleanup = RunCleanup(f"{run_dir.parent.name}-{scenario.name}")
         self._finished = threading.Event()
         self._deadline_hit = threading.Event()
-        self._deadline_at = float("inf")
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    def _check_channel(self, channel: ChannelServer) -> None:
+        """A dead channel thread fails the run as a harness error (exit 3), never as lost slots."""
+        try:
+            channel.check()
+        except ChannelFailedError as exc:
+            (self.run_dir / "logs" / "channel-error.log").write_text(channel.error_trace)
+            raise HarnessError(f"{exc} (see logs/channel-error.log)") from exc
+
     def _report(self, phase: str, elapsed: float, channel: ChannelServer) -> None:
+        self._check_channel(channel)
         stats = channel.stats()
         self.progress(
             Progress(
@@ -335,13 +397,13 @@ class ScenarioRun:
             )
         )
 
-    def _pids(self) -> list[tuple[str, int]]:
-        out = []
-        for handle in self._children:
-            pid = handle.pid
-            if pid is not None and handle.alive():
-                out.append((getattr(handle, "name", "server"), pid))
-        return out
+    def _procs(self) -> list[tuple[str, Any]]:
+        """(name, psutil.Process) of every live child but Redis (SIGUSR1 dumps no Python stacks there)."""
+        return [
+            (getattr(handle, "name", "server"), handle.proc)
+            for handle in self._children
+            if handle.proc is not None and handle.alive() and not isinstance(handle, RedisServer)
+        ]
 
     def dump_stacks(self) -> None:
         """Write every process's stacks to `stacks/<proc>.txt` (and the runner's to `stacks/runner.txt`).
@@ -354,13 +416,13 @@ class ScenarioRun:
         with open(stacks / "runner.txt", "w") as f:
             faulthandler.dump_traceback(file=f, all_threads=True)
         marks: dict[str, tuple[int, Path]] = {}
-        for name, pid in self._pids():
+        for name, proc in self._procs():
             log = self.run_dir / "logs" / f"{name}.log"
             marks[name] = (log.stat().st_size if log.exists() else 0, log)
             try:
-                os.kill(pid, signal.SIGCONT)  # a paused process cannot run its handler
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot run its handler
+                proc.send_signal(signal.SIGUSR1)
+            except Exception:  # gone (psutil.NoSuchProcess): nothing to dump
                 marks.pop(name)
         time.sleep(1.0)
         for name, (offset, log) in marks.items():
@@ -370,11 +432,8 @@ class ScenarioRun:
             (stacks / f"{name}.txt").write_bytes(dumped or b"(no stacks written within 1 s)\n")
 
     def _watchdog(self) -> None:
-        """Enforce `deadline`, counted from when every role was ready (start-up on a loaded machine
-        is bounded on its own by READY_TIMEOUT_S and must not eat the scenario's time)."""
-        while not self._finished.wait(0.2):
-            if time.time() < self._deadline_at:
-                continue
+        assert self.scenario.deadline is not None
+        if not self._finished.wait(self.scenario.deadline):
             self.dump_stacks()  # first: the run stops when it sees the flag, and must not exit mid-dump
             self._deadline_hit.set()
             for handle in list(self._children):
@@ -382,7 +441,6 @@ class ScenarioRun:
                     handle.kill() if hasattr(handle, "kill") else handle.stop()
                 except Exception:
                     pass
-            return
 
     # -- main -------------------------------------------------------------------------------------
 
@@ -390,8 +448,6 @@ class ScenarioRun:
         started = time.time()
         (self.run_dir / "events").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        assert self.scenario.deadline is not None
-        self._deadline_at = time.time() + self.scenario.deadline
         threading.Thread(target=self._watchdog, name="chaos-watchdog", daemon=True).start()
         verdict: Verdict | None = None
         error: str | None = None
@@ -417,38 +473,81 @@ class ScenarioRun:
             error = f"deadline of {self.scenario.deadline:.0f}s passed; stacks in stacks/"
             verdict = None
         return Outcome(
-            self.scenario, self.seed, self.run_dir, verdict, error, started, time.time() - started, self.notes
+            self.scenario,
+            self.seed,
+            self.run_dir,
+            verdict,
+            error,
+            started,
+            time.time() - started,
+            self.notes,
+            self.cleanup_report,
         )
 
+    cleanup_report: CleanupReport | None = None
+
     def _cleanup(self) -> None:
-        for fn in reversed(self._cleanups):
-            try:
-                t = time.time()
-                fn()
-                if time.time() - t > 2.0:
-                    what = getattr(fn, "__qualname__", fn)
-                    self.notes.append(f"slow cleanup {what}: {time.time() - t:.1f}s")
-            except Exception as exc:
-                self.notes.append(f"cleanup: {type(exc).__name__}: {exc}")
-        self._cleanups.clear()
+        """Every step, signals held off, then every tracked resource verified gone (see cleanup.py)."""
+        report = self.cleanup.close()
+        self.cleanup_report = report
+        if not report.clean or report.step_errors:
+            self.notes.append(f"cleanup: {report.summary()}")
+
+    def _step(self, name: str, fn: Callable[[], object]) -> None:
+        self.cleanup.step(name, fn)
 
     def _run_phases(self) -> list[int]:
         sc = self.scenario
         events = JsonlSink(self.run_dir / "events" / "runner.jsonl", "runner")
-        self._cleanups.append(events.close)
+        self._step("close the runner event log", events.close)
 
+        if sc.consumers.entrypoint:
+            try:  # here, not in each consumer: a typo is one clear harness error, not a silent drain
+                load_entrypoint(sc.consumers.entrypoint)
+            except (ImportError, AttributeError, TypeError) as exc:
+                raise HarnessError(str(exc)) from exc
         ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
-        self._cleanups.append(lambda: self._close_ring(ring))
+        self.cleanup.track("segment", f"{SHM_DIR}/{ring.name}")
+        self._step("close and unlink the ring", lambda: self._close_ring(ring))
 
         specs = fault_specs(sc, self.seed)
-        # Producer and consumers first: on a loaded machine a spawned role can take many seconds to
-        # import ucxx, and a fault phase that starts before they run checks nothing (`vacuous`).
-        channel = ChannelServer(RecordingQueue(events, visibility_timeout=10.0)).start()
-        self._cleanups.append(channel.stop)
+        run_start = time.time() + STARTUP_S
+        heal_at = run_start + sc.duration
+        server_config = ServerConfig(
+            ring_name=ring.name,
+            ports=[0] * sc.server.ports,
+            protocol=sc.protocol,
+            idle_evict=sc.server.idle_evict,
+            **server_options(sc, specs, self.seed, run_start, self.run_dir / "events" / "server.jsonl"),
+        )
+        server = ServerHandle(self.run_dir, server_config, self.cleanup.track_process)
+        self._children.append(server)
+        self._step("stop the server", server.stop)
+        server_ports = server.start()
+
+        network = None
+        advertised = list(server_ports)
+        if any(layer_of(f.kind) == "network" for f in sc.faults):
+            from chaos.proxy.control import ProxyController
+
+            proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
+            self._step("close the proxies", proxies.close)
+            advertised = [proxies.add_port(i, port) for i, port in enumerate(server_ports)]
+            if self.toxiproxy_url is None:  # our own listeners: verified closed at the end
+                for port in (proxies.api_port, *advertised):
+                    self.cleanup.track("port", port_id(port))
+            network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
+            self._step("heal network faults", network.heal)
+
+        control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
+        redis_server = self._start_redis() if sc.channel == "redis" else None
+        channel = ChannelServer(self._queue(events, control)).start()
+        self._step("stop the channel", channel.stop)
+
         stop_producing = SPAWN.Event()
         stop_consuming = SPAWN.Event()
-        self._cleanups.append(stop_consuming.set)
-        roles: dict[str, RoleHandle] = {}
+        self._step("tell consumers to stop", stop_consuming.set)
+        handles: dict[str, Any] = {"server": server}
         for i in range(sc.consumers.count):
             name = f"consumer-{i}"
             cfg = ConsumerConfig(
@@ -461,75 +560,45 @@ class ScenarioRun:
                 quarantine=sc.consumers.quarantine,
                 max_attempts=sc.consumers.max_attempts,
                 rounds=sc.consumers.rounds,
+                entrypoint=sc.consumers.entrypoint,
+                warm=(HOST, tuple(advertised)),
             )
-            roles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
+            handles[name] = RoleHandle(
+                name, consumer_main, cfg, channel, stop_consuming, self.cleanup.track_process
+            )
         producer_cfg = ProducerConfig(
             run_dir=str(self.run_dir),
             ring_name=ring.name,
             host=HOST,
-            ports=(),  # filled in from start.json once the server (and any proxy) listens
+            ports=tuple(advertised),
             seed=self.seed,
             rate=sc.producer.rate,
             min_bytes=sc.producer.payload.min,
             max_bytes=sc.producer.payload.max,
             count=sc.producer.count,
-        )
-        roles["producer"] = RoleHandle("producer", _delayed_producer, producer_cfg, channel, stop_producing)
-        spawned = time.time()
-        for handle in roles.values():
-            self._children.append(handle)
-            self._cleanups.append(handle.kill)
-            handle.start()
-        self._await_ready(list(roles), spawned)
-        self._deadline_at += time.time() - spawned
-        # The server takes about as long to come up as the roles did: start the fault phase after it.
-        run_start = time.time() + max(STARTUP_S, time.time() - spawned)
-        heal_at = run_start + sc.duration
-        has_transport = any(s.layer == "transport" for s in specs)
-        server_config = ServerConfig(
-            ring_name=ring.name,
-            ports=[0] * sc.server.ports,
             protocol=sc.protocol,
-            idle_evict=sc.server.idle_evict,
-            step_timeout=STEP_TIMEOUT_S,
-            lease=sc.server.lease if sc.server.lease is not None else max(30.0, 3 * STEP_TIMEOUT_S),
-            events_path=str(self.run_dir / "events" / "server.jsonl"),
-            link_wrapper="chaos.faults.transport:make_link_wrapper" if has_transport else None,
-            link_wrapper_args={
-                "faults": specs,
-                "seed": self.seed,
-                "run_start": run_start,
-                "ports_by_index": True,
-                "read_timeout": sc.consumers.read_timeout,
-                "heal_at": heal_at,
-            }
-            if has_transport
-            else {},
         )
-        server = ServerHandle(self.run_dir, server_config)
-        self._children.append(server)
-        self._cleanups.append(server.stop)
-        server_ports = server.start()
-        if time.time() > run_start:
-            self.notes.append(f"the server came up {time.time() - run_start:.1f}s into the fault phase")
-
-        network = None
-        advertised = list(server_ports)
-        if any(layer_of(f.kind) == "network" for f in sc.faults):
-            from chaos.proxy.control import ProxyController
-
-            proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
-            self._cleanups.append(proxies.close)
-            advertised = [proxies.add_port(i, port) for i, port in enumerate(server_ports)]
-            network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
-            self._cleanups.append(network.heal)
-
-        channel.queue.control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
-        _write_start(self.run_dir, advertised, run_start)
-        handles: dict[str, Any] = {"server": server, **roles}
+        handles["producer"] = RoleHandle(
+            "producer",
+            delayed_producer_main,
+            (producer_cfg, run_start),
+            channel,
+            stop_producing,
+            self.cleanup.track_process,
+        )
+        if redis_server is not None:
+            handles["redis"] = redis_server
+        elif any(s.target == "redis" for s in specs):
+            raise HarnessError("process faults on redis need the embedded server (drop --redis URL)")
+        for name, handle in handles.items():
+            if name in ("server", "redis"):
+                continue
+            self._children.append(handle)
+            self._step(f"kill {name}", handle.kill)
+            handle.start()
 
         process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
-        self._cleanups.append(process_faults.close)
+        self._step("close process faults", process_faults.close)
 
         # -- fault phase --------------------------------------------------------------------------
         while time.time() < run_start:
@@ -560,6 +629,10 @@ class ScenarioRun:
         process_faults.heal()
         if network is not None:
             network.heal()
+        if redis_server is not None and not redis_server.alive():
+            self.notes.append("redis was down at heal: restarted")
+            redis_server.start()
+            events.emit("proc_exit", target="redis", pid=redis_server.pid, how="restarted")
         channel.heal()
         if not server.alive():
             self.notes.append("server was down at heal: restarted")
@@ -591,7 +664,7 @@ class ScenarioRun:
             seconds=round(time.time() - drain_start, 3),
         )
         events.emit("phase", name="done")
-        self._report("check", time.time() - run_start, channel)
+        self._report("check", time.time() - run_start, channel)  # raises if the channel died
         stop_consuming.set()
         for handle in consumers:
             handle.join(15.0)
@@ -601,16 +674,37 @@ class ScenarioRun:
             self.notes.append(
                 "slots left mid-transition: " + ", ".join(f"{i.slot}:{i.state.name}" for i in leftover[:10])
             )
-        return advertised
+        return advertised  # what client events report (proxy ports under network faults)
 
-    def _await_ready(self, names: list[str], since: float) -> None:
-        """Wait until every role has imported its stack and marked itself ready (bounded)."""
-        limit = since + READY_TIMEOUT_S
-        while not all((self.run_dir / "ready" / name).exists() for name in names):
-            if self._deadline_hit.is_set() or time.time() > limit:
-                missing = [n for n in names if not (self.run_dir / "ready" / n).exists()]
-                raise HarnessError(f"{', '.join(missing)} not ready after {time.time() - since:.0f}s")
-            time.sleep(0.05)
+    def _start_redis(self) -> RedisServer | None:
+        """The run's own Redis (None with `--redis URL`): data and log in the run directory."""
+        if self.redis_url is not None:
+            return None
+        server = RedisServer(
+            self.run_dir / "redis",
+            log_path=self.run_dir / "logs" / "redis.log",
+            on_start=self.cleanup.track_process,
+        )
+        self._children.append(server)
+        self._step("stop redis", server.stop)
+        self.cleanup.track("port", port_id(server.port))
+        try:
+            return server.start()
+        except RedisServerError as exc:
+            raise HarnessError(str(exc)) from exc
+
+    def _queue(self, events: JsonlSink, control: ControlFaults) -> DescriptorQueue | RedisQueue:
+        """The channel's core: the in-process queue, or the run's stream on Redis."""
+        if self.scenario.channel != "redis":
+            return RecordingQueue(events, visibility_timeout=VISIBILITY_TIMEOUT_S, control=control)
+        url = self.redis_url
+        if url is None:
+            redis_handle = next(c for c in self._children if isinstance(c, RedisServer))
+            url = redis_handle.url
+        ref = StreamRef.for_run(url, f"{self.run_dir.name}-{time.time_ns()}", VISIBILITY_TIMEOUT_S)
+        queue = RecordingRedisQueue(events, ref, control=control)
+        self._step("delete the run's stream", queue.close)
+        return queue
 
     def _close_ring(self, ring: SharedRing) -> None:
         ring.close()
@@ -637,35 +731,17 @@ def ring_audit(ring: SharedRing, tries: int = 5) -> dict[str, int]:
     }
 
 
-def _write_start(run_dir: Path, ports: list[int], run_start: float) -> None:
-    """What the producer waits for: the ports to advertise and when the fault phase starts
-    (a file, so a restarted producer finds it at once)."""
-    tmp = run_dir / "start.json.tmp"
-    tmp.write_text(json.dumps({"ports": ports, "run_start": run_start}))
-    tmp.replace(run_dir / "start.json")
-
-
-def _delayed_producer(cfg: ProducerConfig, channel: Any, stop: Any) -> None:
-    """Marks itself ready, waits for start.json, then produces from the start of the fault phase
-    so every payload is published under the faults."""
-    mark_ready(cfg.run_dir, "producer")
-    start = Path(cfg.run_dir) / "start.json"
-    while not start.exists():
-        if stop.wait(0.05):
-            return
-    info = json.loads(start.read_text())
-    delay = float(info["run_start"]) - time.time()
-    if delay > 0 and stop.wait(delay):
-        return
-    producer_main(replace(cfg, ports=tuple(info["ports"])), channel, stop)
-
-
 def run_scenario(
     scenario: Scenario,
     run_dir: Path,
     *,
     seed: int | None = None,
     toxiproxy_url: str | None = None,
+    redis_url: str | None = None,
     progress: Callable[[Progress], None] | None = None,
 ) -> Outcome:
-    return ScenarioRun(scenario, run_dir, seed=seed, toxiproxy_url=toxiproxy_url, progress=progress).run()
+    """`redis_url`: for `channel: redis`, use this server instead of starting one (no `redis`
+    process faults then: the harness does not own that process)."""
+    return ScenarioRun(
+        scenario, run_dir, seed=seed, toxiproxy_url=toxiproxy_url, redis_url=redis_url, progress=progress
+    ).run()

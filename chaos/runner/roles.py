@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.channel import ChannelClient, ChannelClosedError
-from chaos.content import make_payload, verify_payload
-from transport.checksum import checksum
+from chaos.content import make_payload
 from transport.errors import RingFullError
 
 
@@ -63,15 +62,18 @@ class ProducerConfig:
     max_bytes: int
     count: int | None
     write_timeout: float = 0.5
+    protocol: str = "commit"  # which capability descriptors carry
 
 
 def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> None:
     """Write payloads at `rate` until `stop` is set (or `count` is reached) and publish them."""
     setup_process(cfg.run_dir, "producer")
     from transport.events import JsonlSink
+    from transport.protocol import RingKey
     from transport.ring import SharedRing
 
     ring = SharedRing.attach(cfg.ring_name)
+    ring_key = RingKey(ring.secret, ring.ring_id)
     events = JsonlSink(Path(cfg.run_dir) / "events" / "producer.jsonl", "producer")
     rng = random.Random(cfg.seed)
     interval = 1.0 / cfg.rate
@@ -102,11 +104,12 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
                     "host": cfg.host,
                     "ports": list(cfg.ports),
                     "ring_id": ring.ring_id,
+                    "ring_slots": ring.slots,
                     "slot": written.slot,
                     "generation": written.generation,
                     "nbytes": written.nbytes,
                     "checksum": written.checksum,
-                    "secret": ring.secret_hex,
+                    "capability": ring_key.issue(written.slot, written.generation, cfg.protocol).hex(),
                     "seq": seq,
                 }
             )
@@ -116,6 +119,21 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
     finally:
         events.close()
         ring.close()
+
+
+def delayed_producer_main(
+    cfg_and_start: tuple[ProducerConfig, float], channel: ChannelClient, stop: Any
+) -> None:
+    """The producer waits for the fault phase so every payload is published under the faults.
+
+    Lives here, not in the orchestrator: a spawned child imports the module of its target, and the
+    orchestrator's imports (pydantic, aiohttp, the checker, ...) cost ~1.4 s of a loaded machine's
+    start-up before the first publish."""
+    cfg, run_start = cfg_and_start
+    delay = run_start - time.time()
+    if delay > 0 and stop.wait(delay):
+        return
+    producer_main(cfg, channel, stop)
 
 
 # -- consumer ------------------------------------------------------------------------------------
@@ -132,22 +150,23 @@ class ConsumerConfig:
     quarantine: float
     max_attempts: int
     rounds: int
+    entrypoint: str | None = None
+    warm: tuple[str, tuple[int, ...]] | None = None  # (host, ports) to connect before the first claim
 
 
-# Failures that another attempt cannot change; anything else stays un-acked and is redelivered.
-FINAL_REASONS = frozenset({"stale", "unauthorized", "consumed", "in_doubt"})
-
-
-def consumer_main(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> None:
+def consumer_main(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
+    """`channel` is this consumer's end of the bus: a `ChannelClient` (in process) or a
+    `RedisChannelClient`; the role is `cfg.entrypoint`, else the built-in consumer."""
     setup_process(cfg.run_dir, cfg.name)
     asyncio.run(_consume(cfg, channel, stop))
 
 
-async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> None:
-    from transport.descriptor import SlotDescriptor
+async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
+    from chaos.trainer import TrainerContext, builtin_consume, load_entrypoint, run_entrypoint
     from transport.events import JsonlSink
     from transport.facade import AsyncConsumer
 
+    consume = load_entrypoint(cfg.entrypoint) if cfg.entrypoint else builtin_consume
     events = JsonlSink(Path(cfg.run_dir) / "events" / f"{cfg.name}.jsonl", cfg.name)
     consumer = AsyncConsumer(
         read_timeout=cfg.read_timeout,
@@ -159,59 +178,16 @@ async def _consume(cfg: ConsumerConfig, channel: ChannelClient, stop: Any) -> No
         events=events,
     )
     mark_ready(cfg.run_dir, cfg.name)
-    loop = asyncio.get_running_loop()
+    if cfg.warm is not None:
+        await consumer.client.warm(*cfg.warm)
+    ctx = TrainerContext.build(cfg.name, cfg.batch, cfg.seed, channel, consumer, events, stop)
     try:
-        while not stop.is_set():
-            try:
-                deliveries = await loop.run_in_executor(None, channel.claim, cfg.batch, 0.5)
-            except ChannelClosedError:
-                break
-            if not deliveries:
-                continue
-            raws = [dict(d.descriptor) for d in deliveries]
-            seqs = [raw.pop("seq") for raw in raws]
-            descs = [SlotDescriptor.from_dict(raw) for raw in raws]
-            batch = await consumer.get_many(descs)
-            done: list[str] = []
-            retry: list[str] = []
-            for i, desc in enumerate(descs):
-                payload = batch.payloads[i]
-                if payload is not None:
-                    port = batch.ports[i]
-                    events.emit(
-                        "delivered",
-                        key=desc.key,
-                        slot=desc.slot,
-                        generation=desc.generation,
-                        port=desc.ports.index(port) if port in desc.ports else None,
-                        nbytes=int(payload.nbytes),
-                        checksum_ok=checksum(payload) == desc.checksum,
-                        content_ok=verify_payload(payload, cfg.seed, seqs[i], desc.nbytes),
-                        latency_s=round(batch.seconds[i], 6),
-                        attempts=batch.attempts[i],
-                        token=batch.tokens[i],
-                    )
-                    done.append(desc.key)
-            for failure in batch.failures:
-                desc = failure.descriptor
-                events.emit(
-                    "failed",
-                    key=desc.key,
-                    slot=desc.slot,
-                    generation=desc.generation,
-                    reason=failure.reason,
-                    error=str(failure.error)[:300],
-                )
-                # Final failures are reported and acked; the rest goes back for another attempt.
-                (done if failure.reason in FINAL_REASONS else retry).append(desc.key)
-            try:
-                await loop.run_in_executor(None, channel.ack, done)
-                if retry:
-                    await loop.run_in_executor(None, channel.nack, retry)
-            except ChannelClosedError:
-                break
+        await run_entrypoint(consume, ctx)
+    except ChannelClosedError:
+        pass
     finally:
         await consumer.close()
+        channel.close()
         events.close()
 
 

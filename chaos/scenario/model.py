@@ -24,9 +24,12 @@ Decisions where DESIGN.md is silent:
 - `timeout.delay` defaults to 1.5x `consumers.read_timeout` and must exceed it: a shorter hold is a
   `stall`, not a timeout. Keep it and `stall.delay` below the server's step timeout (5 s).
 - `pause.duration` is required; with `at`, the pause must end inside the fault phase.
-- `target` is `producer`, `server`, `consumer` (one consumer, chosen by the run's seed) or `consumer-N`
-  (0-based, N < `consumers.count`). `restart` starts the target again (killing it first if it runs);
-  the server comes back on the same ports.
+- `target` is `producer`, `server`, `redis` (only with `channel: redis`), `consumer` (one consumer,
+  chosen by the run's seed) or `consumer-N` (0-based, N < `consumers.count`). `restart` starts the
+  target again (killing it first if it runs); the server comes back on the same ports, Redis on the
+  same port with its append-only file, so the stream survives.
+- `channel` is the descriptor bus: `memory` (default, the runner's in-process consumer group, fastest
+  to start) or `redis` (a real Redis stream and consumer group: XADD, XREADGROUP, XACK, XAUTOCLAIM).
 - Toxic attributes are Toxiproxy's integers in Toxiproxy's units (ms; slicer `delay` in us, bandwidth
   `rate` in KB/s), checked per toxic type; `stream` defaults to `downstream`, `toxicity` to 1.
 - `expect` counts are upper bounds (0 = none allowed). `faults_effective` is `all` (default: every
@@ -42,6 +45,9 @@ Decisions where DESIGN.md is silent:
 - `server.lease` (optional duration) is how long a read may hold its slot before the server's
   reclaim hands it back; leave it unset (30 s) unless the scenario is about reads outliving it.
 - `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
+- Every size, count and time has an upper bound (the `MAX_*` constants below), so a typo such as
+  `slots: 6400000` is refused as bad input (exit 2) instead of failing late; whether the ring fits in
+  the free space of /dev/shm is checked when a file is loaded (`chaos.scenario.resources`).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ from chaos.scenario.errors import (
     problems_from_validation,
 )
 from chaos.scenario.units import format_duration, format_size, parse_duration, parse_rate, parse_size
+from transport.protocol import MAX_PAYLOAD
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -78,19 +85,32 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 TIMEOUT_DELAY_FACTOR = 1.5  # default `timeout.delay` = this x consumers.read_timeout
 DEADLINE_SLACK_S = 60.0  # default `deadline` = duration + drain_timeout + this
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-Rate = Annotated[float, BeforeValidator(parse_rate)]
+# Upper bounds: far above any useful run on one machine, low enough that a typo is caught as bad input.
+MAX_DURATION_S = 7 * 24 * 3600.0  # every duration, delay and time in a scenario
+MAX_RATE = 1_000_000.0  # payloads (or anything else) per second
+MAX_SLOTS = 65536
+MAX_CONSUMERS = 64
+MAX_BATCH = 4096
+MAX_ATTEMPTS = 1000  # consumers.max_attempts and consumers.rounds
+MAX_FAULTS = 256
+MAX_COUNT = 10**9  # producer.count and the expect counts
+MAX_TOXIC_INT = 2**31 - 1  # Toxiproxy attributes (ms, us, bytes, KB/s)
+MAX_TEXT = 10_000  # description length
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(le=MAX_PAYLOAD)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(le=MAX_DURATION_S)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION_S)]
+Rate = Annotated[float, BeforeValidator(parse_rate), Field(le=MAX_RATE)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-PortIndex = Annotated[int, Field(ge=0)]
+PortIndex = Annotated[int, Field(ge=0, le=63)]
+ToxicInt = Annotated[int, Field(ge=0, le=MAX_TOXIC_INT)]
 
 
 def _check_target(value: str) -> str:
     head, _, index = value.partition("-")
-    if value in ("producer", "server", "consumer") or (head == "consumer" and index.isdigit()):
+    if value in ("producer", "server", "redis", "consumer") or (head == "consumer" and index.isdigit()):
         return value
-    raise ValueError(f"expected producer, server, consumer or consumer-N, got {value!r}")
+    raise ValueError(f"expected producer, server, redis, consumer or consumer-N, got {value!r}")
 
 
 Target = Annotated[str, AfterValidator(_check_target)]
@@ -105,7 +125,7 @@ class _Model(BaseModel):
 class Ring(_Model):
     """Shared-memory ring geometry. `slot_bytes` in bytes."""
 
-    slots: int = Field(64, ge=1)
+    slots: int = Field(64, ge=1, le=MAX_SLOTS)
     slot_bytes: Size = Field(1 * MiB, ge=1)
     policy: Literal["block", "overwrite"] = "block"
 
@@ -130,7 +150,7 @@ class Producer(_Model):
 
     rate: Rate = Field(100.0, gt=0)
     payload: Payload = Payload()
-    count: int | None = Field(None, ge=1)
+    count: int | None = Field(None, ge=1, le=MAX_COUNT)
 
 
 class Server(_Model):
@@ -145,15 +165,23 @@ class Server(_Model):
     lease: PositiveDuration | None = None
 
 
-class Consumers(_Model):
-    """Consumer processes and their client settings (seconds for times)."""
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 
-    count: int = Field(2, ge=1)
-    batch: int = Field(8, ge=1)
+
+class Consumers(_Model):
+    """Consumer processes and their client settings (seconds for times).
+
+    `entrypoint` (`"package.module:function"`) runs a trainer's own consumer code as the role
+    (`chaos.trainer` documents what it is called with); None runs the harness's built-in consumer.
+    """
+
+    entrypoint: str | None = Field(None, pattern=ENTRYPOINT_PATTERN)
+    count: int = Field(2, ge=1, le=MAX_CONSUMERS)
+    batch: int = Field(8, ge=1, le=MAX_BATCH)
     read_timeout: PositiveDuration = 2.0
     quarantine: Duration = 5.0
-    max_attempts: int = Field(4, ge=1)
-    rounds: int = Field(3, ge=1)
+    max_attempts: int = Field(4, ge=1, le=MAX_ATTEMPTS)
+    rounds: int = Field(3, ge=1, le=MAX_ATTEMPTS)
 
 
 class Window(_Model):
@@ -174,34 +202,34 @@ class Window(_Model):
 
 
 class LatencyAttributes(_Model):
-    latency: int = Field(0, ge=0)  # ms
-    jitter: int = Field(0, ge=0)  # ms
+    latency: ToxicInt = 0  # ms
+    jitter: ToxicInt = 0  # ms
 
 
 class BandwidthAttributes(_Model):
-    rate: int = Field(0, ge=0)  # KB/s
+    rate: ToxicInt = 0  # KB/s
 
 
 class SlowCloseAttributes(_Model):
-    delay: int = Field(0, ge=0)  # ms
+    delay: ToxicInt = 0  # ms
 
 
 class TimeoutAttributes(_Model):
-    timeout: int = Field(0, ge=0)  # ms; 0 = hold the data until the toxic is removed
+    timeout: ToxicInt = 0  # ms; 0 = hold the data until the toxic is removed
 
 
 class ResetPeerAttributes(_Model):
-    timeout: int = Field(0, ge=0)  # ms before the RST
+    timeout: ToxicInt = 0  # ms before the RST
 
 
 class SlicerAttributes(_Model):
-    average_size: int = Field(0, ge=0)  # bytes
-    size_variation: int = Field(0, ge=0)  # bytes
-    delay: int = Field(0, ge=0)  # us between slices
+    average_size: ToxicInt = 0  # bytes
+    size_variation: ToxicInt = 0  # bytes
+    delay: ToxicInt = 0  # us between slices
 
 
 class LimitDataAttributes(_Model):
-    bytes: int = Field(0, ge=0)
+    bytes: ToxicInt = 0
 
 
 class _Toxic(_Model):
@@ -276,7 +304,7 @@ class _Fault(_Model):
 class _PortFault(_Fault):
     """Base of per-port faults. `ports` is None only before `Scenario` fills in every port."""
 
-    ports: list[PortIndex] | None = Field(None, min_length=1)
+    ports: list[PortIndex] | None = Field(None, min_length=1, max_length=64)
 
     @field_validator("ports")
     @classmethod
@@ -444,12 +472,12 @@ def _faults_fired(value: Any) -> Any:
 class Expect(_Model):
     """Pass criteria. Counts are upper bounds; `min_throughput` per second, the others in seconds."""
 
-    lost: int = Field(0, ge=0)
-    duplicated: int = Field(0, ge=0)
-    corrupted: int = Field(0, ge=0)
-    in_doubt: int = Field(0, ge=0)
-    consumed_by_dead_consumer: int | None = Field(None, ge=0)
-    slot_leak: int = Field(0, ge=0)
+    lost: int = Field(0, ge=0, le=MAX_COUNT)
+    duplicated: int = Field(0, ge=0, le=MAX_COUNT)
+    corrupted: int = Field(0, ge=0, le=MAX_COUNT)
+    in_doubt: int = Field(0, ge=0, le=MAX_COUNT)
+    consumed_by_dead_consumer: int | None = Field(None, ge=0, le=MAX_COUNT)
+    slot_leak: int = Field(0, ge=0, le=MAX_COUNT)
     drain_incomplete: bool = False
     faults_effective: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
     faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
@@ -462,18 +490,19 @@ class Expect(_Model):
 class Scenario(_Model):
     """One chaos run. Times in seconds, sizes in bytes, rates per second (see the module docstring)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    seed: int = Field(0, ge=0)
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
+    description: str = Field("", max_length=MAX_TEXT)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     duration: PositiveDuration
     drain_timeout: PositiveDuration = 30.0
     deadline: PositiveDuration | None = None  # always set after validation
     protocol: Literal["commit", "single-chunk"] = "commit"
+    channel: Literal["memory", "redis"] = "memory"
     ring: Ring = Ring()
     producer: Producer = Producer()
     server: Server = Server()
     consumers: Consumers = Consumers()
-    faults: list[Fault] = []
+    faults: list[Fault] = Field([], max_length=MAX_FAULTS)
     expect: Expect = Expect()
 
     _source: Path | None = PrivateAttr(None)
@@ -535,6 +564,8 @@ class Scenario(_Model):
         if isinstance(fault, _ProcessFault):
             if window is None and at is None:
                 problems.append(((), f"a {fault.kind} fault needs `at` or `window`"))
+            if fault.target == "redis" and self.channel != "redis":
+                problems.append((("target",), "target redis needs `channel: redis`"))
             head, _, index = fault.target.partition("-")
             if head == "consumer" and index and int(index) >= self.consumers.count:
                 problems.append(

@@ -1,0 +1,1 @@
+"""Examples that run as code, not only as prose (`examples.trainer`)."""
