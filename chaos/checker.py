@@ -17,13 +17,11 @@ Classification of every key `"slot:generation"`, first rule that matches wins:
 2. `dropped` by the overwrite policy -> dropped, not lost. A `failed{reason: stale}` for it is the
    legitimate rejection of its recycled descriptor.
 3. `failed{reason: in_doubt}` -> in_doubt (the client could not learn whether its read committed).
-4. the server logged `committed` and a consumer was killed (or restarted) by the harness at or after
-   the first commit -> delivered_to_dead_consumer. Why: the client hands a payload over only after
-   COMMITTED and logs `delivered` right after, but `delivered` carries the key only (the server's token
-   never reaches the consumer's log), so the consumer that owned the read cannot be identified. A
-   commit with no delivery is a transport loss unless the process that would have logged it died
-   first; a later consumer kill is the only event that can explain it. Counted apart from `lost` and
-   listed in `anomalies`, so a report still shows every such key; with no consumer kill it is lost.
+4. consumed_by_dead_consumer: the server committed it, and a consumer that the harness killed (or
+   restarted) held its descriptor claimed and un-acked when it died (the runner's `channel_returned`
+   event lists those keys), at or after the commit. Only that consumer could have delivered it.
+   Bounded by `expect.consumed_by_dead_consumer` (None: at most what killed consumers held, which is
+   the rule itself; 0 forbids it).
 5. otherwise lost: published, never delivered, not dropped, not in doubt. A `stale` rejection of a key
    that was never dropped lands here too: the descriptor went stale without the producer recycling
    it, i.e. the slot was consumed or overwritten behind the consumer's back.
@@ -32,6 +30,10 @@ Counts are distinct keys, except `retries` and `failed` (events). `unexpected` h
 expectation (default 0): delivering a payload nobody published is the ABA bug.
 
 Server-side invariants, from the server's own events (each fails the run like a duplicate does):
+- double_commit: more than one `committed` event for one key (at most one server commit per key).
+- uncommitted_delivery (commit protocol): a delivery whose read's token (`delivered.token`) has no
+  server `committed` event for that key. The client may hand a payload over only after COMMITTED.
+- republished: the producer published one key twice (the channel's `published` events).
 - wrong_generation: a `served` event whose ring generation (its key) differs from the generation the
   request named (`requested`, commit protocol only). The ring must answer STALE instead; the client's
   descriptor check may still refuse the payload, so this is the first place the ABA bug shows.
@@ -42,9 +44,21 @@ Server-side invariants, from the server's own events (each fails the run like a 
   Counted per key.
 - ring_audit: the runner's end-of-run `ring_audit` event; `ready_count()` must equal the number of
   READY slots in the snapshot taken with it (the ring is quiescent then).
+- slot_leak: that snapshot has READING or WRITING slots after the drain (`expect.slot_leak`, default 0).
+- drain_incomplete: the runner's `drain` event says the channel still held descriptors when the drain
+  ended (`expect.drain_incomplete`, default false).
 
+Effects (chaos.effects): every configured fault must have changed an outcome it is meant to change
+(`expect.faults_effective`, default all); a fault that fired with no effect fails as
+`ineffective: fault N (kind) ...`. `faults_fired` (default none) still asks for firing per port.
 `faults_quarantined` (default none) asks that every port on which a listed fault fired was
 quarantined by a client at least once: a port that just failed a read must leave the rotation.
+
+A run that published nothing fails as `vacuous`: it checked nothing.
+
+Safety vs liveness: every failure string starts with its kind; `failure_class` sorts kinds into
+safety (an invariant broke), coverage (the run proved less than it claims) and liveness
+(throughput, recovery, latency). `Verdict.summary()` says in one line when only liveness failed.
 """
 
 from __future__ import annotations
@@ -56,8 +70,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from chaos.effects import FaultView, Indexed, judge
+
 Event = Mapping[str, Any]
 FaultsFired = Literal["all", "none"] | Sequence[int]
+FaultRef = FaultView  # what the checker knows of one configured fault (seconds relative to time zero)
 
 ANOMALY_KINDS = (
     "lost",
@@ -65,9 +82,12 @@ ANOMALY_KINDS = (
     "corrupted",
     "unexpected",
     "in_doubt",
-    "delivered_to_dead_consumer",
+    "consumed_by_dead_consumer",
     "wrong_generation",
     "fencing",
+    "double_commit",
+    "uncommitted_delivery",
+    "republished",
 )
 COUNT_KEYS = (
     "published",
@@ -79,40 +99,78 @@ COUNT_KEYS = (
     "dropped",
     "stale_rejected",
     "in_doubt",
-    "delivered_to_dead_consumer",
+    "consumed_by_dead_consumer",
     "wrong_generation",
     "fencing",
+    "double_commit",
+    "uncommitted_delivery",
+    "republished",
+    "slot_leak",
+    "port_abandoned",
     "retries",
     "failed",
 )
+# Anomalies bounded by an expectation of the same name (the rest have their own rules below).
+BOUNDED = (
+    "lost",
+    "duplicated",
+    "corrupted",
+    "unexpected",
+    "in_doubt",
+    "wrong_generation",
+    "fencing",
+    "double_commit",
+    "uncommitted_delivery",
+    "republished",
+)
+SAFETY_KINDS = frozenset({*ANOMALY_KINDS, "ring_audit", "slot_leak", "drain_incomplete", "port_abandoned"})
+# A port is abandoned when this many deliveries per port went elsewhere after its quarantine ended.
+ABANDON_DELIVERIES_PER_PORT = 10
+ABANDON_GRACE_S = 1.0
+COVERAGE_KINDS = frozenset({"ineffective", "faults_fired", "faults_quarantined", "vacuous"})
+LIVENESS_KINDS = frozenset({"throughput", "recovery", "p99_latency"})
 # Fault kinds whose firing is an event in time (a signal), not a per-request decision.
 PROCESS_KINDS = frozenset({"kill", "pause", "restart"})
 CONSUMER_EXITS = frozenset({"killed", "restarted"})
 SHOWN_KEYS = 5  # keys named in one failure string
 
 
-@dataclass(frozen=True)
-class FaultRef:
-    """What the checker needs to know of one configured fault (seconds relative to time zero).
+def failure_kind(failure: str) -> str:
+    """`lost` from `lost: 3 > 0 (slots ...)`: every failure string starts with its kind."""
+    head, sep, _ = failure.partition(":")
+    return head.strip().replace(" ", "_") if sep else "failure"
 
-    `ports` are port indexes (None = every port); at most one of `window` and `at_s` is set.
-    """
 
-    index: int
-    kind: str
-    ports: tuple[int, ...] | None = None
-    target: str | None = None
-    window: tuple[float, float] | None = None
-    at_s: float | None = None
+def failures_line(failures: Sequence[str]) -> str:
+    """What failed, in one line that starts by saying whether any safety invariant broke."""
+    classes = Counter(failure_class(f) for f in failures)
+    if set(classes) == {"liveness"}:
+        return "liveness only (no safety anomaly): " + "; ".join(failures)
+    counts = f"{classes['safety']} safety, {classes['coverage']} coverage, {classes['liveness']} liveness"
+    return f"failed ({counts}): " + "; ".join(failures)
+
+
+def failure_class(failure: str) -> Literal["safety", "coverage", "liveness"]:
+    """Safety (an invariant broke), coverage (a fault proved nothing) or liveness (too slow)."""
+    kind = failure_kind(failure)
+    if kind in LIVENESS_KINDS:
+        return "liveness"
+    if kind in COVERAGE_KINDS:
+        return "coverage"
+    return "safety"  # unknown kinds fail safe: never excused as "only slow"
 
 
 @dataclass(frozen=True)
 class Expectations:
     """Maximum allowed anomaly counts and performance floors/ceilings (None = not checked).
 
-    `faults_fired`: "all" = every configured fault must fire (on every port it lists), a list = those
-    fault indexes must, "none" = no firing is required. `faults_quarantined`: same values; every port
-    on which such a fault fired must have been quarantined by a client at least once.
+    `faults_effective`: "all" (default) = every configured fault must have changed an outcome its
+    kind is meant to change (chaos.effects), a list = those fault indexes, "none" = not required.
+    `faults_fired`: same values, only asks that the fault fired (on every port it lists).
+    `faults_quarantined`: same values; every port on which such a fault fired must have been
+    quarantined by a client at least once. `consumed_by_dead_consumer`: None = at most what killed
+    consumers held (the rule itself), an int = also at most that many. `slot_leak`: READING/WRITING
+    slots allowed after the drain; `drain_incomplete`: True allows descriptors left in the channel.
     """
 
     lost: int = 0
@@ -122,7 +180,14 @@ class Expectations:
     unexpected: int = 0
     wrong_generation: int = 0
     fencing: int = 0
-    faults_fired: FaultsFired = "all"
+    double_commit: int = 0
+    uncommitted_delivery: int = 0
+    republished: int = 0
+    consumed_by_dead_consumer: int | None = None
+    slot_leak: int = 0
+    drain_incomplete: bool = False
+    faults_effective: FaultsFired = "all"
+    faults_fired: FaultsFired = "none"
     faults_quarantined: FaultsFired = "none"
     min_throughput: float | None = None
     max_recovery_s: float | None = None
@@ -144,12 +209,13 @@ class CheckSpec:
     expect: Expectations = field(default_factory=Expectations)
     port_numbers: tuple[int, ...] = ()
     examples: int = 5
+    protocol: str = "commit"
 
     def __post_init__(self) -> None:
         indexes = [f.index for f in self.faults]
         if len(set(indexes)) != len(indexes):
             raise ValueError(f"fault indexes are not unique: {indexes}")
-        for name in ("faults_fired", "faults_quarantined"):
+        for name in ("faults_effective", "faults_fired", "faults_quarantined"):
             ff = getattr(self.expect, name)
             if isinstance(ff, str):
                 if ff not in ("all", "none"):
@@ -169,7 +235,9 @@ class Verdict:
     - counts: COUNT_KEYS -> int.
     - per_port: port index -> {delivered, retries, faults, quarantines}.
     - faults_fired: [{index, kind, port, count}] per (fault, port) from `fault` events.
-    - coverage: per configured fault {index, kind, count, ports, fired_ports, missing_ports, covered}.
+    - coverage: per configured fault {index, kind, count, ports, fired_ports, missing_ports, covered,
+      effect, effective, effect_detail}: `effect` is effective / ineffective / not_judged (chaos.effects),
+      `effective` how many firings an outcome matched, `effect_detail` the evidence or the reason.
     - recovery: per configured fault {fault, kind, basis, end_s, recovery_s, pending}: `end_s` is the
       window end (basis `window_end`), the one-shot firing (`fired`, or `at` if it never fired), the
       last firing of an always-on process fault (`fired`) or the end of the fault phase (`heal`);
@@ -211,6 +279,26 @@ class Verdict:
             {**c, "fired_ports": {int(p): n for p, n in c["fired_ports"].items()}} for c in data["coverage"]
         ]
         return cls(**values)
+
+    def by_class(self, which: str) -> list[str]:
+        return [f for f in self.failures if failure_class(f) == which]
+
+    @property
+    def safety_failures(self) -> list[str]:
+        """Invariants that broke: what a mutant must be caught by, and what `chaos explore` hunts."""
+        return self.by_class("safety")
+
+    @property
+    def coverage_failures(self) -> list[str]:
+        return self.by_class("coverage")
+
+    @property
+    def liveness_failures(self) -> list[str]:
+        return self.by_class("liveness")
+
+    def summary(self) -> str:
+        """One line: passed, or what failed, saying so when only liveness (speed) did."""
+        return failures_line(self.failures) if self.failures else "passed"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -269,11 +357,39 @@ class _Ports:
 # -- the checker -----------------------------------------------------------------------------------
 
 
-def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
-    """Judge one run: classify every key, count, measure, and compare with `spec.expect`."""
-    history = sorted((e for e in events if "type" in e), key=lambda e: float(e.get("t", 0.0)))
-    port_of = _Ports(spec)
+@dataclass
+class _Scan:
+    """Everything one pass over the history collects (the checker's working state)."""
 
+    t0: float
+    heal_t: float | None = None
+    end_t: float = 0.0
+    by_key: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    first_seen: dict[str, int] = field(default_factory=dict)
+    published: Counter[str] = field(default_factory=Counter)
+    dropped: set[str] = field(default_factory=set)
+    deliveries: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    failed_reasons: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    commits: dict[str, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    consumer_deaths: dict[str, float] = field(default_factory=dict)  # consumer -> first harness kill
+    returned: list[Event] = field(default_factory=list)  # channel_returned events
+    delivery_times: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    claim_latencies: list[float] = field(default_factory=list)
+    fault_events: dict[int, list[Event]] = field(default_factory=lambda: defaultdict(list))
+    per_port: dict[int, Counter[str]] = field(default_factory=dict)
+    holder: dict[str, Any] = field(default_factory=dict)  # key -> token of its latest `served`
+    wrong_generation: dict[str, list[Event]] = field(default_factory=dict)
+    fencing: dict[str, list[tuple[Event, Any]]] = field(default_factory=dict)
+    audit: Event | None = None
+    drain: Event | None = None
+    quarantine_end: dict[int, float] = field(default_factory=dict)  # port -> last quarantine's end
+    port_deliveries: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    retries: int = 0
+    failed: int = 0
+
+
+def _time_zero(history: Sequence[Event]) -> tuple[float, float | None]:
     t0: float | None = None
     heal_t: float | None = None
     for e in history:
@@ -284,165 +400,178 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
                 heal_t = float(e["t"])
     if t0 is None:
         t0 = float(history[0].get("t", 0.0)) if history else 0.0
+    return t0, heal_t
 
-    by_key: dict[str, list[Event]] = defaultdict(list)
-    first_seen: dict[str, int] = {}
-    published: set[str] = set()
-    dropped: set[str] = set()
-    deliveries: dict[str, list[Event]] = defaultdict(list)
-    failed_reasons: dict[str, set[str]] = defaultdict(set)
-    first_commit: dict[str, float] = {}
-    consumer_exit_t: float | None = None
-    delivery_times: list[float] = []
-    latencies: list[float] = []
-    claim_latencies: list[float] = []
-    fault_events: dict[int, list[tuple[float, int | None, str]]] = defaultdict(list)
-    per_port: dict[int, Counter[str]] = {p: Counter() for p in range(spec.ports)}
-    holder: dict[str, Any] = {}  # key -> token of its latest `served` event
-    wrong_generation: dict[str, list[Event]] = {}  # requested key -> its wrong `served` events
-    fencing: dict[str, list[tuple[Event, Any]]] = {}  # key -> [(commit, holder token)] by a non-holder
-    audit: Event | None = None
-    retries = failed = 0
-    end_t = t0
+
+def _scan(history: Sequence[Event], spec: CheckSpec, port_of: _Ports) -> _Scan:
+    t0, heal_t = _time_zero(history)
+    sc = _Scan(t0=t0, heal_t=heal_t, end_t=t0, per_port={p: Counter() for p in range(spec.ports)})
+
+    def bump(port_value: Any, what: str) -> None:
+        port = port_of(port_value)
+        if port is not None:
+            sc.per_port.setdefault(port, Counter())[what] += 1
 
     for pos, e in enumerate(history):
         kind = e["type"]
         t = float(e.get("t", 0.0))
-        end_t = max(end_t, t)
+        sc.end_t = max(sc.end_t, t)
         key = e.get("key")
         if isinstance(key, str):
-            by_key[key].append(e)
-            first_seen.setdefault(key, pos)
+            sc.by_key[key].append(e)
+            sc.first_seen.setdefault(key, pos)
         if kind == "published" and key:
-            published.add(key)
+            sc.published[key] += 1
         elif kind == "delivered" and key:
-            deliveries[key].append(e)
-            delivery_times.append(t - t0)
+            sc.deliveries[key].append(e)
+            sc.delivery_times.append(t - t0)
             lat = e.get("latency_s")
             if isinstance(lat, int | float) and not isinstance(lat, bool):
-                latencies.append(float(lat))
+                sc.latencies.append(float(lat))
+            bump(e.get("port"), "delivered")
             port = port_of(e.get("port"))
             if port is not None:
-                per_port.setdefault(port, Counter())["delivered"] += 1
+                sc.port_deliveries[port].append(t)
         elif kind == "claimed":
             lat = e.get("claim_latency_s")
             if isinstance(lat, int | float) and not isinstance(lat, bool):
-                claim_latencies.append(float(lat))
+                sc.claim_latencies.append(float(lat))
         elif kind == "dropped" and key:
-            dropped.add(key)
+            sc.dropped.add(key)
         elif kind == "failed":
-            failed += 1
+            sc.failed += 1
             if key:
-                failed_reasons[key].add(str(e.get("reason")))
+                sc.failed_reasons[key].add(str(e.get("reason")))
         elif kind == "committed" and key:
-            first_commit.setdefault(key, t)
-            if key in holder and e.get("token") != holder[key]:
-                fencing.setdefault(key, []).append((e, holder[key]))
+            sc.commits[key].append(e)
+            if key in sc.holder and e.get("token") != sc.holder[key]:
+                sc.fencing.setdefault(key, []).append((e, sc.holder[key]))
         elif kind == "served" and key:
-            holder[key] = e.get("token")
+            sc.holder[key] = e.get("token")
             requested = e.get("requested")
             slot, gen = _split_key(key)
             if e.get("protocol", "commit") == "commit" and isinstance(requested, int) and requested != gen:
-                wrong_generation.setdefault(f"{slot}:{requested}", []).append(e)
+                sc.wrong_generation.setdefault(f"{slot}:{requested}", []).append(e)
         elif kind == "ring_audit":
-            audit = e
+            sc.audit = e
+        elif kind == "drain":
+            sc.drain = e
+        elif kind == "channel_returned":
+            sc.returned.append(e)
         elif kind == "retry":
-            retries += 1
-            port = port_of(e.get("port"))
-            if port is not None:
-                per_port.setdefault(port, Counter())["retries"] += 1
+            sc.retries += 1
+            bump(e.get("port"), "retries")
         elif kind == "quarantine":
+            bump(e.get("port"), "quarantines")
             port = port_of(e.get("port"))
-            if port is not None:
-                per_port.setdefault(port, Counter())["quarantines"] += 1
+            seconds = e.get("seconds")
+            if port is not None and isinstance(seconds, int | float):
+                sc.quarantine_end[port] = max(sc.quarantine_end.get(port, t), t + float(seconds))
         elif kind == "fault":
-            port = port_of(e.get("port"))
-            if port is not None:
-                per_port.setdefault(port, Counter())["faults"] += 1
+            bump(e.get("port"), "faults")
             try:
                 index = int(e.get("fault"))  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 continue
-            fault_events[index].append((t - t0, port, str(e.get("kind"))))
+            sc.fault_events[index].append(e)
         elif kind == "proc_exit":
             target = str(e.get("target") or "")
             if target.startswith("consumer") and e.get("how") in CONSUMER_EXITS:
-                consumer_exit_t = t if consumer_exit_t is None else max(consumer_exit_t, t)
+                sc.consumer_deaths.setdefault(target, t)
+    return sc
 
-    # -- classify keys ---------------------------------------------------------------------------
+
+def _held_by_the_dead(sc: _Scan) -> dict[str, float]:
+    """Key -> time its holder died, for keys a harness-killed consumer held claimed and un-acked."""
+    held: dict[str, float] = {}
+    for e in sc.returned:
+        consumer = str(e.get("consumer"))
+        died = sc.consumer_deaths.get(consumer)
+        if died is None:
+            continue  # a consumer that died on its own excuses nothing
+        for key in e.get("keys") or ():
+            held[str(key)] = max(held.get(str(key), died), float(e["t"]))
+    return held
+
+
+def _classify(sc: _Scan, spec: CheckSpec) -> tuple[dict[str, list[str]], dict[tuple[str, str], str]]:
     anomaly_keys: dict[str, list[str]] = {k: [] for k in ANOMALY_KINDS}
     notes: dict[tuple[str, str], str] = {}
-    delivered_keys = set(deliveries)
-    for key, dels in deliveries.items():
+
+    def flag(kind: str, key: str, note: str) -> None:
+        anomaly_keys[kind].append(key)
+        notes[(kind, key)] = note
+
+    for key, dels in sc.deliveries.items():
         if len(dels) > 1:
-            anomaly_keys["duplicated"].append(key)
             procs = sorted({str(d.get("proc")) for d in dels})
-            notes[("duplicated", key)] = f"delivered {len(dels)} times by {', '.join(procs)}"
+            flag("duplicated", key, f"delivered {len(dels)} times by {', '.join(procs)}")
         bad = [name for name in ("checksum_ok", "content_ok") if any(d.get(name) is False for d in dels)]
         if bad:
-            anomaly_keys["corrupted"].append(key)
-            notes[("corrupted", key)] = " and ".join(f"{name} false" for name in bad)
-        if key not in published:
-            anomaly_keys["unexpected"].append(key)
-            notes[("unexpected", key)] = "delivered, never published"
+            flag("corrupted", key, " and ".join(f"{name} false" for name in bad))
+        if key not in sc.published:
+            flag("unexpected", key, "delivered, never published")
+        if spec.protocol == "commit":
+            tokens = {c.get("token") for c in sc.commits.get(key, ())}
+            orphans = [d.get("token") for d in dels if d.get("token") not in tokens]
+            if orphans:
+                by = f"committed by {sorted(map(str, tokens))}" if tokens else "never committed by the server"
+                flag("uncommitted_delivery", key, f"delivered by read {orphans[0]}, {by}")
+    for key, commits in sc.commits.items():
+        if len(commits) > 1:
+            flag(
+                "double_commit",
+                key,
+                f"committed {len(commits)} times, tokens {[c.get('token') for c in commits]}",
+            )
+    for key, n in sc.published.items():
+        if n > 1:
+            flag("republished", key, f"published {n} times")
 
-    stale_rejected = sum(1 for reasons in failed_reasons.values() if "stale" in reasons)
-    for key in published - delivered_keys - dropped:
-        reasons = failed_reasons.get(key, set())
-        commit_t = first_commit.get(key)
+    held = _held_by_the_dead(sc)
+    for key in sorted(set(sc.published) - set(sc.deliveries) - sc.dropped):
+        reasons = sc.failed_reasons.get(key, set())
+        commits = sc.commits.get(key, [])
+        died = held.get(key)
         if "in_doubt" in reasons:
-            anomaly_keys["in_doubt"].append(key)
-            notes[("in_doubt", key)] = "read could not be resolved"
-        elif commit_t is not None and consumer_exit_t is not None and consumer_exit_t >= commit_t:
-            anomaly_keys["delivered_to_dead_consumer"].append(key)
-            notes[("delivered_to_dead_consumer", key)] = "committed, then a consumer was killed"
+            flag("in_doubt", key, "read could not be resolved")
+        elif commits and died is not None and float(commits[0]["t"]) <= died + 0.5:
+            flag(
+                "consumed_by_dead_consumer",
+                key,
+                "committed while a consumer held it un-acked, then it was killed",
+            )
+        elif "stale" in reasons:
+            flag("lost", key, "rejected as stale but never dropped")
+        elif commits:
+            flag("lost", key, "committed by the server, never delivered")
         else:
-            anomaly_keys["lost"].append(key)
-            if "stale" in reasons:
-                notes[("lost", key)] = "rejected as stale but never dropped"
-            elif commit_t is not None:
-                notes[("lost", key)] = "committed by the server, never delivered"
-            elif reasons:
-                notes[("lost", key)] = "failed: " + ", ".join(sorted(reasons))
-            else:
-                notes[("lost", key)] = "never delivered"
-    for key, served in wrong_generation.items():
-        anomaly_keys["wrong_generation"].append(key)
+            flag("lost", key, "failed: " + ", ".join(sorted(reasons)) if reasons else "never delivered")
+    for key, served in sc.wrong_generation.items():
         gens = ", ".join(sorted({str(s["key"]) for s in served}))
-        notes[("wrong_generation", key)] = f"requested {key}, the ring served {gens}"
-        by_key[key] = sorted([*by_key[key], *served], key=lambda e: float(e.get("t", 0.0)))
-        first_seen.setdefault(key, first_seen[str(served[0]["key"])])
-    for key, stolen in fencing.items():
-        anomaly_keys["fencing"].append(key)
+        flag("wrong_generation", key, f"requested {key}, the ring served {gens}")
+        sc.by_key[key] = sorted([*sc.by_key[key], *served], key=lambda e: float(e.get("t", 0.0)))
+        sc.first_seen.setdefault(key, sc.first_seen[str(served[0]["key"])])
+    for key, stolen in sc.fencing.items():
         commit, held_by = stolen[0]
-        notes[("fencing", key)] = (
-            f"committed for token {commit.get('token')} while token {held_by} held the slot"
-            + (f" (+{len(stolen) - 1} more)" if len(stolen) > 1 else "")
+        more = f" (+{len(stolen) - 1} more)" if len(stolen) > 1 else ""
+        flag(
+            "fencing",
+            key,
+            f"committed for token {commit.get('token')} while token {held_by} held the slot{more}",
         )
     for keys in anomaly_keys.values():
-        keys.sort(key=first_seen.__getitem__)
+        keys.sort(key=lambda k: sc.first_seen.get(k, 0))
+    return anomaly_keys, notes
 
-    counts = {
-        "published": len(published),
-        "delivered": len(delivered_keys),
-        "lost": len(anomaly_keys["lost"]),
-        "duplicated": len(anomaly_keys["duplicated"]),
-        "corrupted": len(anomaly_keys["corrupted"]),
-        "unexpected": len(anomaly_keys["unexpected"]),
-        "dropped": len(dropped),
-        "stale_rejected": stale_rejected,
-        "in_doubt": len(anomaly_keys["in_doubt"]),
-        "delivered_to_dead_consumer": len(anomaly_keys["delivered_to_dead_consumer"]),
-        "wrong_generation": len(anomaly_keys["wrong_generation"]),
-        "fencing": len(anomaly_keys["fencing"]),
-        "retries": retries,
-        "failed": failed,
-    }
 
+def _examples(
+    sc: _Scan, anomaly_keys: dict[str, list[str]], notes: dict[tuple[str, str], str], limit: int
+) -> dict[str, list[dict[str, Any]]]:
     anomalies: dict[str, list[dict[str, Any]]] = {}
     for kind, keys in anomaly_keys.items():
         shown = []
-        for key in keys[: spec.examples]:
+        for key in keys[:limit]:
             slot, gen = _split_key(key)
             shown.append(
                 {
@@ -450,29 +579,22 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
                     "slot": slot,
                     "generation": gen,
                     "note": notes.get((kind, key), ""),
-                    "events": [dict(e) for e in by_key[key]],
+                    "events": [dict(e) for e in sc.by_key[key]],
                 }
             )
         anomalies[kind] = shown
+    return anomalies
 
-    # -- faults: fired, coverage, recovery -------------------------------------------------------
-    fired_counts: Counter[tuple[int, int | None, str]] = Counter()
-    for index, fires in fault_events.items():
-        for _, port, kind in fires:
-            fired_counts[(index, port, kind)] += 1
-    faults_fired = [
-        {"index": i, "kind": k, "port": p, "count": n}
-        for (i, p, k), n in sorted(
-            fired_counts.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)
-        )
-    ]
 
+def _coverage(sc: _Scan, spec: CheckSpec, history: Sequence[Event], port_of: _Ports) -> list[dict[str, Any]]:
+    ix = Indexed.build(history, sc.t0, port_of)
     coverage: list[dict[str, Any]] = []
     for f in spec.faults:
-        fires = fault_events.get(f.index, [])
-        by_port = Counter(p for _, p, _ in fires if p is not None)
+        fires = sc.fault_events.get(f.index, [])
+        by_port = Counter(p for p in (port_of(e.get("port")) for e in fires) if p is not None)
         listed = None if f.ports is None else sorted({port_of(p) for p in f.ports} - {None})
         missing = [] if listed is None else [p for p in listed if by_port[p] == 0]
+        effect = judge(f, fires, ix)
         coverage.append(
             {
                 "index": f.index,
@@ -482,15 +604,20 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
                 "fired_ports": dict(sorted(by_port.items())),
                 "missing_ports": missing,
                 "covered": bool(fires) and not missing,
+                "effect": effect.status,
+                "effective": effect.effective,
+                "effect_detail": effect.detail,
             }
         )
+    return coverage
 
-    phase_end = (heal_t - t0) if heal_t is not None else spec.duration_s
-    publish_times = sorted(float(e["t"]) - t0 for e in history if e["type"] == "published")
-    delivery_times.sort()
+
+def _recovery(sc: _Scan, spec: CheckSpec, history: Sequence[Event]) -> list[dict[str, Any]]:
+    phase_end = (sc.heal_t - sc.t0) if sc.heal_t is not None else spec.duration_s
+    publish_times = sorted(float(e["t"]) - sc.t0 for e in history if e["type"] == "published")
     recovery: list[dict[str, Any]] = []
     for f in spec.faults:
-        fires = sorted(t for t, _, _ in fault_events.get(f.index, []))
+        fires = sorted(float(e["t"]) - sc.t0 for e in sc.fault_events.get(f.index, []))
         if f.window is not None:
             basis, end_s = "window_end", float(f.window[1])
         elif f.at_s is not None:
@@ -499,7 +626,7 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
             basis, end_s = "fired", fires[-1]
         else:
             basis, end_s = "heal", float(phase_end)
-        after = _first_at_or_after(delivery_times, end_s)
+        after = _first_at_or_after(sc.delivery_times, end_s)
         recovery.append(
             {
                 "fault": f.index,
@@ -511,50 +638,190 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
                 "pending": _first_at_or_after(publish_times, end_s) is not None,
             }
         )
+    return recovery
 
-    # -- throughput and latency ------------------------------------------------------------------
-    span = max(end_t - t0, 0.0)
-    in_phase = sum(1 for d in delivery_times if 0.0 <= d < spec.duration_s)
-    per_s = (
-        in_phase / spec.duration_s if spec.duration_s > 0 else (len(delivery_times) / span if span else 0.0)
-    )
-    start_s = math.floor(delivery_times[0]) if delivery_times and delivery_times[0] < 0 else 0
+
+def _throughput(sc: _Scan, spec: CheckSpec) -> dict[str, Any]:
+    times = sc.delivery_times
+    span = max(sc.end_t - sc.t0, 0.0)
+    in_phase = sum(1 for d in times if 0.0 <= d < spec.duration_s)
+    per_s = in_phase / spec.duration_s if spec.duration_s > 0 else (len(times) / span if span else 0.0)
+    start_s = math.floor(times[0]) if times and times[0] < 0 else 0
     timeline: list[int] = []
-    if delivery_times:
-        timeline = [0] * (math.floor(delivery_times[-1]) - start_s + 1)
-        for d in delivery_times:
+    if times:
+        timeline = [0] * (math.floor(times[-1]) - start_s + 1)
+        for d in times:
             timeline[math.floor(d) - start_s] += 1
-    throughput = {
+    return {
         "per_s": per_s,
-        "overall_per_s": len(delivery_times) / span if span > 0 else 0.0,
+        "overall_per_s": len(times) / span if span > 0 else 0.0,
         "bucket_s": 1.0,
         "start_s": start_s,
         "timeline": timeline,
     }
-    latency = {**quantiles(latencies), "claim": quantiles(claim_latencies)}
 
-    # -- expectations ----------------------------------------------------------------------------
+
+def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
+    """Judge one run: classify every key, count, measure, and compare with `spec.expect`."""
+    history = sorted((e for e in events if "type" in e), key=lambda e: float(e.get("t", 0.0)))
+    port_of = _Ports(spec)
+    sc = _scan(history, spec, port_of)
+    sc.delivery_times.sort()
+    anomaly_keys, notes = _classify(sc, spec)
+    audit = sc.audit
+    abandoned = _abandoned_ports(sc, spec)
+    leaked = 0 if audit is None else int(audit.get("reading") or 0) + int(audit.get("writing") or 0)
+    counts = {
+        "published": len(sc.published),
+        "delivered": len(sc.deliveries),
+        "dropped": len(sc.dropped),
+        "stale_rejected": sum(1 for reasons in sc.failed_reasons.values() if "stale" in reasons),
+        "slot_leak": leaked,
+        "port_abandoned": len(abandoned),
+        "retries": sc.retries,
+        "failed": sc.failed,
+        **{kind: len(keys) for kind, keys in anomaly_keys.items()},
+    }
+    counts = {k: counts[k] for k in COUNT_KEYS}
+
+    fired_counts: Counter[tuple[int, int | None, str]] = Counter()
+    for index, fires in sc.fault_events.items():
+        for e in fires:
+            fired_counts[(index, port_of(e.get("port")), str(e.get("kind")))] += 1
+    faults_fired = [
+        {"index": i, "kind": k, "port": p, "count": n}
+        for (i, p, k), n in sorted(
+            fired_counts.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)
+        )
+    ]
+    coverage = _coverage(sc, spec, history, port_of)
+    recovery = _recovery(sc, spec, history)
+    throughput = _throughput(sc, spec)
+    latency = {**quantiles(sc.latencies), "claim": quantiles(sc.claim_latencies)}
+    failures = _safety_failures(sc, spec, counts, anomaly_keys, abandoned)
+    failures += _coverage_failures(sc, spec, coverage)
+    failures += _liveness_failures(spec, throughput, recovery, latency)
+    return Verdict(
+        passed=not failures,
+        failures=failures,
+        counts=counts,
+        per_port={
+            p: {n: c[n] for n in ("delivered", "retries", "faults", "quarantines")}
+            for p, c in sorted(sc.per_port.items())
+        },
+        faults_fired=faults_fired,
+        coverage=coverage,
+        recovery=recovery,
+        throughput=throughput,
+        latency=latency,
+        anomalies=_examples(sc, anomaly_keys, notes, spec.examples),
+        t0=sc.t0,
+        end_s=max(sc.end_t - sc.t0, 0.0),
+    )
+
+
+def _safety_failures(
+    sc: _Scan,
+    spec: CheckSpec,
+    counts: Mapping[str, int],
+    anomaly_keys: Mapping[str, list[str]],
+    abandoned: Mapping[int, tuple[float, int]],
+) -> list[str]:
     ex = spec.expect
     failures: list[str] = []
-    for name in ("lost", "duplicated", "corrupted", "unexpected", "in_doubt", "wrong_generation", "fencing"):
+    for name in BOUNDED:
         limit = getattr(ex, name)
         if counts[name] > limit:
             failures.append(f"{name}: {counts[name]} > {limit} ({_name_keys(anomaly_keys[name])})")
+    dead = counts["consumed_by_dead_consumer"]
+    if ex.consumed_by_dead_consumer is not None and dead > ex.consumed_by_dead_consumer:
+        failures.append(
+            f"consumed_by_dead_consumer: {dead} > {ex.consumed_by_dead_consumer} "
+            f"({_name_keys(anomaly_keys['consumed_by_dead_consumer'])})"
+        )
+    audit = sc.audit
     if audit is not None and audit.get("ready_count") != audit.get("ready"):
         failures.append(
             f"ring_audit: ready_count() says {audit.get('ready_count')} but {audit.get('ready')} of "
             f"{audit.get('slots')} slots are READY"
         )
-    required = _required(ex.faults_fired, spec.faults)
-    cov_by_index = {c["index"]: c for c in coverage}
-    for index in required:
-        c = cov_by_index[index]
+    if counts["slot_leak"] > ex.slot_leak:
+        assert audit is not None
+        failures.append(
+            f"slot_leak: {counts['slot_leak']} > {ex.slot_leak} slots left mid-transition after the drain "
+            f"({audit.get('reading')} READING, {audit.get('writing')} WRITING)"
+        )
+    for port, (free_at, elsewhere) in abandoned.items():
+        failures.append(
+            f"port_abandoned: port {port} carried no read after its quarantine ended at "
+            f"{free_at - sc.t0:.1f}s while {elsewhere} reads went to other ports"
+        )
+    drain = sc.drain
+    if drain is not None and not drain.get("complete", True) and not ex.drain_incomplete:
+        failures.append(
+            f"drain_incomplete: {drain.get('pending', 0)} pending and {drain.get('in_flight', 0)} claimed "
+            f"descriptors left in the channel after {drain.get('seconds', 0):.0f}s of drain"
+        )
+    return failures
+
+
+def _abandoned_ports(sc: _Scan, spec: CheckSpec) -> dict[int, tuple[float, int]]:
+    """Ports whose quarantine ended but that never carried a delivery again, although plenty of
+    deliveries went to other ports afterwards (a client must bring a recovered port back)."""
+    out: dict[int, tuple[float, int]] = {}
+    ports = max(spec.ports, 1)
+    for port, end in sc.quarantine_end.items():
+        free_at = end + ABANDON_GRACE_S
+        if any(t >= free_at for t in sc.port_deliveries.get(port, ())):
+            continue
+        elsewhere = sum(1 for p, ts in sc.port_deliveries.items() if p != port for t in ts if t >= free_at)
+        if elsewhere >= ABANDON_DELIVERIES_PER_PORT * ports:
+            out[port] = (free_at, elsewhere)
+    return out
+
+
+def _coverage_failures(sc: _Scan, spec: CheckSpec, coverage: Sequence[Mapping[str, Any]]) -> list[str]:
+    ex = spec.expect
+    failures: list[str] = []
+    if not sc.published:
+        # Nothing was at stake (e.g. the producer started after the fault phase on a loaded box).
+        failures.append("vacuous: nothing was published during the run, so nothing was checked")
+    cov = {c["index"]: c for c in coverage}
+    for index in _required(ex.faults_fired, spec.faults):
+        c = cov[index]
         if c["count"] == 0:
             failures.append(f"faults_fired: fault {index} ({c['kind']}) never fired")
         elif c["missing_ports"]:
             failures.append(
                 f"faults_fired: fault {index} ({c['kind']}) never fired on ports {c['missing_ports']}"
             )
+    for index in _required(ex.faults_effective, spec.faults):
+        c = cov[index]
+        if c["effect"] == "ineffective":
+            failures.append(
+                f"ineffective: fault {index} ({c['kind']}) fired {c['count']} times and changed nothing: "
+                f"{c['effect_detail']}"
+            )
+    for index in _required(ex.faults_quarantined, spec.faults):
+        c = cov[index]
+        for port, fires in c["fired_ports"].items():
+            if sc.per_port.get(port, Counter())["quarantines"] == 0:
+                failures.append(
+                    f"faults_quarantined: fault {index} ({c['kind']}) fired {fires} times on port {port}, "
+                    "which was never quarantined"
+                )
+    return failures
+
+
+def _liveness_failures(
+    spec: CheckSpec,
+    throughput: Mapping[str, Any],
+    recovery: Sequence[Mapping[str, Any]],
+    latency: Mapping[str, Any],
+) -> list[str]:
+    ex = spec.expect
+    failures: list[str] = []
+    per_s = throughput["per_s"]
     if ex.min_throughput is not None and per_s < ex.min_throughput:
         failures.append(f"throughput: {per_s:.1f}/s < {ex.min_throughput:g}/s")
     if ex.max_recovery_s is not None:
@@ -566,36 +833,10 @@ def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
             elif r["recovery_s"] is not None and r["recovery_s"] > ex.max_recovery_s:
                 took, limit = r["recovery_s"], ex.max_recovery_s
                 failures.append(f"recovery: fault {r['fault']} ({r['kind']}) {took:.2f}s > {limit:g}s")
-    quarantined = _required(ex.faults_quarantined, spec.faults)
-    for index in quarantined:
-        c = cov_by_index[index]
-        for port, fires in c["fired_ports"].items():
-            if per_port.get(port, Counter())["quarantines"] == 0:
-                failures.append(
-                    f"faults_quarantined: fault {index} ({c['kind']}) fired {fires} times on port {port}, "
-                    "which was never quarantined"
-                )
     p99 = latency["p99"]
     if ex.max_p99_latency_s is not None and p99 is not None and p99 > ex.max_p99_latency_s:
         failures.append(f"p99 latency: {p99:.3f}s > {ex.max_p99_latency_s:g}s")
-
-    return Verdict(
-        passed=not failures,
-        failures=failures,
-        counts=counts,
-        per_port={
-            p: {n: c[n] for n in ("delivered", "retries", "faults", "quarantines")}
-            for p, c in sorted(per_port.items())
-        },
-        faults_fired=faults_fired,
-        coverage=coverage,
-        recovery=recovery,
-        throughput=throughput,
-        latency=latency,
-        anomalies=anomalies,
-        t0=t0,
-        end_s=span,
-    )
+    return failures
 
 
 def _required(which: FaultsFired, faults: Sequence[FaultRef]) -> list[int]:

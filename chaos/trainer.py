@@ -341,7 +341,8 @@ async def _borrow_one(ctx: TrainerContext, desc: SlotDescriptor, hold: float, ma
     error: TransportError | None = None
     for attempt in range(1, max_attempts + 1):
         try:
-            with ctx.consumer.borrow(desc) as view:
+            borrow = ctx.consumer.borrow(desc)
+            with borrow as view:
                 verified = ctx.sink.verify(desc, view)
                 nbytes = int(view.nbytes)
                 if hold:
@@ -359,6 +360,7 @@ async def _borrow_one(ctx: TrainerContext, desc: SlotDescriptor, hold: float, ma
             latency_s=time.perf_counter() - started,
             attempts=attempt,
             verified=verified,
+            token=borrow.token,
         )
         return True
     assert error is not None

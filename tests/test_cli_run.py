@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-pytestmark = pytest.mark.timeout(170)
+pytestmark = pytest.mark.timeout(400)  # two real runs each; a loaded CI box is slow
 
 QUICK = """
 name: {name}
@@ -35,7 +35,7 @@ def scenario(
     path: Path,
     name: str,
     *,
-    throughput: str = "10/s",
+    throughput: str = "1/s",  # liveness is not what these tests check; the box may be loaded
     faults: str = "[]",
     fired: str = "none",
     consumers: int = 1,
@@ -57,7 +57,7 @@ def scenario(
     return file
 
 
-def chaos(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+def chaos(*args: str, timeout: float = 250) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chaos.cli", *args], capture_output=True, text=True, timeout=timeout
     )
@@ -65,7 +65,7 @@ def chaos(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
 
 def test_passing_run_writes_every_report_and_replays(tmp_path: Path) -> None:
     file = scenario(
-        tmp_path, "quick-pass", faults="[{kind: reset, phase: payload, probability: 0.3}]", fired="all"
+        tmp_path, "quick-pass", faults="[{kind: reset, phase: payload, probability: 0.5}]", fired="all"
     )
     out = tmp_path / "run"
     done = chaos("run", str(file), "--out", str(out), "--junit", str(tmp_path / "junit.xml"))

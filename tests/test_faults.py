@@ -307,6 +307,36 @@ async def test_truncate_sends_a_short_message(phase: str) -> None:
     assert [e["phase"] for e in events.of("fault")] == [phase]
 
 
+@pytest.mark.parametrize("phase", ["status", "payload"])
+async def test_corrupt_flips_bytes_and_keeps_the_length(phase: str) -> None:
+    wrapper, fake, events = wrapped(FaultSpec(index=1, kind="corrupt", phase=phase))
+    link = wrapper(fake)
+    seen: dict[str, np.ndarray] = {}
+
+    async def send(buf: Any, p: Phase) -> None:
+        seen[str(p)] = np.frombuffer(buf, dtype=np.uint8).copy()
+
+    fake.send = send  # type: ignore[method-assign]
+    original = np.arange(FRAME, dtype=np.uint8)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
+    await link.send(original, Phase.STATUS)
+    await link.send(original, Phase.PAYLOAD)
+    changed = seen[phase]
+    other = seen["payload" if phase == "status" else "status"]
+    assert changed.nbytes == FRAME and (changed != original).any() and (other == original).all()
+    assert (original == np.arange(FRAME, dtype=np.uint8)).all()  # the sender's buffer is untouched
+    assert [e["phase"] for e in events.of("fault")] == [phase]
+
+
+async def test_reset_at_resolve_aborts_before_the_resolved_reply() -> None:
+    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="reset", phase="resolve"))
+    link = wrapper(fake)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
+    with pytest.raises(ConnectionResetError):
+        await link.send(np.zeros(FRAME, np.uint8), Phase.RESOLVE)
+    assert fake.aborted and fake.sent == [] and [e["phase"] for e in events.of("fault")] == ["resolve"]
+
+
 async def test_truncate_default_phase_is_payload_and_bytes_buffers_work() -> None:
     wrapper, fake, _ = wrapped(FaultSpec(index=1, kind="truncate"))
     link = wrapper(fake)

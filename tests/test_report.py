@@ -76,6 +76,7 @@ FAILING = {
         {"kind": "drop_commit", "ports": [0, 1, 2, 3], "probability": 0.1},
         {"kind": "duplicate_descriptor", "window": {"start": "2s", "end": "6s"}},
     ],
+    "expect": {"faults_fired": "all"},
 }
 ERRORED = {"name": "process-restart-server", "seed": 11, "duration": "10s"}
 
@@ -106,9 +107,11 @@ def spec_for(config: dict[str, Any]) -> CheckSpec:
             corrupted=ex["corrupted"],
             in_doubt=ex["in_doubt"],
             faults_fired=ex["faults_fired"],
+            faults_effective="none",  # synthetic histories: the effect rules have tests of their own
             min_throughput=ex["min_throughput"],
             max_recovery_s=ex["max_recovery"],
         ),
+        protocol=config["protocol"],
     )
 
 
@@ -139,6 +142,7 @@ class History:
             generation=gen,
             port=port,
             nbytes=4096,
+            token=slot + 1,
             **fields,
         )
 

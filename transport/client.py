@@ -69,6 +69,7 @@ class ReadResult:
     port: int | None  # None: read on the same host from shared memory (no port involved)
     generation: int
     resolved: bool = False  # COMMITTED was lost and RESOLVE confirmed the commit
+    token: int = 0  # the fencing token of the read that committed it (0 in single-chunk)
 
 
 @dataclass
@@ -196,6 +197,7 @@ class SlotClient:
                 raise
             raise _as_transport_error(exc, f"connect {host}:{port}") from exc
         self.stats.connects += 1
+        self.events.emit("connect", port=port)  # a new endpoint: evidence that an old one was replaced
         return self.link_wrapper(UcxLink(endpoint, port, "client"))
 
     async def warm(self, host: str, ports: tuple[int, ...] | list[int]) -> int:
@@ -229,7 +231,11 @@ class SlotClient:
         if self._closed:
             raise ConfigError("client is closed")
         if self.local is not None and (ring := self.local.ring_for(desc)) is not None:
-            return ReadResult(self.read_local(ring, desc, out), None, desc.generation)
+            self.stats.reads += 1
+            token, payload = self.local.read_committed(
+                ring, desc, self._buffers.take(desc.nbytes) if out is None else out
+            )
+            return ReadResult(payload, None, desc.generation, token=token)
         if not desc.ports:
             raise ConfigError("descriptor has no ports")
         port = self.healthy_ports(desc.ports)[0]
@@ -328,7 +334,7 @@ class SlotClient:
                 assert payload is not None
                 commit = cr.on_payload(checksum(payload))
                 if commit is None:
-                    return ReadResult(payload, port, generation)
+                    return ReadResult(payload, port, generation, token=cr.token)
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
                 if bare:
                     committed = post_recv(link, buf, Phase.COMMITTED)  # posted before COMMIT is answered
@@ -337,7 +343,7 @@ class SlotClient:
                 bound.restart()
                 await (committed or link.recv(buf, Phase.COMMITTED))
                 cr.on_committed(buf)
-                return ReadResult(payload, port, generation)
+                return ReadResult(payload, port, generation, token=cr.token)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -359,7 +365,7 @@ class SlotClient:
         self.quarantine(port, "commit-unconfirmed")
         assert payload is not None
         await self._resolve(desc, cr)
-        return ReadResult(payload, port, generation, resolved=True)
+        return ReadResult(payload, port, generation, resolved=True, token=cr.token)
 
     # -- one batched attempt --------------------------------------------------------------------------
 
@@ -416,12 +422,14 @@ class SlotClient:
             if err is None:
                 payload = payloads[i]
                 assert payload is not None
-                out.append(ReadResult(payload, port, d.generation))
+                out.append(ReadResult(payload, port, d.generation, token=cb.token))
                 continue
             if isinstance(err, InDoubtError):
                 try:
                     await self._resolve(d, cb.resolve_read(i))
-                    out.append(ReadResult(payloads[i], port, d.generation, resolved=True))  # type: ignore[arg-type]
+                    out.append(
+                        ReadResult(payloads[i], port, d.generation, resolved=True, token=cb.token)  # type: ignore[arg-type]
+                    )
                     continue
                 except TransportError as resolved_err:
                     err = resolved_err

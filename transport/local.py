@@ -105,6 +105,12 @@ class LocalReader:
 
     def read(self, ring: SharedRing, desc: SlotDescriptor, out: np.ndarray | None = None) -> np.ndarray:
         """Copy the slot into `out` (or a new array) and commit; raises a TransportError otherwise."""
+        return self.read_committed(ring, desc, out)[1]
+
+    def read_committed(
+        self, ring: SharedRing, desc: SlotDescriptor, out: np.ndarray | None = None
+    ) -> tuple[int, np.ndarray]:
+        """`read`, also returning the token that committed it (the history names a delivery by it)."""
         token, view = self.begin(ring, desc)
         try:
             payload = np.empty(desc.nbytes, dtype=np.uint8) if out is None else _check_out(out, desc.nbytes)
@@ -114,7 +120,7 @@ class LocalReader:
             raise
         del view
         self.end(ring, desc, token, commit=True)
-        return payload
+        return token, payload
 
     def borrow(self, ring: SharedRing, desc: SlotDescriptor) -> Borrow:
         """A context manager lending a read-only view of the slot; committed on clean exit, released
@@ -193,6 +199,11 @@ class Borrow:
     def __enter__(self) -> np.ndarray:
         self._token, view = self._reader.begin(self._ring, self._desc)
         return view
+
+    @property
+    def token(self) -> int:
+        """The fencing token of this borrow's read (0 before `__enter__`)."""
+        return self._token
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._reader.end(self._ring, self._desc, self._token, commit=exc_type is None)

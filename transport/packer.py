@@ -52,6 +52,7 @@ class BatchResult:
     attempts: list[int] = field(default_factory=list)
     ports: list[int | None] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)  # per slot: first attempt to commit (or giving up)
+    tokens: list[int] = field(default_factory=list)  # per slot: the committing read's token (0 if none)
 
     @property
     def ok(self) -> bool:
@@ -137,6 +138,10 @@ async def fetch_batch(
     exchange each (`SlotClient.read_batch`), `concurrency` exchanges in flight, each on the next
     healthy port; a slot that failed retryably is read again in a later batch (up to `max_attempts`
     per round). `batch_size=0` (or the single-chunk protocol) reads every slot on its own.
+
+    Round r > 0 starts after `min(read_timeout, round_pause * 2**r)`: a slot whose `max_attempts`
+    were all used up (every port failed it just now) gets a fresh set of attempts once the ports had
+    time to recover. `attempts` counts every attempt over all rounds.
     """
     if rounds < 1:
         raise ConfigError(f"rounds={rounds}: must be >= 1")
@@ -168,7 +173,7 @@ async def fetch_batch(
         for i in range(n)
         if state.payloads[i] is None
     ]
-    return BatchResult(state.payloads, failures, state.attempts, state.ports, state.seconds)
+    return BatchResult(state.payloads, failures, state.attempts, state.ports, state.seconds, state.tokens)
 
 
 class _BatchState:
@@ -179,6 +184,7 @@ class _BatchState:
         self.attempts = [0] * n
         self.ports: list[int | None] = [None] * n
         self.seconds = [0.0] * n
+        self.tokens = [0] * n  # the committing read's token (0 if none)
         self.last_error: dict[int, TransportError] = {}
         self.final: set[int] = set()
 
@@ -188,11 +194,14 @@ class _BatchState:
     def done(self, i: int, result: ReadResult) -> None:
         self.payloads[i] = result.payload
         self.ports[i] = result.port
+        self.tokens[i] = result.token
         self.last_error.pop(i, None)
 
     def failed(self, i: int, exc: TransportError) -> None:
         self.last_error[i] = exc
-        if not exc.retryable:
+        # A slot that used up its attempts goes to the next round (after that round's back-off);
+        # only a failure no attempt can change (STALE, UNAUTHORIZED, consumed, in doubt) is final.
+        if not exc.retryable and not isinstance(exc, AttemptsExhaustedError):
             self.final.add(i)
 
 

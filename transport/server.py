@@ -168,7 +168,9 @@ class SlotServer:
         while True:
             await asyncio.sleep(self.reclaim_interval)
             try:
-                self.ring.reclaim()
+                report = self.ring.reclaim()
+                if report:  # evidence for the harness: a dead reader's or writer's slot came back
+                    self.events.emit("reclaimed", reading=list(report.reading), writing=list(report.writing))
             except Exception:  # a reclaim failure must not stop serving
                 log.exception("ring reclaim failed")
 

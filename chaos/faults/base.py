@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 from transport.link import Phase
 
-TRANSPORT_KINDS = frozenset({"reset", "truncate", "timeout", "stall", "evict", "drop_commit"})
+TRANSPORT_KINDS = frozenset({"reset", "truncate", "corrupt", "timeout", "stall", "evict", "drop_commit"})
 PROCESS_KINDS = frozenset({"kill", "pause", "restart"})
 CONTROL_KINDS = frozenset({"duplicate_descriptor", "delay_descriptor"})
 NETWORK_KINDS = frozenset({"toxic", "down"})  # built by chaos.proxy, listed here only for routing
 
-RESET_PHASES = frozenset({Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.COMMITTED})
+RESET_PHASES = frozenset(
+    {Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.COMMITTED, Phase.RESOLVE}
+)
 TRUNCATE_PHASES = frozenset({Phase.STATUS, Phase.PAYLOAD})
 
 Clock = Callable[[], float]
@@ -51,7 +53,7 @@ class FaultSpec:
     wrapper built with `ports_by_index=True`). `window` is `(start_s, end_s)` and `at_s` a one-shot
     time, both relative to the run start; at most one is set, neither = the whole fault phase.
     `probability` is per request (transport), per descriptor (control) or per tick (process).
-    Kind fields: `phase` (reset: where; truncate: `status` or `payload`, default `payload`),
+    Kind fields: `phase` (reset: where; truncate and corrupt: `status` or `payload`, default `payload`),
     `delay_s` (timeout, stall, delay_descriptor), `duration_s` (pause), `target` (process faults).
     """
 
@@ -90,12 +92,12 @@ class FaultSpec:
             if self.phase is None or self.phase not in RESET_PHASES:
                 raise ValueError(f"{where}: phase must be one of {sorted(RESET_PHASES)}, got {self.phase!r}")
             self.phase = Phase(self.phase)
-        elif self.kind == "truncate":
+        elif self.kind in ("truncate", "corrupt"):
             self.phase = Phase(self.phase or Phase.PAYLOAD)
             if self.phase not in TRUNCATE_PHASES:
                 raise ValueError(f"{where}: phase must be status or payload, got {self.phase!r}")
         elif self.phase is not None:
-            raise ValueError(f"{where}: phase only applies to reset and truncate")
+            raise ValueError(f"{where}: phase only applies to reset, truncate and corrupt")
         if layer == "process" and not self.target:
             raise ValueError(f"{where}: a process fault needs a target")
         if layer != "process" and self.target is not None:

@@ -15,6 +15,9 @@ Where each kind acts, on the server side of the link:
   the request arrived (it is never processed), `commit` before receiving the commit, `status`,
   `payload` or `committed` before sending it.
 - `truncate`: sends half of the `status` frame or of the `payload` (`phase`, default payload).
+- `corrupt`: sends the `status` frame or the `payload` with bytes flipped, same length (UCX cannot
+  tell; only the frame check or the payload checksum can).
+- `reset` at `resolve`: aborts before sending the RESOLVED reply (the client asks another endpoint).
 Batches (REQUEST_BATCH ... COMMITTED_BATCH): the draw happens when the batch request arrives, the
 status/commit/committed faults act on the batch's one message of that step, and every PAYLOAD after
 the first draws the payload-step faults (`reset` at payload, `truncate` of payload, `stall`) again,
@@ -181,7 +184,19 @@ make_link_wrapper = ChaosLinkWrapper
 
 
 def _acts_on_payload(spec: FaultSpec) -> bool:
-    return spec.kind == "stall" or (spec.kind in ("reset", "truncate") and spec.phase == Phase.PAYLOAD)
+    return spec.kind == "stall" or (
+        spec.kind in ("reset", "truncate", "corrupt") and spec.phase == Phase.PAYLOAD
+    )
+
+
+def flipped(buf: Any) -> np.ndarray:
+    """A copy of the message with every byte of its middle quarter inverted (same length; the shared
+    memory view itself is never written)."""
+    data = np.frombuffer(buf, dtype=np.uint8).copy()
+    if data.nbytes:
+        start, end = data.nbytes * 3 // 8, max(data.nbytes * 5 // 8, data.nbytes * 3 // 8 + 1)
+        data[start:end] ^= 0xFF
+    return data
 
 
 def wrong_size(buf: Any) -> np.ndarray:
@@ -305,6 +320,12 @@ class ChaosLink:
                 self._fire(spec, step)
                 buf = wrong_size(buf)
                 break
+        for step in steps:
+            spec = self._take("corrupt", step)
+            if spec is not None:
+                self._fire(spec, step)
+                buf = flipped(buf)
+                break
         await self.inner.send(buf, phase)
         if attempt is not None:
             if phase in (Phase.PAYLOAD, Phase.INLINE):
@@ -317,6 +338,7 @@ __all__ = [
     "ChaosLink",
     "ChaosLinkWrapper",
     "InjectedFaultError",
+    "flipped",
     "make_link_wrapper",
     "wrong_size",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from chaos.atomic import write_atomic
+from chaos.checker import ANOMALY_KINDS
 from chaos.report import plots, view
 from chaos.report.compare import History, Regressions
 from chaos.report.results import RunResults, ScenarioResult
@@ -31,18 +32,22 @@ COUNTER_ORDER = (
     "corrupted",
     "in_doubt",
     "unexpected",
-    "delivered_to_dead_consumer",
+    "consumed_by_dead_consumer",
     "wrong_generation",
     "fencing",
+    "double_commit",
+    "uncommitted_delivery",
+    "republished",
+    "slot_leak",
+    "port_abandoned",
     "dropped",
     "stale_rejected",
     "retries",
     "failed",
 )
 COUNTER_LABELS = {"failed": "failed reads", "retries": "retried reads"}
-BAD_COUNTERS = frozenset(
-    {"lost", "duplicated", "corrupted", "in_doubt", "unexpected", "wrong_generation", "fencing"}
-)
+# Counters that are anomalies when non-zero (a dead consumer's commit is excused, so it is not one).
+BAD_COUNTERS = (frozenset(ANOMALY_KINDS) - {"consumed_by_dead_consumer"}) | {"slot_leak", "port_abandoned"}
 
 
 @dataclass(frozen=True)

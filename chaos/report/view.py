@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chaos.checker import failure_kind
 from chaos.report.results import ScenarioResult
 
 # Config keys already shown elsewhere in a fault label (kind first, time last).
@@ -129,6 +130,9 @@ class CoverageRow:
     covered: bool
     per_port: bool  # False for process/control faults: one count, no port cells
     cells: list[CoverageCell]
+    effect: str = "-"  # effective / ineffective / not_judged (chaos/effects.py); "-" for old results
+    effective: int = 0  # firings an outcome matched
+    effect_detail: str = ""
 
 
 def coverage_rows(result: ScenarioResult) -> list[CoverageRow]:
@@ -154,6 +158,9 @@ def coverage_rows(result: ScenarioResult) -> list[CoverageRow]:
                 covered=bool(entry.get("covered")),
                 per_port=per_port,
                 cells=cells,
+                effect=str(entry.get("effect", "-")),
+                effective=int(entry.get("effective", 0)),
+                effect_detail=str(entry.get("effect_detail", "")),
             )
         )
     return rows
@@ -205,5 +212,4 @@ def offending_times(result: ScenarioResult) -> list[tuple[str, float]]:
 
 def anomaly_kind(failure: str) -> str:
     """`lost` from `lost: 3 > 0 (slots ...)`: the checker's failures start with what failed."""
-    head, sep, _ = failure.partition(":")
-    return head.strip().replace(" ", "_") if sep else "failure"
+    return failure_kind(failure)

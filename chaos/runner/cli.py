@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chaos.atomic import write_atomic
+from chaos.checker import failures_line
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
 from chaos.runner.cleanup import shielded, state_dir, sweep_stale
@@ -285,7 +286,8 @@ def _finish(results_list: list[ScenarioResult], started: datetime, out_dir: Path
     _stdout_console().print(_summary_table(results))
     for s in results.scenarios:
         if s.status != "passed":
-            reason = "; ".join((s.verdict or {}).get("failures", [])) or (s.error or "")
+            failures = (s.verdict or {}).get("failures") or []
+            reason = failures_line(failures) if failures else (s.error or "")
             console.print(f"[red]{s.name}[/]: {reason}\n  reproduce: {s.reproduce}")
     console.print(f"reports: {paths.report_html}  {paths.summary_md}  {paths.results_json}")
     statuses = {s.status for s in results.scenarios}

@@ -115,6 +115,14 @@ class RecordingQueue(Recording, DescriptorQueue):
         super().__init__(**kwargs)
         self.events = events
 
+    def consumer_died(self, consumer: str) -> int:
+        """Logs which descriptors the dead consumer held claimed and un-acked (`channel_returned`):
+        the only keys the checker excuses as `consumed_by_dead_consumer`."""
+        keys = sorted({e.key for e in self._in_flight.values() if e.owner == consumer})
+        count = super().consumer_died(consumer)
+        self.events.emit("channel_returned", consumer=consumer, keys=keys, why="died")
+        return count
+
 
 class RecordingRedisQueue(Recording, RedisQueue):
     def __init__(self, events: JsonlSink, ref: StreamRef, **kwargs: Any) -> None:
@@ -158,11 +166,14 @@ def fault_specs(scenario: Scenario, seed: int) -> list[FaultSpec]:
 
 
 def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckSpec:
+    """The checker's view of a scenario; `port_numbers` are the ports descriptors advertise (the
+    proxies' under network faults), which is what client events report."""
     faults = []
     for index, fault in enumerate(scenario.faults):
         window = getattr(fault, "window", None)
         target = getattr(fault, "target", None)
         ports = getattr(fault, "ports", None)
+        toxic = getattr(fault, "toxic", None)
         faults.append(
             FaultRef(
                 index=index,
@@ -171,9 +182,17 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
                 target=resolve_target(target, scenario.consumers.count, seed) if target else None,
                 window=(window.start, window.end) if window is not None else None,
                 at_s=getattr(fault, "at", None),
+                delay_s=getattr(fault, "delay", None),
+                duration_s=getattr(fault, "duration", None),
+                toxic=toxic.type if toxic is not None else None,
+                policy=scenario.ring.policy,
             )
         )
     e = scenario.expect
+
+    def which(value: str | list[int]) -> str | tuple[int, ...]:
+        return value if isinstance(value, str) else tuple(value)
+
     return CheckSpec(
         duration_s=scenario.duration,
         ports=scenario.server.ports,
@@ -183,15 +202,18 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
             duplicated=e.duplicated,
             corrupted=e.corrupted,
             in_doubt=e.in_doubt,
-            faults_fired=e.faults_fired if isinstance(e.faults_fired, str) else tuple(e.faults_fired),
-            faults_quarantined=(
-                e.faults_quarantined if isinstance(e.faults_quarantined, str) else tuple(e.faults_quarantined)
-            ),
+            consumed_by_dead_consumer=e.consumed_by_dead_consumer,
+            slot_leak=e.slot_leak,
+            drain_incomplete=e.drain_incomplete,
+            faults_effective=which(e.faults_effective),  # type: ignore[arg-type]
+            faults_fired=which(e.faults_fired),  # type: ignore[arg-type]
+            faults_quarantined=which(e.faults_quarantined),  # type: ignore[arg-type]
             min_throughput=e.min_throughput,
             max_recovery_s=e.max_recovery,
             max_p99_latency_s=e.max_p99_latency,
         ),
         port_numbers=tuple(port_numbers),
+        protocol=scenario.protocol,
     )
 
 
@@ -624,7 +646,8 @@ class ScenarioRun:
 
         # -- drain ------------------------------------------------------------------------------------
         events.emit("phase", name="drain")
-        drain_end = time.time() + sc.drain_timeout
+        drain_start = time.time()
+        drain_end = drain_start + sc.drain_timeout
         while time.time() < drain_end and not self._deadline_hit.is_set():
             for handle in consumers:
                 if not handle.alive():
@@ -636,6 +659,14 @@ class ScenarioRun:
         else:
             if not channel.empty():
                 self.notes.append(f"drain timed out after {sc.drain_timeout:.0f}s with descriptors left")
+        left = channel.stats()
+        events.emit(
+            "drain",
+            complete=channel.empty(),
+            pending=left.pending,
+            in_flight=left.in_flight,
+            seconds=round(time.time() - drain_start, 3),
+        )
         events.emit("phase", name="done")
         self._report("check", time.time() - run_start, channel)  # raises if the channel died
         stop_consuming.set()
@@ -647,7 +678,7 @@ class ScenarioRun:
             self.notes.append(
                 "slots left mid-transition: " + ", ".join(f"{i.slot}:{i.state.name}" for i in leftover[:10])
             )
-        return server_ports
+        return advertised  # what client events report (proxy ports under network faults)
 
     def _start_redis(self) -> RedisServer | None:
         """The run's own Redis (None with `--redis URL`): data and log in the run directory."""

@@ -41,6 +41,13 @@ def setup_process(run_dir: str, proc: str) -> None:
     )
 
 
+def mark_ready(run_dir: str, proc: str) -> None:
+    """This role has imported its stack: the runner starts the fault phase only after every role did."""
+    ready = Path(run_dir) / "ready"
+    ready.mkdir(parents=True, exist_ok=True)
+    (ready / proc).touch()
+
+
 # -- producer ------------------------------------------------------------------------------------
 
 
@@ -191,6 +198,7 @@ async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
         local=cfg.transport == "local",
         local_lease=cfg.lease,
     )
+    mark_ready(cfg.run_dir, cfg.name)
     if cfg.warm is not None:
         await consumer.client.warm(*cfg.warm)
     ctx = TrainerContext.build(cfg.name, cfg.batch, cfg.seed, channel, consumer, events, stop)

@@ -18,8 +18,9 @@ Decisions where DESIGN.md is silent:
 - `probability` (default 1) is per request for transport faults, per descriptor for control faults
   and per opportunity for process faults. Network faults have no `probability`: their chance is the
   toxic's own `toxicity` (per connection, as in Toxiproxy), and `down` is all or nothing.
-- `reset.phase` is required (where the reset happens is the point of the fault). `truncate` also takes a
-  `phase`, `status` or `payload` (default `payload`): the fault layer can cut either message.
+- `reset.phase` is required (where the reset happens is the point of the fault; `resolve` aborts before
+  the RESOLVED reply). `truncate` and `corrupt` (bytes flipped, same length) take a `phase`, `status`
+  or `payload` (default `payload`): the fault layer can cut or garble either message.
 - `timeout.delay` defaults to 1.5x `consumers.read_timeout` and must exceed it: a shorter hold is a
   `stall`, not a timeout. Keep it and `stall.delay` below the server's step timeout (5 s).
 - `pause.duration` is required; with `at`, the pause must end inside the fault phase.
@@ -31,8 +32,13 @@ Decisions where DESIGN.md is silent:
   to start) or `redis` (a real Redis stream and consumer group: XADD, XREADGROUP, XACK, XAUTOCLAIM).
 - Toxic attributes are Toxiproxy's integers in Toxiproxy's units (ms; slicer `delay` in us, bandwidth
   `rate` in KB/s), checked per toxic type; `stream` defaults to `downstream`, `toxicity` to 1.
-- `expect` counts are upper bounds (0 = none allowed). `faults_fired` is `all` (default: every fault
-  fired at least once), `none`, or the list of fault indexes that must fire. `faults_quarantined`
+- `expect` counts are upper bounds (0 = none allowed). `faults_effective` is `all` (default: every
+  fault changed an outcome its kind is meant to change, see chaos/effects.py), `none`, or the list of
+  fault indexes that must be effective. `faults_fired` takes the same values (default `none`) and only
+  asks that a fault fired on every port it lists. `consumed_by_dead_consumer` (default unset: at most
+  what killed consumers held) bounds commits lost with a killed consumer; `slot_leak` (default 0)
+  READING/WRITING slots and `drain_incomplete` (default false) descriptors left after the drain.
+  `faults_quarantined`
   takes the same values (default `none`): every port on which such a fault fired must have been
   quarantined by a client at least once. `min_throughput` (rate), `max_recovery` and
   `max_p99_latency` (durations) are optional.
@@ -333,13 +339,20 @@ class ResetFault(_TransportFault):
     """Abort the endpoint at `phase`."""
 
     kind: Literal["reset"]
-    phase: Literal["request", "status", "payload", "commit"]
+    phase: Literal["request", "status", "payload", "commit", "resolve"]
 
 
 class TruncateFault(_TransportFault):
     """Send a wrong-size `status` or `payload` message."""
 
     kind: Literal["truncate"]
+    phase: Literal["status", "payload"] = "payload"
+
+
+class CorruptFault(_TransportFault):
+    """Send the `status` or `payload` message with bytes flipped, same length."""
+
+    kind: Literal["corrupt"]
     phase: Literal["status", "payload"] = "payload"
 
 
@@ -438,6 +451,7 @@ class DelayDescriptorFault(_ControlFault):
 Fault = Annotated[
     ResetFault
     | TruncateFault
+    | CorruptFault
     | TimeoutFault
     | StallFault
     | EvictFault
@@ -476,7 +490,11 @@ class Expect(_Model):
     duplicated: int = Field(0, ge=0, le=MAX_COUNT)
     corrupted: int = Field(0, ge=0, le=MAX_COUNT)
     in_doubt: int = Field(0, ge=0, le=MAX_COUNT)
-    faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
+    consumed_by_dead_consumer: int | None = Field(None, ge=0, le=MAX_COUNT)
+    slot_leak: int = Field(0, ge=0, le=MAX_COUNT)
+    drain_incomplete: bool = False
+    faults_effective: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
+    faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
     faults_quarantined: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
     min_throughput: Rate | None = None
     max_recovery: Duration | None = None
@@ -528,7 +546,7 @@ class Scenario(_Model):
             )
         for i, fault in enumerate(self.faults):
             problems.extend((("faults", i, *loc), msg) for loc, msg in self._check_fault(fault))
-        for field in ("faults_fired", "faults_quarantined"):
+        for field in ("faults_effective", "faults_fired", "faults_quarantined"):
             indexes = getattr(self.expect, field)
             if isinstance(indexes, list):
                 for j, index in enumerate(indexes):
