@@ -13,10 +13,12 @@ pyproject pins ucxx to 0.52.x; `tests/test_progress.py` runs the transport over 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
-SPIN_S = 100e-6  # longer spins cost more than they save on a loaded 2-core machine (measured)
+SPIN_S = float(os.environ.get("SLOTWIRE_SPIN_US", "100")) * 1e-6  # EXPERIMENT knob
+SPIN_YIELD = os.environ.get("SLOTWIRE_SPIN_YIELD", "0") == "1"  # EXPERIMENT knob
 IDLE_WAKE_S = 1.0  # also progress once a second in case an epoll event was missed
 
 
@@ -105,6 +107,8 @@ class HybridProgress:
             # Spin only just after activity: a handler waiting seconds for its next request keeps
             # a recv pending, and spinning on that would burn a core.
             if now - self._last < self.spin_s:
+                if SPIN_YIELD:
+                    os.sched_yield()
                 await asyncio.sleep(0)
                 continue
             if self._pending and self._complete():  # a last full scan before sleeping
