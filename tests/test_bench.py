@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from transport.bench import DEFAULT_SIZES, SCHEMA, TARGETS, parse_size, parse_sizes, size_target
+from transport.bench import (
+    DEFAULT_SIZES,
+    SCHEMA,
+    TARGETS,
+    cpu_bound_ratio,
+    parse_size,
+    parse_sizes,
+    size_target,
+)
 from transport.pipeline_bench import PIPELINE_TARGETS, pipeline_target
 
 
@@ -30,6 +38,7 @@ def test_parse_sizes() -> None:
     assert size_target(64 << 10) is None
     assert pipeline_target(4096) == PIPELINE_TARGETS["live_ratio"] == pipeline_target(64 << 10)
     assert pipeline_target(1 << 20) == PIPELINE_TARGETS["live_ratio_large"] == pipeline_target(16 << 20)
+    assert cpu_bound_ratio({"producer": 100.0, "server": 100.0, "consumer": 200.0}) == pytest.approx(0.75)
 
 
 @pytest.mark.timeout(330)
@@ -86,6 +95,7 @@ def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
     assert pipe["size"] == 4096 and pipe["target"] == PIPELINE_TARGETS["live_ratio"]
     assert all(_positive(pipe[k]) for k in ("prefilled_slots_s", "live_slots_s", "ratio", "live_over_raw"))
     assert len(pipe["ratio_by_round"]) == 1 and isinstance(pipe["pass"], bool)
+    assert 0 < pipe["cpu_bound_ratio"] < 1  # the producer spent CPU on the live slots
     for mode in ("prefilled", "live"):
         cell = pipe["cells"][0][mode]
         assert cell["iterations"] >= 1 and all(_positive(x) for x in cell["gib_s"])

@@ -985,6 +985,13 @@ def pipeline_rows(rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
         pre, live = merged["prefilled"], merged["live"]
         ratio = live["median_gib_s"] / pre["median_gib_s"]
         target = pipeline_target(size)
+        cpu = {
+            m: {
+                p: statistics.median(r[key][m]["cpu_us_per_slot"][p] for r in rounds)
+                for p in pre["cpu_us_per_slot"]
+            }
+            for m in MODES
+        }
         out.append(
             {
                 "size": size,
@@ -999,17 +1006,20 @@ def pipeline_rows(rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any
                     r[key]["live"]["median_gib_s"] / r[key]["prefilled"]["median_gib_s"] for r in rounds
                 ],
                 "live_over_raw": live["median_gib_s"] / raw[size] if size in raw else None,
-                "cpu_us_per_slot": {
-                    m: {
-                        p: statistics.median(r[key][m]["cpu_us_per_slot"][p] for r in rounds)
-                        for p in pre["cpu_us_per_slot"]
-                    }
-                    for m in MODES
-                },
+                "cpu_us_per_slot": cpu,
+                "cpu_bound_ratio": cpu_bound_ratio(cpu["live"]),
                 "cells": [r[key] for r in rounds],
             }
         )
     return out
+
+
+def cpu_bound_ratio(cpu_us_per_slot: dict[str, float]) -> float:
+    """The best live/pre-filled ratio a CPU-bound machine allows: live, every slot costs the producer's
+    CPU as well, in the same time; pre-filled, the producer's share is spent outside the timed gets.
+    (server + consumer) / (producer + server + consumer), from the live cell's own CPU per slot."""
+    readers = cpu_us_per_slot["server"] + cpu_us_per_slot["consumer"]
+    return readers / (readers + cpu_us_per_slot["producer"])
 
 
 def bench_put(cfg: BenchConfig, size: int) -> dict[str, Any]:
@@ -1158,7 +1168,7 @@ def print_pipeline(report: dict[str, Any], console: Any) -> None:
         return
     table = Table(title="pipeline: producer putting live while the consumer gets (same processes, same run)")
     cols = ("size", "pre-filled slots/s", "live slots/s", "live GiB/s", "live/pre-filled", "target", "pass")
-    for col in (*cols, "by round", "live/raw", "CPU us/slot live: producer / server / consumer"):
+    for col in (*cols, "by round", "CPU bound", "live/raw", "CPU us/slot live: producer / server / consumer"):
         table.add_column(col, justify="left" if col == "size" else "right")
     for r in report["pipeline"]:
         cpu = r["cpu_us_per_slot"]["live"]
@@ -1171,10 +1181,16 @@ def print_pipeline(report: dict[str, Any], console: Any) -> None:
             f">= {r['target']:.2f}",
             "[green]yes[/]" if r["pass"] else "[red]NO[/]",
             " ".join(f"{x:.2f}" for x in r["ratio_by_round"]),
+            f"{r['cpu_bound_ratio']:.2f}",
             _ratio(r["live_over_raw"]),
             f"{cpu['producer']:.0f} / {cpu['server']:.0f} / {cpu['consumer']:.0f}",
         )
     console.print(table)
+    console.print(
+        "CPU bound: (server + consumer) / (producer + server + consumer) CPU per slot, the best "
+        "live/pre-filled ratio when the cores are saturated (live, the producer's CPU is spent during "
+        "the timed gets)."
+    )
     put = Table(title="Producer.put vs memcpy + xxh3 of the same payload (one process)")
     for col in ("size", "put us", "memcpy+xxh3 us", "put GiB/s", "ratio", "target", "pass"):
         put.add_column(col, justify="left" if col == "size" else "right")

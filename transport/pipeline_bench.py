@@ -334,13 +334,15 @@ def run_ab(
                 cmd += ["--order", order, "--reps", str(args.reps), "--cell-seconds", str(args.cell_seconds)]
                 cmd += ["--put"] if args.put else []
                 env = {**os.environ, "PYTHONPATH": trees[name]}
+                load_before = os.getloadavg()[0]
                 out = subprocess.run(
                     cmd, env=env, capture_output=True, text=True, timeout=900, cwd=trees[name]
                 )
                 if out.returncode != 0:
                     raise RuntimeError(f"{name} {size}: {out.stderr[-2000:]}")
                 result = json.loads(out.stdout.strip().splitlines()[-1])
-                runs.append({"tree": name, "round": r, "size": size, **result})
+                load = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-min load: other users
+                runs.append({"tree": name, "round": r, "size": size, "load": load, **result})
                 pre, live = result["cells"]["prefilled"], result["cells"]["live"]
                 ratio = live["median_gib_s"] / pre["median_gib_s"]
                 print(
