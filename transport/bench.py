@@ -1094,15 +1094,14 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     table.add_column("floor/raw", justify="right")
     table.add_column("of floor", justify="right")
     for r in report["rows"]:
-        passed = {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[r["pass"]]
         table.add_row(
             human_size(r["size"]),
             f"{r['raw_gib_s']:.3f} ({r['raw_mode']})",
             f"{r['stack_gib_s']:.3f}",
             f"{r['stack_slots_s']:,.0f}",
             f"{r['ratio']:.2f}",
-            "-" if r["target"] is None else f">= {r['target']:.2f}",
-            passed,
+            _target_cell(r["target"]),
+            _pass_cell(r["pass"]),
             _ratio(r["ratio_same_mode"]),
             " ".join(f"{x:.2f}" for x in r.get("ratio_by_round", ())),
             _ratio(r.get("floor_ratio")),
@@ -1161,6 +1160,14 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _target_cell(target: float | None) -> str:
+    return "-" if target is None else f">= {target:.2f}"
+
+
+def _pass_cell(passed: bool | None) -> str:
+    return {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[passed]
+
+
 def print_pipeline(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
@@ -1178,8 +1185,8 @@ def print_pipeline(report: dict[str, Any], console: Any) -> None:
             f"{r['live_slots_s']:,.0f}",
             f"{r['live_gib_s']:.3f}",
             f"{r['ratio']:.2f}",
-            f">= {r['target']:.2f}",
-            "[green]yes[/]" if r["pass"] else "[red]NO[/]",
+            _target_cell(r["target"]),
+            _pass_cell(r["pass"]),
             " ".join(f"{x:.2f}" for x in r["ratio_by_round"]),
             f"{r['cpu_bound_ratio']:.2f}",
             _ratio(r["live_over_raw"]),
@@ -1195,15 +1202,14 @@ def print_pipeline(report: dict[str, Any], console: Any) -> None:
     for col in ("size", "put us", "memcpy+xxh3 us", "put GiB/s", "ratio", "target", "pass"):
         put.add_column(col, justify="left" if col == "size" else "right")
     for r in report["put"]:
-        passed = {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[r["pass"]]
         put.add_row(
             human_size(r["size"]),
             f"{r['put_us']:.1f}",
             f"{r['memcpy_xxh3_us']:.1f}",
             f"{r['put_gib_s']:.2f}",
             f"{r['ratio']:.2f}",
-            "-" if r["target"] is None else f">= {r['target']:.2f}",
-            passed,
+            _target_cell(r["target"]),
+            _pass_cell(r["pass"]),
         )
     console.print(put)
 
