@@ -107,7 +107,7 @@ def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
     assert all(_positive(put[k]) for k in ("put_us", "memcpy_xxh3_us", "ratio"))
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(330)
 def test_chaos_overhead_compares_the_stack_with_a_quiet_chaos_wrapper(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -128,7 +128,7 @@ def test_chaos_overhead_compares_the_stack_with_a_quiet_chaos_wrapper(tmp_path: 
         ],
         capture_output=True,
         text=True,
-        timeout=140,
+        timeout=300,  # at load 20+ on this shared machine it took 160-190 s, at 7ff5c48 too
         env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
