@@ -343,6 +343,8 @@ def run_ab(
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 load = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-min load: other users
                 runs.append({"tree": name, "round": r, "size": size, "load": load, **result})
+                if args.json_path:  # every finished cell is kept, even if a later one fails
+                    _write_json(args.json_path, {"trees": trees, "runs": runs})
                 pre, live = result["cells"]["prefilled"], result["cells"]["live"]
                 ratio = live["median_gib_s"] / pre["median_gib_s"]
                 print(
@@ -378,6 +380,11 @@ def summarize_ab(
     return rows
 
 
+def _write_json(path: str, report: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from transport.bench import parse_size, parse_sizes
 
@@ -404,10 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     trees = {"base": os.path.abspath(args.ab), "head": here} if args.ab else {"head": here}
     report = run_ab(trees, args.sizes, args.rounds, args)
-    text = json.dumps(report, indent=2)
     if args.json_path:
-        with open(args.json_path, "w") as f:
-            f.write(text + "\n")
+        _write_json(args.json_path, report)
     for row in report["summary"]:
         print(json.dumps(row))
     return 0
