@@ -3,8 +3,7 @@
 ucxx's modes force a choice (docs/decisions.md): `polling` is fast but spins a core even when idle;
 `thread` + python futures idles at ~1 % but every completion hops through two threads (~100 us per
 message). This engine drives a polling-mode worker from one task per loop: it spins while a request is
-pending and for `spin_s` after the last completion, yielding the CPU on every turn of the spin (a
-starved peer on the same core runs instead), then arms the worker and sleeps on its epoll fd.
+pending and for `spin_s` after the last completion, then arms the worker and sleeps on its epoll fd.
 Transfers are posted on the endpoint's tag channel and awaited through plain asyncio futures.
 
 It uses ucxx internals (`Endpoint._ep`, `Endpoint._tags`, `ProgressTasks`), which is why
@@ -14,7 +13,6 @@ pyproject pins ucxx to 0.52.x; `tests/test_progress.py` runs the transport over 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -107,10 +105,6 @@ class HybridProgress:
             # Spin only just after activity: a handler waiting seconds for its next request keeps
             # a recv pending, and spinning on that would burn a core.
             if now - self._last < self.spin_s:
-                # Spin politely: on two cores the process this one waits for (the peer of a round
-                # trip, or a producer refilling the ring) may be queued behind it on this very CPU.
-                # With nothing else runnable the yield returns at once (docs/decisions.md).
-                os.sched_yield()
                 await asyncio.sleep(0)
                 continue
             if self._pending and self._complete():  # a last full scan before sleeping
