@@ -95,7 +95,7 @@ def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
     assert pipe["size"] == 4096 and pipe["target"] == PIPELINE_TARGETS["live_ratio"]
     assert all(_positive(pipe[k]) for k in ("prefilled_slots_s", "live_slots_s", "ratio", "live_over_raw"))
     assert len(pipe["ratio_by_round"]) == 1 and isinstance(pipe["pass"], bool)
-    assert 0 < pipe["cpu_bound_ratio"] < 1  # the producer spent CPU on the live slots
+    assert 0 < pipe["cpu_bound_ratio"] <= 1  # 1 when a quick cell is shorter than psutil's 10 ms tick
     for mode in ("prefilled", "live"):
         cell = pipe["cells"][0][mode]
         assert cell["iterations"] >= 1 and all(_positive(x) for x in cell["gib_s"])
