@@ -80,6 +80,11 @@ def chaos_off_options() -> dict[str, object]:
 @click.option("--stack-mode", type=click.Choice(PROGRESS_MODES), help="SLOTWIRE_PROGRESS_MODE for the stack.")
 @click.option("--ports", type=click.IntRange(min=1), help="Server ports of the stack's producer (default 4).")
 @click.option(
+    "--pipeline/--no-pipeline",
+    default=None,
+    help="Measure the live pipeline and Producer.put rows (default on; sizes up to 16 MiB).",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -107,6 +112,7 @@ def bench(
     cell_seconds: float | None,
     stack_mode: str | None,
     ports: int | None,
+    pipeline: bool | None,
     json_path: Path | None,
     chaos_overhead: bool,
     paths: bool,
@@ -131,6 +137,7 @@ def bench(
             cell_seconds=cell_seconds,
             stack_mode=stack_mode,
             ports=ports,
+            pipeline=pipeline,
             json_path=str(json_path) if json_path else None,
             compare_server_options=chaos_off_options() if chaos_overhead else None,
             compare_label="chaos p=0",

@@ -701,3 +701,121 @@ def test_commit_history_answers_for_rewritten_generations() -> None:
         assert ring.begin_read(0, w.generation, 7, 30.0)[0] == ReadCode.OK
         assert ring.release_read(0, w.generation, 7)
         assert ring.committed_token(0, w.generation) == 0
+
+
+# ----------------------------------------------------------------------------- a full ring's writer sleeps
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def _sleeping_writer_registered(ring: SharedRing, batch: int) -> bool:
+    """The writer counted itself as a waiter and asked to be woken `batch` frees from now."""
+    word, waiters, target = (int(x) for x in ring._wake)
+    return waiters == 1 and target == (word + batch) & 0xFFFFFFFF
+
+
+def _child_blocked_write(name: str, conn: Any) -> None:
+    import transport.ring as ring_module
+
+    ring_module.FREE_WAIT_POLL_S = 60.0  # so only a wake-up (never the re-scan interval) ends the wait
+    ring = SharedRing.attach(name)
+    try:
+        w = ring.write(b"late", timeout=60)
+        conn.send((w.slot, w.generation, dict(ring.wait_stats)))
+    finally:
+        ring.close()
+
+
+def test_full_ring_writer_is_woken_by_a_commit_in_another_process(
+    make_ring: Callable[..., SharedRing],
+) -> None:
+    ring = make_ring(4)  # a quarter of 4 slots: woken at the first free
+    written = [ring.write(b"x") for _ in range(4)]
+    parent, child = SPAWN.Pipe()
+    with spawned(_child_blocked_write, ring.name, child) as proc:
+        _wait_for(lambda: _sleeping_writer_registered(ring, 1), "the writer to sleep")
+        w = written[2]
+        ring.begin_read(w.slot, w.generation, 7, 10)
+        assert ring.commit_read(w.slot, w.generation, 7)
+        assert ring.wait_stats["wakes"] == 1  # the commit woke the sleeper
+        assert parent.poll(WAIT), "the blocked writer never finished"
+        slot, generation, stats = parent.recv()
+        proc.join(WAIT)
+    assert (slot, generation) == (w.slot, w.generation + 1)
+    # Woken (or saw the word move just before sleeping), never by the 60 s re-scan interval.
+    assert stats["woken"] >= 1 and stats["timeouts"] == 0
+    assert int(ring._wake[1]) == 0  # it unregistered
+
+
+def test_full_ring_writer_is_woken_once_a_quarter_is_free(
+    make_ring: Callable[..., SharedRing], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transport.ring as ring_module
+
+    monkeypatch.setattr(ring_module, "FREE_WAIT_POLL_S", 60.0)
+    ring = make_ring(8)  # a quarter: 2 slots
+    written = [ring.write(b"x") for _ in range(8)]
+    writer = SharedRing.attach(ring.name)
+    result: list[WriteResult] = []
+    t = threading.Thread(target=lambda: result.append(writer.write(b"late", timeout=60)))
+    t.start()
+    try:
+        _wait_for(lambda: _sleeping_writer_registered(ring, 2), "the writer to sleep")
+        first, second = written[:2]
+        ring.begin_read(first.slot, first.generation, 1, 10)
+        assert ring.commit_read(first.slot, first.generation, 1)
+        assert ring.wait_stats["wakes"] == 0  # one free of a quarter wakes nobody
+        # (A writer still on its way into the futex sees the word move and takes that slot itself.)
+        ring.begin_read(second.slot, second.generation, 2, 10)
+        assert ring.commit_read(second.slot, second.generation, 2)
+        assert ring.wait_stats["wakes"] <= 1
+        t.join(WAIT)
+        assert not t.is_alive() and len(result) == 1
+        assert result[0].slot in (written[0].slot, written[1].slot)
+        assert writer.wait_stats["timeouts"] == 0
+    finally:
+        t.join(WAIT)
+        writer.close()
+
+
+def test_full_ring_writer_polls_without_futexes(
+    make_ring: Callable[..., SharedRing], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transport import futex
+
+    monkeypatch.setattr(futex, "AVAILABLE", False)
+    ring = make_ring(1)
+    w = ring.write(b"a")
+    reader = SharedRing.attach(ring.name)
+    t = threading.Thread(
+        target=lambda: (
+            reader.begin_read(w.slot, w.generation, 1, 10),
+            reader.commit_read(w.slot, w.generation, 1),
+        )
+    )
+    try:
+        t.start()
+        w2 = ring.write(b"b", timeout=30)
+        assert (w2.slot, w2.generation) == (w.slot, 2)
+        assert ring.wait_stats["woken"] == 0  # no futex was used
+    finally:
+        t.join(WAIT)
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    "size", [1, 4096, (256 << 10) - 1, 256 << 10, (256 << 10) + 1, 3 << 20, (3 << 20) + 17]
+)
+def test_copy_with_checksum_matches_one_shot(size: int) -> None:
+    from transport.checksum import copy_with_checksum
+
+    src = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    dst = np.zeros(size + 8, dtype=np.uint8)
+    assert copy_with_checksum(dst[:size], src) == checksum(src)
+    assert np.array_equal(dst[:size], src) and not dst[size:].any()

@@ -17,6 +17,10 @@ What one run measures (issue 2, acceptance point 6):
   memory budget is not needed because a cell refills as often as it must, untimed.
 * **get_many** of 32 small slots vs 32 sequential `get`s, and the **idle CPU** of the server process
   and of a consumer process holding pooled connections (psutil, percent of one core).
+* **pipeline** (issue 15, `transport.pipeline_bench`): a producer process putting live while a consumer
+  process gets each descriptor from a queue, against the same processes with the ring pre-filled, at the
+  sizes up to 16 MiB, measured in every round; CPU per process per slot. And **put**: `Producer.put`
+  against a memcpy + xxh3 of the same payload (issue 13 item 4).
 
 Each cell: an untimed warm-up that also calibrates the iteration count (so one timed repetition takes
 about `cell_seconds`), then `reps` timed repetitions. Raw and stack are measured in alternation
@@ -117,6 +121,7 @@ class BenchConfig:
     # throughput ratio: what an installed wrapper costs. `chaos bench --chaos-overhead` fills it in.
     compare_server_options: dict[str, Any] | None = None
     compare_label: str = "compare"
+    pipeline: bool = True  # the pipeline and put rows (issue 15), at the sizes up to 16 MiB
 
     @classmethod
     def make(cls, quick: bool = False, **overrides: Any) -> BenchConfig:
@@ -898,6 +903,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
     }
     raw_rounds: list[dict[str, Any]] = []
     stack_rounds: list[dict[str, Any]] = []
+    pipe_rounds: list[dict[str, Any]] = []
     hosts: list[ProducerHost] = []
     try:
         for round_no in range(1, cfg.rounds + 1):
@@ -907,6 +913,9 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
             report["load"][f"after_raw_{round_no}"] = _load()
             stack_rounds.append({str(size): bench_stack_size(cfg, size, hosts, log) for size in cfg.sizes})
             report["load"][f"after_stack_{round_no}"] = _load()
+            if cfg.pipeline:
+                pipe_rounds.append(bench_pipeline_round(cfg, round_no, log))
+                report["load"][f"after_pipeline_{round_no}"] = _load()
         raw = {m: merge_raw_mode([r[m] for r in raw_rounds]) for m in cfg.modes}
         stack = {key: merge_cells([r[key] for r in stack_rounds]) for key in stack_rounds[0]}
         if cfg.compare_server_options is not None:
@@ -928,9 +937,95 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
         row["ratio_by_round"] = [round_rows[i]["ratio"] for round_rows in per_round]
     report.update(raw=raw, stack=stack, rows=rows, get_many=get_many, idle_cpu=idle)
     judged = [r["pass"] for r in rows if r["pass"] is not None] + [get_many["pass"], idle["pass"]]
+    if cfg.pipeline:
+        report["pipeline"] = pipeline_rows(pipe_rounds, rows)
+        report["put"] = [bench_put(cfg, size) for size in pipeline_sizes(cfg)]
+        judged += [r["pass"] for r in report["pipeline"] + report["put"] if r["pass"] is not None]
     report["passed"] = all(judged)
     report["duration_s"] = time.time() - started
     return report
+
+
+def pipeline_sizes(cfg: BenchConfig) -> list[int]:
+    from transport.pipeline_bench import PIPELINE_SIZES
+
+    return [s for s in cfg.sizes if s <= max(PIPELINE_SIZES)]
+
+
+def bench_pipeline_round(cfg: BenchConfig, round_no: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every pipeline size once, pre-filled and live on the same processes; the order of the two
+    alternates by round so neither always runs first."""
+    from transport.pipeline_bench import MODES, bench_pipeline_size
+
+    order = MODES if round_no % 2 else tuple(reversed(MODES))
+    return {
+        str(size): bench_pipeline_size(
+            size,
+            ports=cfg.ports,
+            reps=cfg.reps,
+            cell_seconds=cfg.cell_seconds,
+            warmup_seconds=cfg.warmup_seconds,
+            order=order,
+            log=log,
+        )
+        for size in pipeline_sizes(cfg)
+    }
+
+
+def pipeline_rows(rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Live vs pre-filled per size, medians over every repetition of every round, with each round's own
+    ratio; live against raw ucxx too (issue 13's pipeline target) when raw ran at that size."""
+    from transport.pipeline_bench import MODES, pipeline_target
+
+    raw = {r["size"]: r["raw_gib_s"] for r in rows}
+    out = []
+    for key in rounds[0] if rounds else {}:
+        size = int(key)
+        merged = {m: merge_cells([r[key][m] for r in rounds]) for m in MODES}
+        pre, live = merged["prefilled"], merged["live"]
+        ratio = live["median_gib_s"] / pre["median_gib_s"]
+        target = pipeline_target(size)
+        cpu = {
+            m: {
+                p: statistics.median(r[key][m]["cpu_us_per_slot"][p] for r in rounds)
+                for p in pre["cpu_us_per_slot"]
+            }
+            for m in MODES
+        }
+        out.append(
+            {
+                "size": size,
+                "prefilled_gib_s": pre["median_gib_s"],
+                "prefilled_slots_s": pre["median_slots_s"],
+                "live_gib_s": live["median_gib_s"],
+                "live_slots_s": live["median_slots_s"],
+                "ratio": ratio,
+                "target": target,
+                "pass": ratio >= target,
+                "ratio_by_round": [
+                    r[key]["live"]["median_gib_s"] / r[key]["prefilled"]["median_gib_s"] for r in rounds
+                ],
+                "live_over_raw": live["median_gib_s"] / raw[size] if size in raw else None,
+                "cpu_us_per_slot": cpu,
+                "cpu_bound_ratio": cpu_bound_ratio(cpu["live"]),
+                "cells": [r[key] for r in rounds],
+            }
+        )
+    return out
+
+
+def cpu_bound_ratio(cpu_us_per_slot: dict[str, float]) -> float:
+    """The best live/pre-filled ratio a CPU-bound machine allows: live, every slot costs the producer's
+    CPU as well, in the same time; pre-filled, the producer's share is spent outside the timed gets.
+    (server + consumer) / (producer + server + consumer), from the live cell's own CPU per slot."""
+    readers = cpu_us_per_slot["server"] + cpu_us_per_slot["consumer"]
+    return readers / (readers + cpu_us_per_slot["producer"])
+
+
+def bench_put(cfg: BenchConfig, size: int) -> dict[str, Any]:
+    from transport.pipeline_bench import bench_put_size
+
+    return bench_put_size(size, reps=3 if cfg.quick else 5, cell_seconds=0.05 if cfg.quick else 0.3)
 
 
 def compare_stack(
@@ -999,15 +1094,14 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     table.add_column("floor/raw", justify="right")
     table.add_column("of floor", justify="right")
     for r in report["rows"]:
-        passed = {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[r["pass"]]
         table.add_row(
             human_size(r["size"]),
             f"{r['raw_gib_s']:.3f} ({r['raw_mode']})",
             f"{r['stack_gib_s']:.3f}",
             f"{r['stack_slots_s']:,.0f}",
             f"{r['ratio']:.2f}",
-            "-" if r["target"] is None else f">= {r['target']:.2f}",
-            passed,
+            _target_cell(r["target"]),
+            _pass_cell(r["pass"]),
             _ratio(r["ratio_same_mode"]),
             " ".join(f"{x:.2f}" for x in r.get("ratio_by_round", ())),
             _ratio(r.get("floor_ratio")),
@@ -1066,6 +1160,60 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _target_cell(target: float | None) -> str:
+    return "-" if target is None else f">= {target:.2f}"
+
+
+def _pass_cell(passed: bool | None) -> str:
+    return {True: "[green]yes[/]", False: "[red]NO[/]", None: "-"}[passed]
+
+
+def print_pipeline(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    if not report.get("pipeline"):
+        return
+    table = Table(title="pipeline: producer putting live while the consumer gets (same processes, same run)")
+    cols = ("size", "pre-filled slots/s", "live slots/s", "live GiB/s", "live/pre-filled", "target", "pass")
+    for col in (*cols, "by round", "CPU bound", "live/raw", "CPU us/slot live: producer / server / consumer"):
+        table.add_column(col, justify="left" if col == "size" else "right")
+    for r in report["pipeline"]:
+        cpu = r["cpu_us_per_slot"]["live"]
+        table.add_row(
+            human_size(r["size"]),
+            f"{r['prefilled_slots_s']:,.0f}",
+            f"{r['live_slots_s']:,.0f}",
+            f"{r['live_gib_s']:.3f}",
+            f"{r['ratio']:.2f}",
+            _target_cell(r["target"]),
+            _pass_cell(r["pass"]),
+            " ".join(f"{x:.2f}" for x in r["ratio_by_round"]),
+            f"{r['cpu_bound_ratio']:.2f}",
+            _ratio(r["live_over_raw"]),
+            f"{cpu['producer']:.0f} / {cpu['server']:.0f} / {cpu['consumer']:.0f}",
+        )
+    console.print(table)
+    console.print(
+        "CPU bound: (server + consumer) / (producer + server + consumer) CPU per slot, the best "
+        "live/pre-filled ratio when the cores are saturated (live, the producer's CPU is spent during "
+        "the timed gets)."
+    )
+    put = Table(title="Producer.put vs memcpy + xxh3 of the same payload (one process)")
+    for col in ("size", "put us", "memcpy+xxh3 us", "put GiB/s", "ratio", "target", "pass"):
+        put.add_column(col, justify="left" if col == "size" else "right")
+    for r in report["put"]:
+        put.add_row(
+            human_size(r["size"]),
+            f"{r['put_us']:.1f}",
+            f"{r['memcpy_xxh3_us']:.1f}",
+            f"{r['put_gib_s']:.2f}",
+            f"{r['ratio']:.2f}",
+            _target_cell(r["target"]),
+            _pass_cell(r["pass"]),
+        )
+    console.print(put)
+
+
 def print_compare(report: dict[str, Any], console: Any) -> None:
     compare = report.get("compare")
     if not compare:
@@ -1088,6 +1236,7 @@ def run_and_report(cfg: BenchConfig, console: Any = None) -> tuple[dict[str, Any
     report = run(cfg, log=lambda msg: console.print(f"[dim]{msg}[/]"))
     path = write_json(report, cfg.json_path)
     print_report(report, console)
+    print_pipeline(report, console)
     print_compare(report, console)
     console.print(f"JSON: {path}")
     code = 0 if report["passed"] or cfg.quick else EXIT_TARGET_MISSED
@@ -1113,6 +1262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stack-mode", choices=PROGRESS_MODES, help="SLOTWIRE_PROGRESS_MODE for the stack")
     parser.add_argument("--ports", type=int, help="server ports of the stack's producer (default 4)")
     parser.add_argument(
+        "--no-pipeline",
+        dest="pipeline",
+        action="store_false",
+        default=None,
+        help="skip the pipeline and put rows",
+    )
+    parser.add_argument(
         "--json", dest="json_path", help="where to write the JSON (default reports/bench-<ts>.json)"
     )
     args = parser.parse_args(argv)
@@ -1127,6 +1283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack_mode=args.stack_mode,
             ports=args.ports,
             json_path=args.json_path,
+            pipeline=args.pipeline,
         )
     except ValueError as exc:
         parser.error(str(exc))

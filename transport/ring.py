@@ -39,7 +39,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import psutil
 
-from transport.checksum import checksum
+from transport import futex
+from transport.checksum import copy_with_checksum
 from transport.errors import ConfigError, PayloadTooLargeError, RingError, RingFullError
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"SLOTRING"
-LAYOUT_VERSION = 3  # 2: per-slot last_commit_token; 3: per-slot commit history
+LAYOUT_VERSION = 4  # 2: per-slot last_commit_token; 3: per-slot commit history; 4: free-slot futex
 # Each slot remembers the tokens that committed its last COMMIT_HISTORY generations, in shared memory,
 # so RESOLVE can answer for a read whose slot was rewritten since, even from a restarted server.
 COMMIT_HISTORY = 16
@@ -67,7 +68,9 @@ SLOT_ALIGN = 64
 PAYLOAD_ALIGN = 4096
 # Slot i is locked on byte [i, i+1); slots are u32, so this offset never collides with a slot.
 HEADER_LOCK = 1 << 32
-MAX_POLL_SLEEP = 0.001
+MAX_POLL_SLEEP = 0.001  # polling backoff cap where futexes are unavailable
+# A writer waiting for a FREE slot is woken by the freer (futex); it also re-scans this often anyway.
+FREE_WAIT_POLL_S = 0.05
 
 _POLICIES = {"block": 0, "overwrite": 1}
 _POLICY_NAMES = {v: k for k, v in _POLICIES.items()}
@@ -92,9 +95,12 @@ HEADER_DTYPE = np.dtype(
             "late_finalise",
             "reclaimed_reading",
             "reclaimed_writing",
+            "free_word",
+            "free_waiters",
+            "free_target",
         ],
-        "formats": ["S8", "<u4", "<u4", "<u8", "u1", ("u1", 16), ("u1", 16)] + ["<u8"] * 10,
-        "offsets": [0, 8, 12, 16, 24, 32, 48, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136],
+        "formats": ["S8", "<u4", "<u4", "<u8", "u1", ("u1", 16), ("u1", 16)] + ["<u8"] * 10 + ["<u4"] * 3,
+        "offsets": [0, 8, 12, 16, 24, 32, 48, 64, 72, 80, 88, 96, 104, 112, 120, 128, 136, 144, 148, 152],
         "itemsize": HEADER_SIZE,
     }
 )
@@ -128,6 +134,14 @@ _SETLKW, _SETLK, _WRLCK, _UNLCK = fcntl.F_OFD_SETLKW, fcntl.F_OFD_SETLK, fcntl.F
 _COUNTERS = ("seq", "writes", "drops", "late_finalise", "reclaimed_reading", "reclaimed_writing")
 _SEQ, _WRITES, _DROPS, _LATE, _RECL_READING, _RECL_WRITING = range(len(_COUNTERS))
 _STAT_NAMES = _COUNTERS[1:]
+# The free-slot futex: [word, waiters, target] as u32 at the header's `free_word`. The word moves by one
+# whenever a slot becomes FREE or READY again; `waiters` counts writers sleeping on it (freers skip the
+# syscall without them); a freer wakes them once the word reaches `target`, i.e. once a quarter of the
+# ring (WAKE_FRACTION) is free again: a full ring's writer then writes a burst per wake-up instead of
+# waking for every slot (every wake-up preempts the server or the consumer on two cores).
+WAKE_FRACTION = 4
+_WAKE_OFFSET = 144
+_U32 = 0xFFFFFFFF
 
 
 class SlotState(enum.IntEnum):
@@ -190,6 +204,11 @@ class ReclaimReport:
 
     def __bool__(self) -> bool:
         return self.count > 0
+
+
+def _before(a: int, b: int) -> bool:
+    """u32 word `a` comes before `b` (wrap-around order, like TCP sequence numbers)."""
+    return a != b and ((b - a) & _U32) < (1 << 31)
 
 
 def _round_up(n: int, align: int) -> int:
@@ -321,6 +340,11 @@ class SharedRing:
         self._ctr: Any = np.ndarray(
             (len(_COUNTERS),), dtype="<u8", buffer=self._mm, offset=HEADER_DTYPE.fields["seq"][1]
         )
+        self._wake: Any = np.ndarray((3,), dtype="<u4", buffer=self._mm, offset=_WAKE_OFFSET)
+        self._wake_batch = max(1, self.slots // WAKE_FRACTION)
+        self._wake_addr = self._wake.ctypes.data
+        # This instance's free-slot waits (woken / timed out) and the wake-ups it sent; tests read them.
+        self.wait_stats = {"woken": 0, "timeouts": 0, "wakes": 0}
         self._mv = memoryview(self._mm)
 
     # ----------------------------------------------------------------------------- construction
@@ -467,9 +491,10 @@ class SharedRing:
     def write(self, data: Any, timeout: float | None = None) -> WriteResult:
         """Copy `data` (bytes-like or C-contiguous numpy array, raw bytes) into a slot and publish it.
 
-        When no slot is FREE: `block` polls until `timeout` (None = forever) then raises RingFullError;
+        When no slot is FREE: `block` waits until `timeout` (None = forever) then raises RingFullError;
         `overwrite` recycles the oldest READY slot (its descriptor becomes STALE) and only waits, with the
-        same timeout, if every slot is being written or read.
+        same timeout, if every slot is being written or read. The wait sleeps until a reader frees a slot
+        (a futex in the header, `_wait_freed`), so a blocked producer costs no CPU.
         """
         if self._closed:
             raise RingError(f"ring {self.name!r} is closed")
@@ -483,9 +508,7 @@ class SharedRing:
         slot, gen, dropped = self._reserve(timeout)
         try:
             start = slot * self._stride
-            dst = self._payload[start : start + n]
-            dst[:] = src  # one memcpy
-            csum = checksum(dst)
+            csum = copy_with_checksum(self._payload[start : start + n], src)  # one pass over memory
         except BaseException:
             self._abort_write(slot, gen)
             raise
@@ -495,8 +518,35 @@ class SharedRing:
     def _reserve(self, timeout: float | None) -> tuple[int, int, WriteResult | None]:
         """FREE (or, with `overwrite`, the oldest READY) -> WRITING owned by this pid; generation += 1."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sleep = 0.00005
         overwrite = self.policy == "overwrite"
+        waiting: list[float] | None = (
+            None  # [word seen before the last scan, polling backoff s] once registered
+        )
+        try:
+            while True:
+                if waiting is not None:
+                    waiting[0] = int(self._wake[0])  # read before the scan: a free after it changes it
+                got = self._scan(overwrite)
+                if got is not None:
+                    return got
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RingFullError(
+                        f"ring {self.name!r}: no FREE slot within {timeout}s ({self.slots} slots, "
+                        f"{self.ready_count()} READY, policy {self.policy})"
+                    )
+                if waiting is None:  # register, then scan once more before the first sleep
+                    self._add_waiter(1)
+                    waiting = [0, 0.0]
+                    continue
+                if waiting[1] == 0.0:  # once per wait: wake me when a batch of slots is free
+                    self._set_target(int(waiting[0]))
+                self._wait_freed(waiting, deadline)
+        finally:
+            if waiting is not None:
+                self._add_waiter(-1)
+
+    def _scan(self, overwrite: bool) -> tuple[int, int, WriteResult | None] | None:
+        """One attempt to take a slot: the cursor's, any FREE one, or with `overwrite` the oldest READY."""
         while True:
             c = self._cursor
             if c < self.slots and self._state[c] == _FREE:
@@ -521,13 +571,57 @@ class SharedRing:
                         log.debug("ring %s: overwrite dropped slot %d gen %d", self.name, i, old.generation)
                         return i, got, old
                     continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise RingFullError(
-                    f"ring {self.name!r}: no FREE slot within {timeout}s ({self.slots} slots, "
-                    f"{self.ready_count()} READY, policy {self.policy})"
-                )
-            time.sleep(sleep)
-            sleep = min(sleep * 2, MAX_POLL_SLEEP)
+            return None
+
+    def _add_waiter(self, delta: int) -> None:
+        fd = self._fd
+        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+        try:
+            waiters = int(self._wake[1])
+            if waiters == 0 and delta > 0:
+                self._wake[2] = self._wake[0]  # no target yet: wake at the first free
+            self._wake[1] = max(0, waiters + delta)
+        finally:
+            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+
+    def _set_target(self, seen: int) -> None:
+        """Ask freers to wake the sleepers `_wake_batch` frees after `seen`, unless another waiter's
+        target comes sooner (a writer woken early just sleeps again)."""
+        fd = self._fd
+        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+        try:
+            mine = (seen + self._wake_batch) & _U32
+            current = int(self._wake[2])
+            if int(self._wake[1]) <= 1 or _before(mine, current):
+                self._wake[2] = mine
+        finally:
+            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+
+    def _wait_freed(self, waiting: list[float], deadline: float | None) -> None:
+        """Sleep until the free word moves past `waiting[0]` (a slot was freed), the deadline, or the
+        re-scan interval; without futexes, poll with a doubling sleep."""
+        bound = FREE_WAIT_POLL_S if deadline is None else min(FREE_WAIT_POLL_S, deadline - time.monotonic())
+        waiting[1] = min(MAX_POLL_SLEEP, max(50e-6, waiting[1] * 2))  # also: "target set" for _reserve
+        if not futex.AVAILABLE:
+            time.sleep(min(bound, waiting[1]))
+            return
+        if futex.wait(self._wake_addr, int(waiting[0]), bound):
+            self.wait_stats["woken"] += 1
+        else:
+            self.wait_stats["timeouts"] += 1
+
+    def _signal_freed(self) -> None:
+        """A slot became FREE or READY again: move the free word and wake writers sleeping on it.
+
+        Called with the slot's lock held. Two freers of different slots may race on the word and lose an
+        increment; it still differs from what any sleeper saw, which is all a futex wait compares."""
+        w = self._wake
+        word = (int(w[0]) + 1) & _U32
+        w[0] = word
+        if w[1] and not _before(word, int(w[2])):
+            self.wait_stats["wakes"] += 1
+            if futex.AVAILABLE:
+                futex.wake(self._wake_addr)
 
     def _take(self, i: int, expect: int, old: WriteResult | None) -> int | None:
         """CAS `expect` -> WRITING on slot i; for a recycled READY slot, it must still be `old`."""
@@ -572,6 +666,7 @@ class SharedRing:
             if self._state[slot] == _WRITING and self._gen[slot] == gen:
                 self._state[slot] = _FREE
                 self._owner_pid[slot] = 0
+                self._signal_freed()
         finally:
             self._exit(slot)
 
@@ -646,6 +741,7 @@ class SharedRing:
                 self._token[slot] = 0
                 self._owner_pid[slot] = 0
                 self._lease[slot] = 0.0
+                self._signal_freed()
                 return True
             self._bump(_LATE)
             log.debug(
@@ -673,6 +769,7 @@ class SharedRing:
                 self._token[slot] = 0
                 self._owner_pid[slot] = 0
                 self._lease[slot] = 0.0
+                self._signal_freed()
                 return True
             self._bump(_LATE)
             log.debug("ring %s: late legacy finalise ignored: slot %d is not READING", self.name, slot)
@@ -751,6 +848,7 @@ class SharedRing:
                         self._owner_pid[i] = 0
                         self._lease[i] = 0.0
                         self._bump(_RECL_READING)
+                        self._signal_freed()
                         reading.append(i)
                 elif state == _WRITING and not _pid_alive(pid):
                     log.info("ring %s: reclaimed WRITING slot %d (writer pid %d dead)", self.name, i, pid)
@@ -758,6 +856,7 @@ class SharedRing:
                     self._owner_pid[i] = 0
                     self._nbytes[i] = 0
                     self._bump(_RECL_WRITING)
+                    self._signal_freed()
                     writing.append(i)
             finally:
                 self._exit(i)
@@ -783,6 +882,7 @@ class SharedRing:
             "_seq",
             "_payload",
             "_ctr",
+            "_wake",
         ):
             self.__dict__.pop(attr, None)
         mv = self.__dict__.pop("_mv", None)
