@@ -6,11 +6,15 @@ import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from toxiproxy import Toxiproxy
 
 from chaos.hosts import Fabric, InHost, netns, sweep
 from chaos.hosts.fabric import PREFIX
+from chaos.hosts.faults import KernelFaults
+from chaos.hosts.links import HostLinks
 from tests.host_roles import timed_reader
 from transport.descriptor import SlotDescriptor
 from transport.ring import SharedRing
@@ -81,10 +85,10 @@ def _ours() -> list[str]:
 
 @pytest.fixture
 def fabric() -> Iterator[Fabric]:
-    before = set(_ours())
     with Fabric("test", ["server", "consumer-1", "consumer-2"]) as fab:
         yield fab
-    assert set(_ours()) <= before, f"namespaces left behind: {sorted(set(_ours()) - before)}"
+    left = [n for n in _ours() if fab.id in n]
+    assert not left, f"namespaces left behind: {left}"
 
 
 @pytest.fixture
@@ -128,16 +132,16 @@ def test_close_removes_every_namespace_and_kills_what_runs_inside() -> None:
             proc.kill()
 
 
-def test_sweep_removes_a_dead_owners_fabric_and_spares_a_live_one(tmp_path: Any) -> None:
-    live = Fabric("live", ["a"], state_dir=tmp_path).create()
-    dead_owner = SPAWN.Process(target=_build_and_die, args=(str(tmp_path),))
+def test_sweep_removes_a_dead_owners_fabric_and_spares_a_live_one() -> None:
+    live = Fabric("live", ["a"]).create()
+    dead_owner = SPAWN.Process(target=_build_and_die)
     dead_owner.start()
     dead_owner.join(60)
     try:
-        dead = [n for n in _ours() if ".dead." in n or "-dead" in n or n.split("-")[1].startswith("dead.")]
-        assert dead, "the dead owner's namespaces should exist before the sweep"
-        removed = sweep(tmp_path)
-        assert sorted(removed) == sorted(dead)
+        dead = [n for n in _ours() if n.split("-")[1].startswith("dead.")]
+        assert len(dead) == 3, f"the dead owner's namespaces should exist before the sweep: {dead}"
+        removed = sweep()
+        assert set(dead) <= set(removed) and not set(removed) & set(live.namespaces())
         assert all(netns.exists(n) for n in live.namespaces())
     finally:
         live.close()
@@ -147,8 +151,99 @@ def _sleep(seconds: float) -> None:
     __import__("time").sleep(seconds)
 
 
-def _build_and_die(state_dir: str) -> None:
-    from pathlib import Path
-
-    Fabric("dead", ["a", "b"], state_dir=Path(state_dir)).create()
+def _build_and_die() -> None:
+    Fabric("dead", ["a", "b"]).create()
     os._exit(0)  # no close(): like kill -9, only the kernel's lock release remains
+
+
+# -- faults on every byte: toxics through toxiproxy-python, kernel faults ---------------------------
+
+KIB = 1024
+
+
+@pytest.fixture
+def links(fabric: Fabric) -> Iterator[HostLinks]:
+    with HostLinks(fabric, seed=1) as host_links:
+        yield host_links
+
+
+def toxiproxy_client(url: str) -> Toxiproxy:
+    """The PyPI client, pointed at the fabric's embedded API (it keeps the address per class)."""
+    parts = urlsplit(url)
+    client = Toxiproxy()
+    client.update_api_consumer(parts.hostname, parts.port)
+    return client
+
+
+def _reads(bed: HostBed, host: str, nbytes: int, n: int) -> list[tuple[str, float, int | None, str | None]]:
+    return [bed.read(host, nbytes) for _ in range(n)]
+
+
+def _ok_seconds(results: list[tuple[str, float, int | None, str | None]]) -> list[float]:
+    assert all(error is None for *_, error in results), results
+    return [seconds for _, seconds, _, _ in results]
+
+
+def test_bandwidth_toxic_on_a_host_link_throttles_only_that_hosts_payloads(
+    bed: HostBed, links: HostLinks
+) -> None:
+    bed.reader("consumer-1", read_timeout=5.0)
+    bed.reader("consumer-2", read_timeout=5.0)
+    for host in ("consumer-1", "consumer-2"):
+        _ok_seconds(_reads(bed, host, 256 * KIB, 2))  # connections up, both through the proxy
+    proxy = toxiproxy_client(links.url).get_proxy("consumer-1->server")
+    proxy.add_toxic(name="slow", type="bandwidth", attributes={"rate": 16})  # KB/s, server -> consumer-1
+    _, seconds, got, error = bed.read("consumer-1", 256 * KIB)
+    assert got is None or seconds >= 10.0, f"256 KiB at 16 KB/s took {seconds:.2f}s"
+    assert error is None or "within 5.0s" in error, error  # the read timed out
+    others = sorted(_ok_seconds(_reads(bed, "consumer-2", 256 * KIB, 5)))
+    assert others[2] < 0.1, f"consumer-2's 256 KiB reads slowed by consumer-1's toxic: {others}"
+    meter = links.meters()["consumer-1->server"]["slow"]
+    assert meter["connections"] >= 1 and meter["bytes"] > 0, meter
+
+
+def test_latency_toxic_raises_that_hosts_median_read_time(bed: HostBed, links: HostLinks) -> None:
+    bed.reader("consumer-1", read_timeout=5.0)
+    before = sorted(_ok_seconds(_reads(bed, "consumer-1", 64 * KIB, 5)))
+    proxy = toxiproxy_client(links.url).get_proxy("consumer-1->server")
+    proxy.add_toxic(name="late", type="latency", attributes={"latency": 200})
+    after = sorted(_ok_seconds(_reads(bed, "consumer-1", 64 * KIB, 5)))
+    assert before[2] < 0.2 <= after[2], (before, after)
+    proxy.destroy_toxic("late")
+    healed = sorted(_ok_seconds(_reads(bed, "consumer-1", 64 * KIB, 5)))
+    assert healed[2] < 0.2, healed
+
+
+def test_disabling_a_host_link_through_toxiproxy_fails_reads_until_enabled(
+    bed: HostBed, links: HostLinks
+) -> None:
+    bed.reader("consumer-1", read_timeout=2.0)
+    _ok_seconds(_reads(bed, "consumer-1", 64 * KIB, 2))
+    proxy = toxiproxy_client(links.url).get_proxy("consumer-1->server")
+    proxy.disable()
+    failed = _reads(bed, "consumer-1", 64 * KIB, 2)
+    assert all(error is not None for *_, error in failed), failed
+    proxy.enable()
+    assert _recovers(bed, "consumer-1")
+
+
+def _recovers(bed: HostBed, host: str, tries: int = 5) -> bool:
+    """A read succeeds within `tries` (the first after a fault may still meet a dying endpoint)."""
+    return any(bed.read(host, 64 * KIB)[3] is None for _ in range(tries))
+
+
+def test_partition_fails_reads_within_the_read_timeout_and_heals(fabric: Fabric, bed: HostBed) -> None:
+    bed.reader("consumer-1", read_timeout=2.0)
+    bed.reader("consumer-2", read_timeout=2.0)
+    _ok_seconds(_reads(bed, "consumer-1", 64 * KIB, 2))
+    faults = KernelFaults(fabric)
+    cut = faults.make("partition", between=["consumer-1", "server"])
+    cut.apply()
+    try:
+        failed = _reads(bed, "consumer-1", 64 * KIB, 2)
+        assert all(error is not None and seconds < 2.0 + 3.0 for _, seconds, _, error in failed), failed
+        _ok_seconds(_reads(bed, "consumer-2", 64 * KIB, 2))
+    finally:
+        cut.heal()
+    assert _recovers(bed, "consumer-1")
+    assert not faults.rules.active

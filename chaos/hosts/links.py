@@ -248,6 +248,16 @@ class HostLinks:
                 collection.proxies[proxy.name] = proxy
         return port
 
+    def meters(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per proxy, per toxic name: connections and bytes the toxic acted on (removed toxics too)."""
+        collection = self.server.collection
+        if collection is None:
+            return {}
+        return {
+            name: {toxic: meter.to_json() for toxic, meter in proxy.meters.items()}
+            for name, proxy in list(collection.proxies.items())
+        }
+
     def close(self) -> None:
         """Stop the proxy (cutting its connections) and remove the interception rules. Idempotent."""
         with contextlib.suppress(Exception):
