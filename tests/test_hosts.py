@@ -105,7 +105,7 @@ def test_reads_cross_the_fabric_between_host_namespaces(bed: HostBed) -> None:
     server_ns = netns.inode(bed.fabric.host("server").netns)
     assert server_ns is not None and os.stat(f"/proc/{bed.server.pid}/ns/net").st_ino == server_ns
     for nbytes in (4096, 256 * 1024):
-        key, seconds, got, error = bed.read("consumer-1", nbytes)
+        key, _seconds, got, error = bed.read("consumer-1", nbytes)
         assert error is None and got == nbytes, (key, error)
     proc = bed.readers["consumer-1"][0]
     assert proc.pid in netns.pids(bed.fabric.host("consumer-1").netns)

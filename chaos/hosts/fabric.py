@@ -76,6 +76,18 @@ def _set_sysctl(ns: str, key: str, value: str) -> None:
     netns.run(ns, ["sh", "-c", f"echo {value} > {path}"])
 
 
+def _open_netns(name: str, timeout: float = LINK_UP_TIMEOUT_S) -> int:
+    """An fd of the named namespace; its bind mount can take a moment to appear to this process."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(netns.RUN_DIR / name, os.O_RDONLY)
+        except FileNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _wait_running(ns: str, ifname: str, timeout: float = LINK_UP_TIMEOUT_S) -> None:
     """Wait until the link is operationally up: the kernel's link watch can lag `up` by up to 1 s, and
     UCX skips an interface that is not RUNNING when it starts."""
@@ -175,19 +187,23 @@ class Fabric:
         os.write(fd, json.dumps(state, indent=1).encode())
         self._lock_fd = fd
 
-    def _wire(self) -> None:
+    def _wire_fabric(self, fds: dict[str, int]) -> None:
         with IPRoute(netns=self.fabric_netns) as fabric:
             fabric.link("set", index=fabric.link_lookup(ifname="lo")[0], state="up")
-            for host in self.hosts.values():
-                fabric.link(
-                    "add",
-                    ifname=host.fabric_ifname,
-                    kind="veth",
-                    peer={"ifname": host.ifname, "net_ns_fd": host.netns},
-                )
+            for name, host in self.hosts.items():
+                peer = {"ifname": host.ifname, "net_ns_fd": fds[name]}
+                fabric.link("add", ifname=host.fabric_ifname, kind="veth", peer=peer)
                 index = fabric.link_lookup(ifname=host.fabric_ifname)[0]
                 fabric.addr("add", index=index, address=host.gateway, prefixlen=24)
                 fabric.link("set", index=index, state="up")
+
+    def _wire(self) -> None:
+        fds = {name: _open_netns(h.netns) for name, h in self.hosts.items()}  # before pyroute2 runs
+        try:
+            self._wire_fabric(fds)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         for host in self.hosts.values():
             with IPRoute(netns=host.netns) as inside:
                 inside.link("set", index=inside.link_lookup(ifname="lo")[0], state="up")

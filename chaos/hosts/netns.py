@@ -35,10 +35,20 @@ def names(prefix: str = "") -> list[str]:
 
 
 def create(name: str) -> None:
+    """`ip netns add`: iproute2 sets up the shared bind mount of /run/netns that makes the name visible to
+    every process (pyroute2's forked helper was seen to leave it invisible to a busy parent)."""
+    _ip(["netns", "add", name], f"cannot create network namespace {name}")
+
+
+def _ip(argv: Sequence[str], what: str) -> None:
     try:
-        _netns.create(name)
-    except OSError as exc:
-        raise NetnsError(f"cannot create network namespace {name}: {exc}") from exc
+        done = subprocess.run(
+            ["ip", *argv], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetnsError(f"{what}: {exc}") from exc
+    if done.returncode != 0:
+        raise NetnsError(f"{what}: {done.stderr.strip()}")
 
 
 def inode(name: str) -> int | None:
@@ -81,10 +91,7 @@ def remove(name: str) -> None:
     """Kill what runs inside and drop the name; the kernel frees the namespace (and its veths) then."""
     kill_inside(name)
     if exists(name):
-        try:
-            _netns.remove(name)
-        except OSError as exc:
-            raise NetnsError(f"cannot remove network namespace {name}: {exc}") from exc
+        _ip(["netns", "delete", name], f"cannot remove network namespace {name}")
 
 
 def enter(name: str) -> None:

@@ -9,6 +9,7 @@ dumped into the run directory and the run is judged a harness error (exit 3).
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import multiprocessing as mp
 import os
@@ -29,6 +30,9 @@ from chaos.faults.base import FaultSpec, layer_of
 from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults
 from chaos.history import read_history
+from chaos.hosts import Host, InHost
+from chaos.hosts.effects import NetFaultRef, affected_consumers, judge
+from chaos.hosts.schedule import HostsUnavailable
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
 from chaos.scenario.model import Scenario
@@ -181,10 +185,11 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
 
 class ServerHandle(ServerProcess):
     """The server process under `server_role` (log file, stack dumps); `restart()` brings it back on
-    the same ports with a fresh RNG stream."""
+    the same ports with a fresh RNG stream. With `host`, it runs inside that simulated host."""
 
-    def __init__(self, run_dir: Path, config: ServerConfig) -> None:
-        super().__init__(config, target=server_role, target_args=(str(run_dir),))
+    def __init__(self, run_dir: Path, config: ServerConfig, host: Host | None = None) -> None:
+        target = server_role if host is None else InHost(server_role, host.netns, host.ifname)
+        super().__init__(config, target=target, target_args=(str(run_dir),))
         self.starts = 0
 
     def alive(self) -> bool:
@@ -364,7 +369,10 @@ class ScenarioRun:
             if history.skipped:
                 self.notes.extend(f"skipped event line: {s}" for s in history.skipped[:10])
             verdict = check(history.events, check_spec(self.scenario, self.seed, ports))
+            verdict = self._judge_network_effects(verdict, history.events)
         except HarnessError as exc:
+            error = str(exc)
+        except HostsUnavailable as exc:
             error = str(exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -379,6 +387,32 @@ class ScenarioRun:
         return Outcome(
             self.scenario, self.seed, self.run_dir, verdict, error, started, time.time() - started, self.notes
         )
+
+    def _judge_network_effects(self, verdict: Verdict, events: list[Any]) -> Verdict:
+        """Host-mode network faults must show their effect on the slots' traffic (`ineffective: ...`)."""
+        sc = self.scenario
+        placement = sc.placement()
+        if placement is None:
+            return verdict
+        refs = []
+        for i, f in enumerate(sc.faults):
+            if layer_of(f.kind) != "network":
+                continue
+            toxic = getattr(f, "toxic", None)
+            refs.append(
+                NetFaultRef(
+                    index=i,
+                    kind=f.kind,
+                    affected=affected_consumers(placement, f.between, getattr(f, "isolate", None)),
+                    toxic_type=toxic.type if toxic is not None else None,
+                    attributes=toxic.attributes.model_dump() if toxic is not None else None,
+                    rate=getattr(f, "rate", None),
+                )
+            )
+        problems = judge(refs, events, sc.consumers.read_timeout)
+        if not problems:
+            return verdict
+        return dataclasses.replace(verdict, passed=False, failures=[*verdict.failures, *problems])
 
     def _cleanup(self) -> None:
         for fn in reversed(self._cleanups):
@@ -424,14 +458,28 @@ class ScenarioRun:
             if has_transport
             else {},
         )
-        server = ServerHandle(self.run_dir, server_config)
+        placement = sc.placement()
+        hostnet = None
+        if placement is not None:
+            from chaos.hosts.schedule import HostNetwork
+
+            net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
+            run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
+            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events)
+            self._cleanups.append(hostnet.close)
+            hostnet.start()
+
+        def host_of(role: str) -> Host | None:
+            return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])
+
+        server = ServerHandle(self.run_dir, server_config, host_of("server"))
         self._children.append(server)
         self._cleanups.append(server.stop)
         server_ports = server.start()
 
         network = None
         advertised = list(server_ports)
-        if any(layer_of(f.kind) == "network" for f in sc.faults):
+        if hostnet is None and any(layer_of(f.kind) == "network" for f in sc.faults):
             from chaos.proxy.control import ProxyController
 
             proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
@@ -461,11 +509,13 @@ class ScenarioRun:
                 max_attempts=sc.consumers.max_attempts,
                 rounds=sc.consumers.rounds,
             )
-            handles[name] = RoleHandle(name, consumer_main, cfg, channel, stop_consuming)
+            host = host_of(name)
+            target = consumer_main if host is None else InHost(consumer_main, host.netns, host.ifname)
+            handles[name] = RoleHandle(name, target, cfg, channel, stop_consuming)
         producer_cfg = ProducerConfig(
             run_dir=str(self.run_dir),
             ring_name=ring.name,
-            host=HOST,
+            host=HOST if hostnet is None or placement is None else hostnet.address(placement["server"]),
             ports=tuple(advertised),
             seed=self.seed,
             rate=sc.producer.rate,
@@ -500,6 +550,8 @@ class ScenarioRun:
                 break
             if network is not None:
                 network.tick(elapsed)
+            if hostnet is not None:
+                hostnet.tick(elapsed)
             process_faults.tick(now)
             for handle in consumers:
                 if not handle.alive():
@@ -515,6 +567,8 @@ class ScenarioRun:
         process_faults.heal()
         if network is not None:
             network.heal()
+        if hostnet is not None:
+            hostnet.heal()
         channel.heal()
         if not server.alive():
             self.notes.append("server was down at heal: restarted")
