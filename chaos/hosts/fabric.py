@@ -92,7 +92,8 @@ def _wait_running(ns: str, ifname: str, timeout: float = LINK_UP_TIMEOUT_S) -> N
     """Wait until the link is operationally up: the kernel's link watch can lag `up` by up to 1 s, and
     UCX skips an interface that is not RUNNING when it starts."""
     deadline = time.monotonic() + timeout
-    with IPRoute(netns=ns) as ipr:
+
+    def wait(ipr: IPRoute) -> None:
         while True:
             link = ipr.get_links(ifname=ifname)[0]
             if link.get("state") == "up" and link.get("operstate") in ("UP", "UNKNOWN"):
@@ -100,6 +101,8 @@ def _wait_running(ns: str, ifname: str, timeout: float = LINK_UP_TIMEOUT_S) -> N
             if time.monotonic() > deadline:
                 raise FabricError(f"{ifname} in {ns} not up after {timeout:g}s ({link.get('operstate')})")
             time.sleep(0.02)
+
+    netns.netlink(ns, wait)
 
 
 class Fabric:
@@ -187,30 +190,32 @@ class Fabric:
         os.write(fd, json.dumps(state, indent=1).encode())
         self._lock_fd = fd
 
-    def _wire_fabric(self, fds: dict[str, int]) -> None:
-        with IPRoute(netns=self.fabric_netns) as fabric:
-            fabric.link("set", index=fabric.link_lookup(ifname="lo")[0], state="up")
-            for name, host in self.hosts.items():
-                peer = {"ifname": host.ifname, "net_ns_fd": fds[name]}
-                fabric.link("add", ifname=host.fabric_ifname, kind="veth", peer=peer)
-                index = fabric.link_lookup(ifname=host.fabric_ifname)[0]
-                fabric.addr("add", index=index, address=host.gateway, prefixlen=24)
-                fabric.link("set", index=index, state="up")
+    def _wire_fabric(self, fabric: IPRoute, fds: dict[str, int]) -> None:
+        fabric.link("set", index=fabric.link_lookup(ifname="lo")[0], state="up")
+        for name, host in self.hosts.items():
+            peer = {"ifname": host.ifname, "net_ns_fd": fds[name]}
+            fabric.link("add", ifname=host.fabric_ifname, kind="veth", peer=peer)
+            index = fabric.link_lookup(ifname=host.fabric_ifname)[0]
+            fabric.addr("add", index=index, address=host.gateway, prefixlen=24)
+            fabric.link("set", index=index, state="up")
+
+    @staticmethod
+    def _wire_host(inside: IPRoute, host: Host) -> None:
+        inside.link("set", index=inside.link_lookup(ifname="lo")[0], state="up")
+        index = inside.link_lookup(ifname=host.ifname)[0]
+        inside.addr("add", index=index, address=host.address, prefixlen=24)
+        inside.link("set", index=index, state="up")
+        inside.route("add", dst="0.0.0.0/0", gateway=host.gateway)
 
     def _wire(self) -> None:
-        fds = {name: _open_netns(h.netns) for name, h in self.hosts.items()}  # before pyroute2 runs
+        fds = {name: _open_netns(h.netns) for name, h in self.hosts.items()}
         try:
-            self._wire_fabric(fds)
+            netns.netlink(self.fabric_netns, lambda ipr: self._wire_fabric(ipr, fds))
         finally:
             for fd in fds.values():
                 os.close(fd)
         for host in self.hosts.values():
-            with IPRoute(netns=host.netns) as inside:
-                inside.link("set", index=inside.link_lookup(ifname="lo")[0], state="up")
-                index = inside.link_lookup(ifname=host.ifname)[0]
-                inside.addr("add", index=index, address=host.address, prefixlen=24)
-                inside.link("set", index=index, state="up")
-                inside.route("add", dst="0.0.0.0/0", gateway=host.gateway)
+            netns.netlink(host.netns, lambda ipr, h=host: self._wire_host(ipr, h))
         _set_sysctl(self.fabric_netns, "net.ipv4.ip_forward", "1")
         for host in self.hosts.values():
             _wait_running(host.netns, host.ifname)

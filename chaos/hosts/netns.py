@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
+
+T = TypeVar("T")
 
 RUN_DIR = Path("/run/netns")
 COMMAND_TIMEOUT_S = 20.0
@@ -114,3 +119,30 @@ def run(name: str, argv: Sequence[str], *, check: bool = True, input: str | None
     if check and done.returncode != 0:
         raise NetnsError(f"{' '.join(argv)} in {name} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
+
+
+def netlink(name: str, fn: Callable[[IPRoute], T], timeout: float = COMMAND_TIMEOUT_S) -> T:
+    """`fn(ipr)` with an `IPRoute` whose socket lives in namespace `name`.
+
+    The socket is made by a short-lived thread that entered the namespace (setns is per thread), not by
+    pyroute2's `netns=` helper: that forks a child which, when it cannot see the name, *creates* a new
+    namespace under it (seen under `chaos run`: the veth peer then landed in a stray namespace).
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            enter(name)
+            with IPRoute() as ipr:
+                box["value"] = fn(ipr)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"netlink-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise NetnsError(f"netlink call in {name} did not finish within {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]

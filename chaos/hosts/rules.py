@@ -140,7 +140,8 @@ class PacketRules:
 
 def route_marked_locally(ns: str) -> None:
     """`ip rule fwmark 1 lookup 100` + `ip route add local 0.0.0.0/0 dev lo table 100` (TPROXY's routing)."""
-    with IPRoute(netns=ns) as ipr:
+
+    def routes(ipr: IPRoute) -> None:
         ipr.rule("add", fwmark=TPROXY_MARK, table=TPROXY_TABLE, priority=100)
         ipr.route(
             "add",
@@ -150,6 +151,8 @@ def route_marked_locally(ns: str) -> None:
             table=TPROXY_TABLE,
             scope="host",
         )
+
+    netns.netlink(ns, routes)
 
 
 def _u32_source(cidr: str) -> str:
@@ -182,49 +185,51 @@ class Shaper:
         """Cap every direction at `bytes_per_s`; returns a handle for `unlimit`."""
         handle = self._next_handle
         self._next_handle += 1
-        placed: list[tuple[str, int, int]] = []
         rate = max(8, int(bytes_per_s * 8))
         burst = max(1600, int(bytes_per_s / 10))  # 100 ms worth, at least one packet
-        with IPRoute(netns=self.fabric.fabric_netns) as ipr:
-            for src, dst in dirs:
-                for ifname in self._veths_toward(dst, src):
-                    index = ipr.link_lookup(ifname=ifname)[0]
-                    if ifname not in self._rooted:
-                        ipr.tc("add", "htb", index, HTB_ROOT, default=HTB_DEFAULT)
-                        ipr.tc(
-                            "add-class",
-                            "htb",
-                            index,
-                            HTB_DEFAULT,
-                            parent=HTB_ROOT,
-                            rate=UNLIMITED,
-                            burst=1 << 20,
-                        )
-                        self._rooted.add(ifname)
-                    classid = HTB_ROOT | self._next_class
-                    prio = self._next_class
-                    self._next_class += 1
-                    ipr.tc(
-                        "add-class", "htb", index, classid, parent=HTB_ROOT, rate=f"{rate}bit", burst=burst
-                    )
-                    ipr.tc(
-                        "add-filter",
-                        "u32",
-                        index,
-                        parent=HTB_ROOT,
-                        prio=prio,
-                        protocol=ETH_P_IP,
-                        target=classid,
-                        keys=[_u32_source(src)],
-                    )
-                    placed.append((ifname, classid, prio))
-        self._limits[handle] = placed
+        self._limits[handle] = netns.netlink(
+            self.fabric.fabric_netns, lambda ipr: self._place(ipr, dirs, rate, burst)
+        )
         return handle
+
+    def _place(
+        self, ipr: IPRoute, dirs: Sequence[Direction], rate: int, burst: int
+    ) -> list[tuple[str, int, int]]:
+        placed: list[tuple[str, int, int]] = []
+        for src, dst in dirs:
+            for ifname in self._veths_toward(dst, src):
+                index = ipr.link_lookup(ifname=ifname)[0]
+                if ifname not in self._rooted:
+                    ipr.tc("add", "htb", index, HTB_ROOT, default=HTB_DEFAULT)
+                    ipr.tc(
+                        "add-class", "htb", index, HTB_DEFAULT, parent=HTB_ROOT, rate=UNLIMITED, burst=1 << 20
+                    )
+                    self._rooted.add(ifname)
+                classid = HTB_ROOT | self._next_class
+                prio = self._next_class
+                self._next_class += 1
+                ipr.tc("add-class", "htb", index, classid, parent=HTB_ROOT, rate=f"{rate}bit", burst=burst)
+                keys = [_u32_source(src)]
+                ipr.tc(
+                    "add-filter",
+                    "u32",
+                    index,
+                    parent=HTB_ROOT,
+                    prio=prio,
+                    protocol=ETH_P_IP,
+                    target=classid,
+                    keys=keys,
+                )
+                placed.append((ifname, classid, prio))
+        return placed
 
     def unlimit(self, handle: int) -> None:
         placed = self._limits.pop(handle, [])
-        with IPRoute(netns=self.fabric.fabric_netns) as ipr:
+
+        def remove(ipr: IPRoute) -> None:
             for ifname, classid, prio in placed:
                 index = ipr.link_lookup(ifname=ifname)[0]
                 ipr.tc("del-filter", "u32", index, parent=HTB_ROOT, prio=prio, protocol=ETH_P_IP)
                 ipr.tc("del-class", "htb", index, classid, parent=HTB_ROOT)
+
+        netns.netlink(self.fabric.fabric_netns, remove)
