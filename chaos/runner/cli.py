@@ -22,6 +22,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from chaos.hosts.fabric import sweep as sweep_hosts
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
 from chaos.runner.orchestrator import Outcome, Progress, run_scenario
@@ -366,6 +367,12 @@ def _run_jobs(
     out_dir = _out_dir(out, started)
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run directory: {out_dir}  ({len(jobs)} scenario(s), -j {parallel})")
+    for job in jobs:
+        for warning in job.scenario.warnings():
+            console.print(f"[yellow]warning[/]: {job.file}: {warning}")
+    swept = sweep_hosts()
+    if swept:
+        console.print(f"removed {len(swept)} network namespace(s) left by dead runs: {', '.join(swept)}")
     t0 = time.monotonic()
     try:
         results_list = _execute(jobs, out_dir, parallel, toxiproxy)

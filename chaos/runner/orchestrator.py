@@ -431,6 +431,18 @@ class ScenarioRun:
         events = JsonlSink(self.run_dir / "events" / "runner.jsonl", "runner")
         self._cleanups.append(events.close)
 
+        # The simulated network first: building it takes a while, and must not eat the startup budget.
+        placement = sc.placement()
+        hostnet = None
+        if placement is not None:
+            from chaos.hosts.schedule import HostNetwork
+
+            net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
+            run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
+            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events)
+            self._cleanups.append(hostnet.close)
+            hostnet.start()
+
         ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
         self._cleanups.append(lambda: self._close_ring(ring))
 
@@ -458,16 +470,6 @@ class ScenarioRun:
             if has_transport
             else {},
         )
-        placement = sc.placement()
-        hostnet = None
-        if placement is not None:
-            from chaos.hosts.schedule import HostNetwork
-
-            net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
-            run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
-            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events)
-            self._cleanups.append(hostnet.close)
-            hostnet.start()
 
         def host_of(role: str) -> Host | None:
             return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])

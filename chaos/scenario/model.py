@@ -36,6 +36,16 @@ Decisions where DESIGN.md is silent:
 - `server.lease` (optional duration) is how long a read may hold its slot before the server's
   reclaim hands it back; leave it unset (30 s) unless the scenario is about reads outliving it.
 - `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
+- `hosts` (simulated hosts, DESIGN.md §3): absent = single-host mode (everything on loopback);
+  `default` = server and producer on host `server`, each consumer on a host named after it; or a
+  mapping host -> roles (`server`, `producer`, `consumer-N`; every role placed once, producer with the
+  server since they share the ring's memory). Host names: lower-case letters and digits, optionally `-N`.
+- Network faults in host mode name what they cut: `toxic` and `down` a host link, `between: [a, b]`
+  (the Toxiproxy proxy `a->b`: `upstream` is what a sends to b, `downstream` what b sends back);
+  the kernel-level kinds `partition`, `loss` (`probability`), `reject`, `bandwidth` (`rate`, bytes per
+  second like `64KiB/s`) and `flap` (`period`, default 1 s) take `between: [a, b]` or `isolate: host`.
+  In single-host mode `toxic` and `down` act on listener proxies (`ports`), which reach only UCX's
+  connection setup: `warnings()` flags a data-shaping toxic there.
 """
 
 from __future__ import annotations
