@@ -143,7 +143,10 @@ def judge(faults: Sequence[NetFaultRef], events: Sequence[Event], read_timeout: 
             continue
         start, (end, evidence) = on[fault.index], off[fault.index]
         mine = [r for r in all_reads if r.proc in fault.affected]
-        inside = [r for r in mine if start <= r.t <= end + read_timeout]
+        # Reads completed in the window, plus reads that failed or were retried up to one read
+        # timeout after it (they started under the fault); fast reads right after the heal are not.
+        inside = [r for r in mine if start <= r.t <= end]
+        inside += [r for r in mine if end < r.t <= end + read_timeout and (not r.ok or r.attempts > 1)]
         outside = [r for r in mine if r.t < start or r.t > end + read_timeout]
         why = verdict(fault, inside, outside, evidence, (start, end), read_timeout)
         if why is not None:
