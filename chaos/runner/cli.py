@@ -372,7 +372,9 @@ def _run_jobs(
             console.print(f"[yellow]warning[/]: {job.file}: {warning}")
     swept = sweep_hosts()
     if swept:
-        console.print(f"removed {len(swept)} network namespace(s) left by dead runs: {', '.join(swept)}")
+        console.print(f"removed {len(swept)} stale network namespace(s) of dead runs", soft_wrap=True)
+        for name in swept:
+            console.print(f"  {name}", soft_wrap=True, markup=False)
     t0 = time.monotonic()
     try:
         results_list = _execute(jobs, out_dir, parallel, toxiproxy)
