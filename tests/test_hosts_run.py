@@ -68,7 +68,7 @@ def test_a_toxic_off_the_data_path_fails_the_run_as_ineffective(tmp_path: Path) 
     out = tmp_path / "noredirect"
     done = _chaos(str(_scenario(tmp_path, "latency-off-path")), "--out", str(out), env={NO_REDIRECT_ENV: "1"})
     assert done.returncode == 1, done.stdout[-3000:]
-    assert "ineffective: faults[0] (toxic latency)" in done.stdout, done.stdout[-3000:]
+    assert "ineffective: faults[0] (toxic latency)" in done.stdout + done.stderr, done.stdout[-3000:]
     assert not _ours(out)
 
 

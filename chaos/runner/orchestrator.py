@@ -34,7 +34,14 @@ from chaos.hosts import Host, InHost
 from chaos.hosts.effects import NetFaultRef, affected_consumers, judge
 from chaos.hosts.schedule import HostsUnavailable
 from chaos.runner.network import NetworkFaults
-from chaos.runner.roles import ConsumerConfig, ProducerConfig, consumer_main, producer_main, server_role
+from chaos.runner.roles import (
+    ConsumerConfig,
+    ProducerConfig,
+    consumer_main,
+    producer_main,
+    server_role,
+    setup_process,
+)
 from chaos.scenario.model import Scenario
 from transport.errors import TransportError
 from transport.events import JsonlSink
@@ -44,6 +51,7 @@ from transport.serve import ServerConfig, ServerProcess
 SPAWN = mp.get_context("spawn")
 STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
 STEP_TIMEOUT_S = 5.0
+ROLE_READY_TIMEOUT_S = 60.0  # how long the clock may wait for spawned roles to start
 HOST = "127.0.0.1"
 
 
@@ -478,11 +486,9 @@ class ScenarioRun:
         self._children.append(server)
         self._cleanups.append(server.stop)
         server_ports = server.start()
-        if not has_transport:
-            # Nothing in the server needs the clock: start it now, so a slow server start (ucxx import on a
-            # loaded box) does not eat the startup budget of the roles spawned next.
-            run_start = time.time() + STARTUP_S
-            heal_at = run_start + sc.duration
+        # Without transport or control faults nothing fixed the clock yet: it starts once every role
+        # is up (below), so slow process starts on a loaded box do not eat the fault phase.
+        movable_clock = not has_transport and not any(s.layer == "control" for s in specs)
 
         network = None
         advertised = list(server_ports)
@@ -519,6 +525,7 @@ class ScenarioRun:
             host = host_of(name)
             target = consumer_main if host is None else InHost(consumer_main, host.netns, host.ifname)
             handles[name] = RoleHandle(name, target, cfg, channel, stop_consuming)
+        start_at = SPAWN.Value("d", 0.0 if movable_clock else run_start, lock=False)
         producer_cfg = ProducerConfig(
             run_dir=str(self.run_dir),
             ring_name=ring.name,
@@ -531,7 +538,7 @@ class ScenarioRun:
             count=sc.producer.count,
         )
         handles["producer"] = RoleHandle(
-            "producer", _delayed_producer, (producer_cfg, run_start), channel, stop_producing
+            "producer", _delayed_producer, (producer_cfg, start_at), channel, stop_producing
         )
         for name, handle in handles.items():
             if name == "server":
@@ -539,6 +546,11 @@ class ScenarioRun:
             self._children.append(handle)
             self._cleanups.append(handle.kill)
             handle.start()
+        if movable_clock:
+            up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
+            run_start = max(run_start, up + 1.0)
+            heal_at = run_start + sc.duration
+            start_at.value = run_start
 
         process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
         self._cleanups.append(process_faults.close)
@@ -610,6 +622,16 @@ class ScenarioRun:
             )
         return server_ports
 
+    def _wait_for_roles(self, names: list[str], timeout: float) -> float:
+        """When every role has started (its log file exists: its imports are done), bounded by `timeout`."""
+        deadline = time.time() + timeout
+        logs = [self.run_dir / "logs" / f"{name}.log" for name in names]
+        while time.time() < deadline and not self._deadline_hit.is_set():
+            if all(log.exists() for log in logs):
+                break
+            time.sleep(0.05)
+        return time.time()
+
     def _close_ring(self, ring: SharedRing) -> None:
         ring.close()
         ring.unlink()
@@ -635,11 +657,19 @@ def ring_audit(ring: SharedRing, tries: int = 5) -> dict[str, int]:
     }
 
 
-def _delayed_producer(cfg_and_start: tuple[ProducerConfig, float], channel: Any, stop: Any) -> None:
-    """The producer waits for the fault phase so every payload is published under the faults."""
-    cfg, run_start = cfg_and_start
-    delay = run_start - time.time()
-    if delay > 0 and stop.wait(delay):
+def _delayed_producer(cfg_and_start: tuple[ProducerConfig, Any], channel: Any, stop: Any) -> None:
+    """The producer waits for the fault phase so every payload is published under the faults.
+
+    `start_at` is a shared double: 0 until the runner knows when the fault phase starts."""
+    cfg, start_at = cfg_and_start
+    setup_process(cfg.run_dir, "producer")  # its log file tells the runner this role is up
+    while not stop.is_set():
+        run_start = start_at.value
+        delay = run_start - time.time()
+        if run_start > 0 and delay <= 0:
+            break
+        stop.wait(min(delay, 0.2) if run_start > 0 else 0.05)
+    else:
         return
     producer_main(cfg, channel, stop)
 
