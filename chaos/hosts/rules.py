@@ -117,11 +117,34 @@ def intercept_rules(dirs: Iterable[Direction], port: int) -> list[Rule]:
 
 
 class PacketRules:
-    """Rules applied in one namespace; `remove` undoes a batch, `clear` all (the namespace's end does too)."""
+    """Rules applied in one namespace; `remove` undoes a batch, `clear` all (the namespace's end does too).
+
+    Rules tagged with an iptables comment count the packets they matched: `packets(tag)` adds what
+    removed rules had matched (read just before they go) to what the active ones match now.
+    """
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
         self.active: list[Rule] = []
+        self._removed_packets: dict[str, int] = {}
+
+    def _counters(self, tables: Iterable[str]) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for table in sorted(set(tables)):
+            listing = netns.run(
+                self.ns, ["iptables", "-w", "5", "-t", table, "-L", "-v", "-x", "-n"], check=False
+            )
+            for line in listing.splitlines():
+                start = line.find("/* ")
+                if start >= 0 and line.split()[0].isdigit():
+                    tag = line[start + 3 : line.find(" */", start)]
+                    counts[tag] = counts.get(tag, 0) + int(line.split()[0])
+        return counts
+
+    def packets(self, tag: str) -> int:
+        tables = [r.table for r in self.active if _tag(r) == tag]
+        now = self._counters(tables).get(tag, 0) if tables else 0
+        return now + self._removed_packets.get(tag, 0)
 
     def add(self, rules: Sequence[Rule]) -> None:
         for rule in rules:
@@ -129,6 +152,11 @@ class PacketRules:
             self.active.append(rule)
 
     def remove(self, rules: Sequence[Rule]) -> None:
+        tagged = [r for r in rules if r in self.active and _tag(r)]
+        if tagged:
+            counts = self._counters(r.table for r in tagged)
+            for tag in {_tag(r) for r in tagged}:
+                self._removed_packets[tag] = self._removed_packets.get(tag, 0) + counts.get(tag, 0)
         for rule in rules:
             if rule in self.active:
                 self.active.remove(rule)
@@ -136,6 +164,14 @@ class PacketRules:
 
     def clear(self) -> None:
         self.remove(list(reversed(self.active)))
+
+
+def _tag(rule: Rule) -> str:
+    args = rule.args
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--comment":
+            return args[i + 1]
+    return ""
 
 
 def route_marked_locally(ns: str) -> None:
@@ -224,12 +260,13 @@ class Shaper:
         return placed
 
     def unlimit(self, handle: int) -> None:
-        placed = self._limits.pop(handle, [])
-
-        def remove(ipr: IPRoute) -> None:
-            for ifname, classid, prio in placed:
-                index = ipr.link_lookup(ifname=ifname)[0]
-                ipr.tc("del-filter", "u32", index, parent=HTB_ROOT, prio=prio, protocol=ETH_P_IP)
-                ipr.tc("del-class", "htb", index, classid, parent=HTB_ROOT)
-
-        netns.netlink(self.fabric.fabric_netns, remove)
+        """Remove the direction's filter and class (with iproute2's tc: pyroute2 cannot encode an htb
+        class deletion without its rate table)."""
+        ns = self.fabric.fabric_netns
+        for ifname, classid, prio in self._limits.pop(handle, []):
+            parent = f"{HTB_ROOT >> 16:x}:"
+            netns.run(
+                ns, ["tc", "filter", "del", "dev", ifname, "parent", parent, "prio", str(prio)], check=False
+            )
+            klass = f"{classid >> 16:x}:{classid & 0xFFFF:x}"
+            netns.run(ns, ["tc", "class", "del", "dev", ifname, "classid", klass], check=False)

@@ -176,19 +176,13 @@ class HostNetwork:
 
     def _kernel_counters(self, item: _Item) -> dict[str, Any]:
         """Packets the fault's rules matched (iptables counters) or bytes its htb classes sent."""
-        ns = self.fabric.fabric_netns
         if item.kind == "bandwidth":
             return {"packets": None, "bytes": self._htb_bytes()}
-        tag = f"slotwire-fault{item.index}"
-        packets = 0
-        for table in ("raw", "filter"):
-            listing = netns.run(ns, ["iptables", "-w", "5", "-t", table, "-L", "-v", "-x", "-n"], check=False)
-            for line in listing.splitlines():
-                if f"/* {tag} */" in line:
-                    packets += int(line.split()[0])
+        assert self.kernel is not None
+        evidence: dict[str, Any] = {"packets": self.kernel.rules.packets(f"slotwire-fault{item.index}")}
         if item.kernel is not None and hasattr(item.kernel, "flips"):
-            return {"packets": packets, "flips": item.kernel.flips}
-        return {"packets": packets}
+            evidence["flips"] = item.kernel.flips
+        return evidence
 
     def _htb_bytes(self) -> int:
         """Bytes sent by every limited htb class (not the unlimited default class)."""
