@@ -53,6 +53,7 @@ STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
 STEP_TIMEOUT_S = 5.0
 CONSUMER_EXIT_S = 10.0  # all consumers together, after the drain
 ROLE_READY_TIMEOUT_S = 60.0  # how long the clock may wait for spawned roles to start
+STARTUP_BUDGET_S = 90.0  # launch to fault phase, before the scenario's deadline starts counting
 HOST = "127.0.0.1"
 
 
@@ -298,6 +299,7 @@ class ScenarioRun:
         self._cleanups: list[Callable[[], None]] = []
         self._finished = threading.Event()
         self._deadline_hit = threading.Event()
+        self._clock_started = threading.Event()
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -350,8 +352,14 @@ class ScenarioRun:
             (stacks / f"{name}.txt").write_bytes(dumped or b"(no stacks written within 1 s)\n")
 
     def _watchdog(self) -> None:
+        """The deadline counts from launch, extended by however much longer than STARTUP_S the roles took
+        to start (bounded by STARTUP_BUDGET_S): on a loaded box starting up can take longer than the run."""
         assert self.scenario.deadline is not None
-        if not self._finished.wait(self.scenario.deadline):
+        launched = time.monotonic()
+        self._clock_started.wait(STARTUP_BUDGET_S)
+        startup = time.monotonic() - launched
+        remaining = self.scenario.deadline + max(0.0, startup - STARTUP_S) - startup
+        if not self._finished.wait(max(0.0, remaining)):
             self.dump_stacks()  # first: the run stops when it sees the flag, and must not exit mid-dump
             self._deadline_hit.set()
             for handle in list(self._children):
@@ -561,6 +569,7 @@ class ScenarioRun:
             self._report("starting", 0.0, channel)
             time.sleep(0.1)
         events.emit("phase", name="faults")
+        self._clock_started.set()
         consumers = [h for n, h in handles.items() if n.startswith("consumer")]
         last_report = 0.0
         while not self._deadline_hit.is_set():
