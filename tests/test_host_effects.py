@@ -83,3 +83,10 @@ def test_loss_counts_dropped_packets_and_a_fault_never_applied_is_ineffective() 
     assert judge([fault], _window(10, 20, packets=3), 2.0) == []
     assert judge([fault], _window(10, 20, packets=0), 2.0) != []
     assert "never applied" in judge([fault], [], 2.0)[0]
+
+
+def test_a_quarantine_by_the_affected_consumer_counts_as_a_failed_attempt() -> None:
+    fault = NetFaultRef(0, "reject", frozenset({"consumer-0"}))
+    quarantine = {"t": 12.0, "proc": "consumer-0", "type": "quarantine", "port": 1, "reason": "timeout"}
+    assert judge([fault], [quarantine, *_window(10, 20, packets=4)], 2.0) == []
+    assert judge([fault], [{**quarantine, "proc": "consumer-1"}, *_window(10, 20, packets=4)], 2.0) != []

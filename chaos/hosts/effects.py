@@ -9,7 +9,7 @@ behind it changed the way that fault changes them:
 |---|---|
 | toxic latency | median read time raised by at least the latency (against their reads outside it) |
 | bandwidth (toxic, kernel) | median read >= half the time the rate implies, or a failed/retried read |
-| toxic timeout, reset_peer, limit_data; down; reject; flap | a failed or retried read |
+| toxic timeout, reset_peer, limit_data; down; reject; flap | a failed or retried read, or a quarantine |
 | partition | a failed or retried read, and no read completed later than one read timeout into it |
 | loss | dropped TCP packets (each one is retransmitted) |
 | toxic slicer, slow_close | bytes or connections through the toxic (they must not change an outcome) |
@@ -63,7 +63,7 @@ def reads(events: Iterable[Event]) -> list[Read]:
                     int(e.get("attempts") or 1),
                 )
             )
-        elif e.get("type") == "failed":
+        elif e.get("type") in ("failed", "retry", "quarantine"):  # a failed attempt, as the client saw it
             out.append(Read(float(e["t"]), str(e.get("proc")), False, None, None, 1))
     return out
 
@@ -125,8 +125,14 @@ def verdict(
     return None
 
 
-def judge(faults: Sequence[NetFaultRef], events: Sequence[Event], read_timeout: float) -> list[str]:
-    """`ineffective: faults[i] (kind): why` for every fault without its effect."""
+def judge(
+    faults: Sequence[NetFaultRef], events: Sequence[Event], read_timeout: float, settle_s: float | None = None
+) -> list[str]:
+    """`ineffective: faults[i] (kind): why` for every fault without its effect.
+
+    `settle_s`: how long after the window a read that started under the fault may still complete (a
+    batch reports only when every slot is done, retries included); default one read timeout."""
+    settle = read_timeout if settle_s is None else max(read_timeout, settle_s)
     history = list(events)
     on = {
         e["fault"]: float(e["t"])
@@ -143,11 +149,11 @@ def judge(faults: Sequence[NetFaultRef], events: Sequence[Event], read_timeout: 
             continue
         start, (end, evidence) = on[fault.index], off[fault.index]
         mine = [r for r in all_reads if r.proc in fault.affected]
-        # Reads completed in the window, plus reads that failed or were retried up to one read
-        # timeout after it (they started under the fault); fast reads right after the heal are not.
+        # Reads completed in the window, plus reads that failed or were retried up to `settle` after
+        # it (they started under the fault); fast reads right after the heal are not.
         inside = [r for r in mine if start <= r.t <= end]
-        inside += [r for r in mine if end < r.t <= end + read_timeout and (not r.ok or r.attempts > 1)]
-        outside = [r for r in mine if r.t < start or r.t > end + read_timeout]
+        inside += [r for r in mine if end < r.t <= end + settle and (not r.ok or r.attempts > 1)]
+        outside = [r for r in mine if r.t < start or r.t > end + settle]
         why = verdict(fault, inside, outside, evidence, (start, end), read_timeout)
         if why is not None:
             problems.append(f"ineffective: {label}: {why}")

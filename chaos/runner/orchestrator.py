@@ -426,7 +426,8 @@ class ScenarioRun:
                     rate=getattr(f, "rate", None),
                 )
             )
-        problems = judge(refs, events, sc.consumers.read_timeout)
+        c = sc.consumers
+        problems = judge(refs, events, c.read_timeout, settle_s=c.read_timeout * c.max_attempts * c.rounds)
         if not problems:
             return verdict
         return dataclasses.replace(verdict, passed=False, failures=[*verdict.failures, *problems])

@@ -36,6 +36,7 @@ def setup_process(run_dir: str, proc: str) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable(all_threads=True)  # a crash in native code (UCX) leaves its stacks in the log
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {proc} %(name)s %(levelname)s %(message)s"
     )
