@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -142,3 +144,31 @@ def test_kill_9_leaves_namespaces_that_the_next_run_removes(tmp_path: Path) -> N
     while _processes_inside(names) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_inside(names)
+
+
+def test_without_cap_net_admin_host_scenarios_are_skipped_never_passed() -> None:
+    """As an unprivileged user the run cannot build namespaces: it says skipped and exits 3."""
+    work = Path(tempfile.mkdtemp(prefix="slotwire-nobody-", dir="/tmp"))  # pytest's tmp is root-only
+    try:
+        work.chmod(0o777)
+        out = work / "unprivileged"
+        path = _scenario(work, "no-root")
+        path.chmod(0o644)
+        cmd = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "chaos.cli",
+        ]
+        env = {**os.environ, "HOME": str(work), "SLOTWIRE_SHM_TAG": "nobody"}
+        done = subprocess.run(
+            [*cmd, "run", str(path), "--out", str(out)], capture_output=True, text=True, timeout=120, env=env
+        )
+        assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "skipped: needs CAP_NET_ADMIN" in done.stdout + done.stderr
+        assert _results(out)["scenarios"][0]["status"] == "error"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
