@@ -18,6 +18,12 @@ turn them into one delivery.
 Sharing across processes (`ChannelServer`): the runner process owns the queue and serves it from a
 thread; every other process (spawn context) gets a `ChannelClient`, one end of a `multiprocessing`
 Pipe, as a `Process` argument. No Manager process, nothing to leak: closing the server ends it.
+
+If the serving thread fails (a bug in the queue, a broken pipe it did not expect), it records the
+error in `ChannelServer.error`, closes every client pipe (clients then get `ChannelClosedError` at
+once instead of waiting out their timeout) and stops. `check()` raises `ChannelFailedError`, which
+the runner turns into a harness error (exit 3): slots the channel failed to hand out are the
+harness's fault, and must never be counted as lost by the transport.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import multiprocessing
 import multiprocessing.connection
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,6 +45,10 @@ SPAWN = multiprocessing.get_context("spawn")
 
 class ChannelClosedError(ConnectionError):
     """The channel server is gone (stopped, or the runner died)."""
+
+
+class ChannelFailedError(RuntimeError):
+    """The channel's serving thread died; `__cause__` is what killed it."""
 
 
 def descriptor_key(descriptor: dict[str, Any]) -> str:
@@ -302,6 +313,8 @@ class ChannelServer:
         self._wake_pending = threading.Event()  # coalesces wakes so the pipe never fills
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.error_trace = ""
 
     # -- runner-side API (thread-safe) ----------------------------------------------------------
 
@@ -337,6 +350,12 @@ class ChannelServer:
     def empty(self) -> bool:
         with self._lock:
             return self.queue.empty()
+
+    def check(self) -> None:
+        """Raise `ChannelFailedError` if the serving thread has died (call it from the runner's loops)."""
+        if self.error is not None:
+            err = ChannelFailedError(f"descriptor channel failed: {type(self.error).__name__}: {self.error}")
+            raise err from self.error
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -375,6 +394,18 @@ class ChannelServer:
             pass
 
     def _serve(self) -> None:
+        try:
+            self._serve_loop()
+        except BaseException as exc:  # recorded for the runner: a dead channel must fail the run
+            self.error = exc
+            self.error_trace = traceback.format_exc()
+            with self._lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
+            self._waiters = []
+
+    def _serve_loop(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
                 conns = list(self._conns)

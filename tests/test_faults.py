@@ -508,7 +508,7 @@ def test_pause_is_bounded_and_heal_continues(sleeper: SpawnedProcess) -> None:
     with process_faults(spec, sleeper, clock, max_pause_s=5.0) as faults:
         faults.tick()
         assert wait_for(lambda: status(sleeper.pid) == psutil.STATUS_STOPPED)
-        assert faults._paused[sleeper.pid or 0] == clock.now + 5.0  # bounded
+        assert faults._paused[sleeper.proc] == clock.now + 5.0  # bounded  # type: ignore[index]
         faults.heal()
         assert wait_for(lambda: status(sleeper.pid) == psutil.STATUS_SLEEPING)
         assert faults.tick() == []

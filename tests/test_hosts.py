@@ -17,6 +17,7 @@ from chaos.hosts.faults import KernelFaults
 from chaos.hosts.links import HostLinks
 from tests.host_roles import timed_reader
 from transport.descriptor import SlotDescriptor
+from transport.protocol import RingKey
 from transport.ring import SharedRing
 from transport.serve import ServerConfig, ServerProcess, server_main
 
@@ -30,6 +31,7 @@ class HostBed:
     def __init__(self, fabric: Fabric, slots: int = 16, slot_bytes: int = 256 * 1024) -> None:
         self.fabric = fabric
         self.ring = SharedRing.create(slots, slot_bytes)
+        self.key = RingKey(self.ring.secret, self.ring.ring_id)
         server = fabric.host("server")
         self.server = ServerProcess(
             ServerConfig(ring_name=self.ring.name, ports=[0, 0]),
@@ -44,11 +46,12 @@ class HostBed:
             host=self.fabric.host("server").address,
             ports=tuple(self.ports),
             ring_id=self.ring.ring_id,
+            ring_slots=self.ring.slots,
             slot=written.slot,
             generation=written.generation,
             nbytes=written.nbytes,
             checksum=written.checksum,
-            secret=self.ring.secret_hex,
+            capability=self.key.issue(written.slot, written.generation, "commit").hex(),
         ).to_dict()
 
     def reader(self, host: str, read_timeout: float = 5.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import struct
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -27,8 +28,10 @@ from transport.errors import (
     UnauthorizedError,
 )
 
-SECRET = bytes(range(16))
-OTHER_SECRET = bytes(16)
+SECRET = bytes(range(16))  # the ring key
+RING_ID = bytes(range(16, 32))
+KEY = p.RingKey(SECRET, RING_ID)
+OTHER_SECRET = bytes(16)  # a capability that opens nothing
 
 
 # -- an in-memory ring with the contract of transport.ring.SharedRing ---------------------------------
@@ -167,7 +170,7 @@ class Net:
     protocol: p.Protocol = "commit"
 
     def server(self) -> p.ServerRead:
-        return p.ServerRead(self.ring.secret, self.log, self.protocol, slots=self.ring.slots)
+        return p.ServerRead(KEY, self.log, self.protocol, slots=self.ring.slots)
 
     def serve(self, *frames: p.Frame | bytes) -> tuple[p.ServerRead, p.ServerAction, list[bytes]]:
         """A fresh handler receives `frames` (the first is the request); returns what it sent."""
@@ -178,13 +181,13 @@ class Net:
             action = drive(srv, srv.on_commit(_raw(frame)), self.ring, wire)
         return srv, action, wire
 
-    def client(self, slot: int, token: int | None = None, secret: bytes = SECRET) -> p.ClientRead:
+    def client(self, slot: int, token: int | None = None, secret: bytes | None = None) -> p.ClientRead:
         m = self.ring.meta[slot]
         return p.ClientRead(
             slot,
             m.generation,
             p.new_token() if token is None else token,
-            secret,
+            KEY.issue(slot, m.generation, self.protocol) if secret is None else secret,
             m.nbytes,
             m.checksum,
             self.protocol,
@@ -216,16 +219,16 @@ def fetch_until_commit(net: Net, client: p.ClientRead) -> tuple[p.ServerRead, p.
 # -- frames -------------------------------------------------------------------------------------------
 
 ALL_FRAMES = [
-    p.request(3, 7, 99, SECRET),
-    p.legacy_request(5, SECRET.hex()),
+    p.request(3, 7, 99, KEY.capability(3, 7)),
+    p.legacy_request(5, KEY.legacy_capability(5).hex()),
     p.status(p.Status.OK, slot=3, generation=7, token=99, nbytes=p.MAX_PAYLOAD, checksum=(1 << 64) - 1),
     p.status(p.Status.ERROR, message="é" * 24),
-    p.commit(3, 7, 99, SECRET),
+    p.commit(3, 7, 99, KEY.capability(3, 7)),
     p.committed(3, 7, 99),
     p.committed(3, 7, 99, p.Status.ERROR, "commit refused"),
     p.resolve((1 << 32) - 1, (1 << 64) - 1, (1 << 64) - 1, SECRET),
     *(p.resolved(r, 3, 7, 99) for r in p.Resolution),
-    p.request(1, 2, 3, SECRET)._replace(flags=0xFFFF),
+    p.request(1, 2, 3, KEY.capability(1, 2))._replace(flags=0xFFFF),
 ]
 
 
@@ -270,7 +273,10 @@ GOOD = p.encode(p.status(p.Status.OK, slot=1, generation=2, token=3, nbytes=4, c
         (_patch(GOOD, 4, "<B", 0), "unknown message type 0"),
         (_patch(GOOD, 4, "<B", 99), "unknown message type 99"),
         (_patch(GOOD, 5, "<B", 7), "code 7 not valid for STATUS"),
-        (_patch(p.encode(p.request(1, 2, 3, SECRET)), 5, "<B", 1), "code 1 not valid for REQUEST"),
+        (
+            _patch(p.encode(p.request(1, 2, 3, KEY.capability(1, 2))), 5, "<B", 1),
+            "code 1 not valid for REQUEST",
+        ),
         (_patch(p.encode(p.resolved(p.Resolution.COMMITTED, 1, 2, 3)), 5, "<B", 3), "not valid for RESOLVED"),
         (_patch(GOOD, 32, "<Q", p.MAX_PAYLOAD + 1), "over MAX_PAYLOAD"),
         (_patch(GOOD, 64, "<2s", b"\xff\xfe"), "not valid utf-8"),
@@ -311,7 +317,7 @@ def test_short_message_in_a_zeroed_buffer_is_reported_truncated() -> None:
         (p.Frame(p.MsgType.STATUS, code=9), "code 9 not valid for STATUS"),
         (p.Frame(p.MsgType.COMMIT, code=1), "code 1 not valid for COMMIT"),
         (p.Frame(42), "unknown message type"),  # type: ignore[arg-type]
-        (p.Frame(p.MsgType.REQUEST, secret=b"short"), "secret must be 16 bytes"),
+        (p.Frame(p.MsgType.REQUEST, capability=b"short"), "capability must be 16 bytes"),
         (p.Frame(p.MsgType.STATUS, message="x" * 49), "message is 49 bytes"),
         (p.Frame(p.MsgType.STATUS, message="a\0b"), "NUL"),
         (p.Frame(p.MsgType.STATUS, message="\ud800"), "utf-8"),
@@ -328,15 +334,45 @@ def test_status_helper_clips_its_message_on_a_character_boundary() -> None:
     assert p.decode(p.encode(frame)) == frame
 
 
-def test_secret_matches() -> None:
+def test_capability_matches() -> None:
     frame = p.request(1, 1, 1, SECRET)
-    assert p.secret_matches(frame, SECRET)
-    assert p.secret_matches(frame, SECRET.hex())
-    assert not p.secret_matches(frame, OTHER_SECRET)
-    assert not p.secret_matches(frame, b"short")
-    assert not p.secret_matches(frame, "not hex")
+    assert p.capability_matches(frame, SECRET)
+    assert p.capability_matches(frame, SECRET.hex())
+    assert not p.capability_matches(frame, OTHER_SECRET)
+    assert not p.capability_matches(frame, b"short")
+    assert not p.capability_matches(frame, "not hex")
     with pytest.raises(ConfigError):
         p.request(1, 1, 1, b"short")
+
+
+def test_a_capability_opens_one_slot_at_one_generation() -> None:
+    """HMAC(ring key, ring id | slot | generation): nothing else verifies, and the key is not it."""
+    cap = KEY.capability(3, 7)
+    assert len(cap) == p.CAPABILITY_SIZE and cap != SECRET
+    assert cap == hmac.digest(SECRET, struct.pack("<B16sIQ", 1, RING_ID, 3, 7), "sha256")[:16], (
+        "as documented"
+    )
+    assert KEY.admits(p.request(3, 7, 1, cap)) and KEY.admits(p.commit(3, 7, 1, cap))
+    assert not KEY.admits(p.request(4, 7, 1, cap)), "another slot"
+    assert not KEY.admits(p.request(3, 8, 1, cap)), "another generation"
+    assert not KEY.admits(p.request(3, 7, 1, p.RingKey(SECRET, bytes(16)).capability(3, 7))), "another ring"
+    assert not KEY.admits(p.request(3, 7, 1, p.RingKey(OTHER_SECRET, RING_ID).capability(3, 7))), (
+        "another key"
+    )
+    assert not KEY.admits(p.legacy_request(3, cap)), "a commit capability is not a legacy one"
+    legacy = KEY.legacy_capability(3)
+    assert KEY.admits(p.legacy_request(3, legacy)) and not KEY.admits(p.request(3, 0, 1, legacy))
+    assert SECRET.hex() not in repr(KEY) and RING_ID.hex() in repr(KEY)
+
+
+def test_a_commit_must_carry_the_reads_capability() -> None:
+    net = new_net()
+    client = net.client(0)
+    request = client.request_frame()
+    commit = p.commit(0, request.generation, request.token, KEY.capability(1, request.generation))
+    srv, action, wire = net.serve(request, commit)
+    assert isinstance(action, p.Close) and not srv.committed
+    assert p.decode(wire[-1]).code == p.Status.UNAUTHORIZED
 
 
 def test_new_token_is_a_nonzero_u64() -> None:
@@ -364,7 +400,7 @@ frames = st.sampled_from(p.MsgType).flatmap(
         token=st.integers(0, (1 << 64) - 1),
         nbytes=st.integers(0, p.MAX_PAYLOAD),
         checksum=st.integers(0, (1 << 64) - 1),
-        secret=st.binary(min_size=16, max_size=16),
+        capability=st.binary(min_size=16, max_size=16),
         message=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12),
         flags=st.integers(0, 0xFFFF),
     )
@@ -478,7 +514,9 @@ def test_a_second_read_of_a_committed_slot_is_not_ready() -> None:
     srv, _, commit = fetch_until_commit(net, first)
     assert commit is not None
     drive(srv, srv.on_commit(p.encode(commit)), net.ring, [])
-    _, action, wire = net.serve(p.request(0, first.generation, p.new_token(), SECRET))
+    _, action, wire = net.serve(
+        p.request(0, first.generation, p.new_token(), KEY.capability(0, first.generation))
+    )
     assert isinstance(action, p.Done)
     assert p.decode(wire[0]).code is p.Status.NOT_READY
 
@@ -534,11 +572,11 @@ def test_unauthorized_gets_a_status_then_close() -> None:
     ("request_bytes", "words"),
     [
         (b"\x01" * 50, "wrong size"),
-        (p.encode(p.request(0, 1, 2, SECRET))[:-4] + b"\0\0\0\0", "truncated"),
-        (p.encode(p.commit(0, 1, 2, SECRET)), "COMMIT not a commit request"),
-        (p.encode(p.legacy_request(0, SECRET)), "LEGACY_REQUEST not a commit request"),
-        (p.encode(p.request(9, 1, 2, SECRET)), "slot 9 out of range"),
-        (p.encode(p.request(0, 1, 0, SECRET)), "token 0"),
+        (p.encode(p.request(0, 1, 2, KEY.capability(0, 1)))[:-4] + b"\0\0\0\0", "truncated"),
+        (p.encode(p.commit(0, 1, 2, KEY.capability(0, 1))), "COMMIT not a commit request"),
+        (p.encode(p.legacy_request(0, KEY.legacy_capability(0))), "LEGACY_REQUEST not a commit request"),
+        (p.encode(p.request(9, 1, 2, KEY.capability(9, 1))), "slot 9 out of range"),
+        (p.encode(p.request(0, 1, 0, KEY.capability(0, 1))), "token 0"),
     ],
 )
 def test_malformed_requests_get_bad_request_then_close(request_bytes: bytes, words: str) -> None:
@@ -571,7 +609,11 @@ def test_wrong_token_commit_releases_then_bad_request_and_close() -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [b"garbage", p.encode(p.request(0, 1, 2, SECRET)), p.encode(p.commit(0, 1, 2, OTHER_SECRET))],
+    [
+        b"garbage",
+        p.encode(p.request(0, 1, 2, KEY.capability(0, 1))),
+        p.encode(p.commit(0, 1, 2, OTHER_SECRET)),
+    ],
 )
 def test_anything_but_commit_after_the_payload_releases(reply: bytes) -> None:
     net = new_net()
@@ -641,7 +683,9 @@ def test_reported_length_mismatch_is_truncation() -> None:
 def test_status_disagreeing_with_the_descriptor_is_a_protocol_error() -> None:
     net = new_net()
     m = net.ring.meta[0]
-    client = p.ClientRead(0, m.generation, p.new_token(), SECRET, m.nbytes + 1, m.checksum)
+    client = p.ClientRead(
+        0, m.generation, p.new_token(), KEY.capability(0, m.generation), m.nbytes + 1, m.checksum
+    )
     srv, wire = net.server(), []
     drive(srv, srv.on_request(p.encode(client.request_frame())), net.ring, wire)
     with pytest.raises(ProtocolError, match="descriptor"):
@@ -792,7 +836,7 @@ def test_resolve_after_overwrite_drop_is_not_committed_when_covered() -> None:
 def test_resolve_gets_unauthorized_stays_in_doubt() -> None:
     net = new_net()
     client = commit_then_lose_reply(net)
-    _, action, wire = net.serve(client.resolve_frame()._replace(secret=OTHER_SECRET))
+    _, action, wire = net.serve(client.resolve_frame()._replace(capability=OTHER_SECRET))
     assert isinstance(action, p.Close)
     with pytest.raises(InDoubtError) as info:
         client.on_resolved(wire[0])
@@ -848,7 +892,7 @@ def test_legacy_single_chunk_flow() -> None:
 def test_legacy_serves_a_slot_already_being_read() -> None:
     net = new_net("single-chunk")
     net.ring.begin_read_legacy(0, 30.0)  # a first handler is still mid-send
-    _, action, wire = net.serve(p.legacy_request(0, SECRET))
+    _, action, wire = net.serve(p.legacy_request(0, KEY.legacy_capability(0)))
     assert isinstance(action, p.Done) and p.decode(wire[0]).code is p.Status.OK
 
 
@@ -866,12 +910,12 @@ def test_legacy_delivers_whatever_the_slot_holds() -> None:
 def test_legacy_send_failure_does_not_finalise() -> None:
     net = new_net("single-chunk")
     srv = net.server()
-    action = srv.on_request(p.encode(p.legacy_request(0, SECRET)))
+    action = srv.on_request(p.encode(p.legacy_request(0, KEY.legacy_capability(0))))
     action = drive(srv, action, net.ring, [])
     assert isinstance(action, p.Done)
     srv = net.server()
     net.ring.write(2, b"abc")
-    action = srv.on_request(p.encode(p.legacy_request(2, SECRET)))
+    action = srv.on_request(p.encode(p.legacy_request(2, KEY.legacy_capability(2))))
     assert isinstance(action, p.BeginRead) and action.legacy
     code, info = net.ring.begin_read_legacy(2, 30.0)
     action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
@@ -882,7 +926,7 @@ def test_legacy_send_failure_does_not_finalise() -> None:
 
 def test_protocol_mismatch_is_a_bad_request() -> None:
     net = new_net("single-chunk")
-    _, action, wire = net.serve(p.request(0, 1, 2, SECRET))
+    _, action, wire = net.serve(p.request(0, 1, 2, KEY.capability(0, 1)))
     assert isinstance(action, p.Close) and p.decode(wire[0]).code is p.Status.BAD_REQUEST
 
 
@@ -890,17 +934,17 @@ def test_protocol_mismatch_is_a_bad_request() -> None:
 
 
 def test_server_events_in_the_wrong_state_raise() -> None:
-    srv = p.ServerRead(SECRET, p.CommitLog())
+    srv = p.ServerRead(KEY, p.CommitLog())
     for call in (srv.on_sent, lambda: srv.on_commit(b""), lambda: srv.on_finalised(True)):
         with pytest.raises(ProtocolError, match="state idle"):
             call()
     with pytest.raises(ProtocolError):
         srv.on_fenced(1, 2)
-    srv.on_request(p.request(0, 1, 2, SECRET))
+    srv.on_request(p.request(0, 1, 2, KEY.capability(0, 1)))
     with pytest.raises(ProtocolError, match="ReadCode"):
         srv.on_begin_read(9, 1, 0, 0)
     with pytest.raises(ConfigError):
-        p.ServerRead(SECRET, p.CommitLog(), "tcp")  # type: ignore[arg-type]
+        p.ServerRead(KEY, p.CommitLog(), "tcp")  # type: ignore[arg-type]
 
 
 def test_client_events_in_the_wrong_state_raise() -> None:
@@ -940,7 +984,9 @@ def test_server_error_at_every_stage_releases_iff_held(stage: str) -> None:
             case p.SendFrame() | p.SendPayload():
                 action = srv.on_sent()
             case p.AwaitCommit():
-                action = srv.on_commit(p.commit(0, client.generation, client.token, SECRET))
+                action = srv.on_commit(
+                    p.commit(0, client.generation, client.token, KEY.capability(0, client.generation))
+                )
             case p.Finalise("commit", slot, generation, token):
                 action = srv.on_finalised(net.ring.commit_read(slot, generation, token))
     held = srv.holds_slot
@@ -955,7 +1001,7 @@ def test_server_error_at_every_stage_releases_iff_held(stage: str) -> None:
 def test_slot_too_large_for_the_wire_is_refused_and_released() -> None:
     net = new_net()
     srv = net.server()
-    srv.on_request(p.request(0, 1, 2, SECRET))
+    srv.on_request(p.request(0, 1, 2, KEY.capability(0, 1)))
     net.ring.begin_read(0, 1, 2, 30.0)
     action = drive(srv, srv.on_begin_read(0, 1, p.MAX_PAYLOAD + 1, 0), net.ring, wire := [])
     assert isinstance(action, p.Close) and net.ring.meta[0].state is SlotState.READY
@@ -964,7 +1010,7 @@ def test_slot_too_large_for_the_wire_is_refused_and_released() -> None:
 
 def test_resolve_of_a_generation_never_written_is_not_committed() -> None:
     net = new_net()
-    srv, action, wire = net.serve(p.resolve(0, 99, 5, SECRET))
+    srv, action, wire = net.serve(p.resolve(0, 99, 5, KEY.capability(0, 99)))
     assert isinstance(action, p.Done) and srv.key == "0:99"
     assert p.decode(wire[0]).code is p.Resolution.NOT_COMMITTED
 
@@ -992,9 +1038,9 @@ def test_client_on_error_keeps_transport_errors() -> None:
 def test_resolve_of_a_rewritten_slot_reads_the_ring_history(history: int, expected: str) -> None:
     """The slot moved on two generations and this server process never saw it (a restart): only the
     ring's commit history can answer, and without it the answer is UNKNOWN, never a guess."""
-    secret = b"s" * 16
-    srv = p.ServerRead(secret, p.CommitLog(), slots=4)
-    action = srv.on_request(p.encode(p.resolve(1, 5, 77, secret)))
+    key = p.RingKey(b"s" * 16, RING_ID)
+    srv = p.ServerRead(key, p.CommitLog(), slots=4)
+    action = srv.on_request(p.encode(p.resolve(1, 5, 77, key.capability(1, 5))))
     assert isinstance(action, p.Fence)
     reply = srv.on_fenced(7, SlotState.READY, last_commit_token=0, committed_token=history)
     assert isinstance(reply, p.SendFrame)

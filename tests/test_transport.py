@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +88,9 @@ def test_stale_descriptor_is_not_retried() -> None:
             c.close()
 
 
-def test_wrong_secret_is_unauthorized_and_not_retried(producer: Producer, consumer: Consumer) -> None:
+def test_wrong_capability_is_unauthorized_and_not_retried(producer: Producer, consumer: Consumer) -> None:
     desc = producer.put(b"secret stuff")
-    forged = SlotDescriptor.from_dict({**desc.to_dict(), "secret": "00" * 16})
+    forged = SlotDescriptor.from_dict({**desc.to_dict(), "capability": "00" * 16})
     reads_before = consumer.client.stats.reads
     with pytest.raises(UnauthorizedError):
         consumer.get(forged)
@@ -98,7 +100,7 @@ def test_wrong_secret_is_unauthorized_and_not_retried(producer: Producer, consum
 
 def test_get_many_reports_failures_per_slot(producer: Producer, consumer: Consumer) -> None:
     descs = [producer.put(bytes([i]) * (i + 1)) for i in range(8)]
-    forged = SlotDescriptor.from_dict({**descs[3].to_dict(), "secret": "11" * 16})
+    forged = SlotDescriptor.from_dict({**descs[3].to_dict(), "capability": "11" * 16})
     batch = consumer.get_many([*descs[:3], forged, *descs[4:]])
     assert [f.index for f in batch.failures] == [3]
     assert batch.failures[0].reason == "unauthorized"
@@ -106,6 +108,43 @@ def test_get_many_reports_failures_per_slot(producer: Producer, consumer: Consum
         if i != 3:
             assert payload is not None and bytes(payload) == bytes([i]) * (i + 1)
     assert bytes(consumer.get(descs[3])) == bytes([3]) * 4
+
+
+def test_a_descriptor_opens_its_own_slot_and_generation_only() -> None:
+    """The capability of slot 3 opens neither slot 4 nor slot 3 at another generation (with the old
+    ring-wide secret both were readable), and neither the descriptor nor its repr holds the ring key."""
+    with Producer(slots=8, slot_bytes=1024, ports=2) as p:
+        c = Consumer(read_timeout=2.0, max_attempts=4)
+        try:
+            descs = {d.slot: d for d in (p.put(bytes([i]) * 8) for i in range(5))}
+            three, four = descs[3], descs[4]
+            assert p.ring.secret_hex not in json.dumps(three.to_dict()) + repr(three)
+            assert three.capability not in repr(three)
+            reads = c.client.stats.reads
+            for forged in (replace(three, slot=4), replace(three, generation=three.generation + 1)):
+                with pytest.raises(UnauthorizedError):
+                    c.get(forged)
+            assert c.client.stats.reads - reads == 2, "UNAUTHORIZED is never retried"
+            assert c.client.stats.quarantines == 0, "nor blamed on a port"
+            assert p.ring.info(4).state == SlotState.READY, "slot 4 was not touched"
+            assert bytes(c.get(four)) == bytes([4]) * 8 and bytes(c.get(three)) == bytes([3]) * 8
+        finally:
+            c.close()
+
+
+def test_single_chunk_descriptors_do_not_carry_the_ring_key() -> None:
+    """The legacy protocol names no generation, so its capability opens one slot at any generation;
+    it still opens no other slot and is not the ring key."""
+    with Producer(slots=4, slot_bytes=1024, ports=1, protocol="single-chunk") as p:
+        c = Consumer(read_timeout=2.0, max_attempts=2, protocol="single-chunk")
+        try:
+            d0, _d1 = p.put(b"zero"), p.put(b"one")
+            assert p.ring.secret_hex not in json.dumps(d0.to_dict())
+            with pytest.raises(UnauthorizedError):
+                c.get(replace(d0, slot=1))
+            assert bytes(c.get(d0)) == b"zero"
+        finally:
+            c.close()
 
 
 def test_dead_port_is_quarantined_and_skipped(producer: Producer) -> None:

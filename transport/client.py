@@ -37,7 +37,8 @@ from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
 
-# Errors after which a port is quarantined: the link itself misbehaved.
+# Errors after which a port is quarantined: the link itself misbehaved (a non-retryable error, e.g.
+# a LocalProtocolError, is this process's own fault and never blames the port).
 _LINK_FAULTS = (ConnectionLostError, ReadTimeoutError, TruncatedError, ProtocolError)
 
 
@@ -203,7 +204,7 @@ class SlotClient:
 
     def _link_failed(self, port: int, exc: TransportError) -> None:
         exc.port = port  # type: ignore[attr-defined]
-        if isinstance(exc, _LINK_FAULTS):
+        if isinstance(exc, _LINK_FAULTS) and exc.retryable:  # not our own misuse (LocalProtocolError)
             self.stats.per_port_errors[port] = self.stats.per_port_errors.get(port, 0) + 1
             self.quarantine(port, type(exc).__name__)
 
@@ -223,7 +224,7 @@ class SlotClient:
             desc.slot,
             desc.generation,
             0 if legacy else proto.new_token(),
-            desc.secret,
+            desc.capability,
             desc.nbytes,
             desc.checksum,
             self.protocol,  # type: ignore[arg-type]

@@ -35,8 +35,22 @@ class PayloadTooLargeError(RingError, ValueError):
     """The payload does not fit in one slot."""
 
 
+class DescriptorError(ConfigError):
+    """A descriptor field is out of range or malformed (checked when the descriptor is built).
+
+    Raised before any read starts: never retried, never blamed on a port.
+    """
+
+
 class ProtocolError(TransportError):
     """A wire message could not be decoded (bad magic, wrong size, unknown type, bad field)."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This process misused the protocol machines (an event in the wrong state, a frame that cannot
+    be encoded). A bug on our side, not a link fault: never retried, never quarantines a port."""
+
+    retryable = False
 
 
 class StaleSlotError(TransportError):
@@ -46,7 +60,7 @@ class StaleSlotError(TransportError):
 
 
 class UnauthorizedError(TransportError):
-    """The request's secret does not match the ring's. Never retried."""
+    """The request's capability does not open that (slot, generation). Never retried."""
 
     retryable = False
 

@@ -17,6 +17,7 @@ from transport.client import SlotClient
 from transport.descriptor import SlotDescriptor
 from transport.errors import ConfigError
 from transport.packer import BatchResult, fetch_batch, fetch_one
+from transport.protocol import RingKey
 from transport.ring import SharedRing
 from transport.serve import ServerConfig, ServerProcess
 from transport.syncloop import SharedLoop
@@ -45,7 +46,9 @@ class Producer:
         if not port_list:
             raise ConfigError("ports: at least one port is needed")
         self.host = host
+        self.protocol = protocol
         self.ring = SharedRing.create(slots, slot_bytes, policy=policy, name=name)
+        self._ring_key = RingKey(self.ring.secret, self.ring.ring_id)  # never leaves this process
         try:
             config = ServerConfig(
                 ring_name=self.ring.name,
@@ -70,15 +73,17 @@ class Producer:
         return self.descriptor(written.slot, written.generation, written.nbytes, written.checksum)
 
     def descriptor(self, slot: int, generation: int, nbytes: int, checksum: int) -> SlotDescriptor:
+        """The descriptor of one written slot, with the capability that opens exactly that read."""
         return SlotDescriptor(
             host=self.host,
             ports=tuple(self.ports),
             ring_id=self.ring.ring_id,
+            ring_slots=self.ring.slots,
             slot=slot,
             generation=generation,
             nbytes=nbytes,
             checksum=checksum,
-            secret=self.ring.secret_hex,
+            capability=self._ring_key.issue(slot, generation, self.protocol).hex(),
         )
 
     def close(self) -> None:

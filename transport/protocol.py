@@ -11,29 +11,40 @@ trailer magic: receive into a zeroed buffer (a fresh one per message) and `decod
 message as a missing trailer. Layout, little-endian::
 
     0  magic b"SWv1"   4  type u8   5  code u8   6  flags u16   8  slot u32   12 pad u32
-    16 generation u64  24 token u64  32 nbytes u64  40 checksum u64  48 secret 16 bytes
+    16 generation u64  24 token u64  32 nbytes u64  40 checksum u64  48 capability 16 bytes
     64 message (utf-8, <= 48 bytes, zero padded)  112 reserved (12)  124 trailer b"1vWS"
 
 Pad and reserved bytes are written as zeros and ignored on receipt. `code` is a `Status` in STATUS
 and COMMITTED frames, a `Resolution` in RESOLVED frames and 0 elsewhere. Client -> server frames carry
-the ring's secret; server -> client frames echo the (slot, generation, token) they answer, so a late
+the read's capability; server -> client frames echo the (slot, generation, token) they answer, so a late
 reply meant for an earlier read is recognised instead of trusted.
+
+Capabilities
+------------
+UCX listeners bind every interface, so every request proves access. The proof is a per-slot
+capability, never the ring key: `RingKey(key, ring_id).capability(slot, generation)` =
+HMAC-SHA256(ring key, tag | ring id | slot | generation) truncated to the frame's 16-byte field
+(128 bits: forging one means guessing 128 bits per try, each try costing a connection). One descriptor
+opens one slot at one generation; the key stays with the producer and the server. REQUEST, COMMIT and
+RESOLVE carry the same capability and the server compares it in constant time. Single-chunk requests
+name no generation (the replaced design's weakness, kept on purpose), so their capability covers a slot
+at every generation: `legacy_capability(slot)`, domain-separated from the commit one by the tag.
 
 Commit protocol (one read attempt, token = the attempt's fencing token)::
 
-    client REQUEST(slot, gen, token, secret)  -> server ring CAS READY(gen) -> READING(token)
+    client REQUEST(slot, gen, token, cap)     -> server ring CAS READY(gen) -> READING(token)
     server STATUS(OK, nbytes, checksum)       -> PAYLOAD (nbytes raw bytes; skipped when nbytes == 0)
     client verifies checksum, COMMIT(token)   -> server ring CAS READING(token) -> FREE, logs the commit
     server COMMITTED(OK)                      -> client hands the payload to its caller
     COMMITTED lost: client RESOLVE(slot, gen, token) on another endpoint -> RESOLVED(resolution)
 
 Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
-secret) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
+legacy capability) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
 
 Driving the machines (every await bounded by the caller's timeouts)::
 
     # server: one CommitLog per server process; one ServerRead per request received on an endpoint
-    srv = ServerRead(ring.secret, commit_log, protocol, slots=ring.slots)
+    srv = ServerRead(RingKey(ring.secret, ring.ring_id), commit_log, protocol, slots=ring.slots)
     action = srv.on_request(buf)              # buf: a fresh zeroed 128-byte buffer received into
     while not isinstance(action, (Done, Close)):
         try:
@@ -57,7 +68,7 @@ Driving the machines (every await bounded by the caller's timeouts)::
     # finally (cancelled): if srv.holds_slot: ring.release_read(srv.slot, srv.generation, srv.token)
 
     # client: one ClientRead, with a fresh new_token(), per attempt
-    cr = ClientRead(d.slot, d.generation, new_token(), d.secret, d.nbytes, d.checksum, protocol)
+    cr = ClientRead(d.slot, d.generation, new_token(), d.capability, d.nbytes, d.checksum, protocol)
     try:
         await send(encode(cr.request_frame()))
         await recv(buf); n = cr.on_status(buf)      # raises the mapped error -> FAILED
@@ -79,6 +90,7 @@ Driving the machines (every await bounded by the caller's timeouts)::
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets as _secrets
 import struct
@@ -93,6 +105,7 @@ from transport.errors import (
     ConfigError,
     ConnectionLostError,
     InDoubtError,
+    LocalProtocolError,
     NotReadyError,
     ProtocolError,
     ReadTimeoutError,
@@ -104,12 +117,12 @@ from transport.errors import (
 )
 
 __all__ = [
+    "CAPABILITY_SIZE",
     "FRAME_SIZE",
     "MAGIC",
     "MAX_PAYLOAD",
     "MESSAGE_SIZE",
     "PROTOCOLS",
-    "SECRET_SIZE",
     "TRAILER",
     "AwaitCommit",
     "BeginRead",
@@ -123,12 +136,14 @@ __all__ = [
     "Frame",
     "MsgType",
     "Resolution",
+    "RingKey",
     "SendFrame",
     "SendPayload",
     "ServerAction",
     "ServerRead",
     "ServerState",
     "Status",
+    "capability_matches",
     "clip_message",
     "commit",
     "committed",
@@ -139,14 +154,13 @@ __all__ = [
     "request",
     "resolve",
     "resolved",
-    "secret_matches",
     "status",
 ]
 
 FRAME_SIZE: Final = 128
 MAGIC: Final = b"SWv1"
 TRAILER: Final = b"1vWS"
-SECRET_SIZE: Final = 16
+CAPABILITY_SIZE: Final = 16
 MESSAGE_SIZE: Final = 48
 MAX_PAYLOAD: Final = 1 << 31
 PROTOCOLS: Final = ("commit", "single-chunk")
@@ -156,7 +170,7 @@ FrameLike: TypeAlias = "Frame | bytes | bytearray | memoryview"
 
 _FRAME = struct.Struct("<4sBBHI4xQQQQ16s48s12x4s")
 assert _FRAME.size == FRAME_SIZE
-_NO_SECRET: Final = bytes(SECRET_SIZE)
+_NO_CAPABILITY: Final = bytes(CAPABILITY_SIZE)
 _U32: Final = (1 << 32) - 1
 _U64: Final = (1 << 64) - 1
 
@@ -216,7 +230,7 @@ class Frame(NamedTuple):
     token: int = 0
     nbytes: int = 0
     checksum: int = 0
-    secret: bytes = _NO_SECRET
+    capability: bytes = _NO_CAPABILITY
     message: str = ""
     flags: int = 0
 
@@ -228,14 +242,14 @@ def encode(frame: Frame) -> bytes:
     """`frame` as exactly FRAME_SIZE bytes; ProtocolError names the first field out of range."""
     codes = _CODES.get(frame.type)
     if codes is None:
-        raise ProtocolError(f"encode: unknown message type {frame.type!r}")
+        raise LocalProtocolError(f"encode: unknown message type {frame.type!r}")
     if frame.code not in codes:
-        raise ProtocolError(f"encode: code {frame.code!r} not valid for {MsgType(frame.type).name}")
-    if not isinstance(frame.secret, bytes) or len(frame.secret) != SECRET_SIZE:
-        raise ProtocolError(f"encode: secret must be {SECRET_SIZE} bytes")
+        raise LocalProtocolError(f"encode: code {frame.code!r} not valid for {MsgType(frame.type).name}")
+    if not isinstance(frame.capability, bytes) or len(frame.capability) != CAPABILITY_SIZE:
+        raise LocalProtocolError(f"encode: capability must be {CAPABILITY_SIZE} bytes")
     message = _message_bytes(frame.message)
     if type(frame.nbytes) is int and frame.nbytes > MAX_PAYLOAD:
-        raise ProtocolError(f"encode: nbytes {frame.nbytes} over MAX_PAYLOAD {MAX_PAYLOAD}")
+        raise LocalProtocolError(f"encode: nbytes {frame.nbytes} over MAX_PAYLOAD {MAX_PAYLOAD}")
     try:
         return _FRAME.pack(
             MAGIC,
@@ -247,12 +261,12 @@ def encode(frame: Frame) -> bytes:
             frame.token,
             frame.nbytes,
             frame.checksum,
-            frame.secret,
+            frame.capability,
             message,
             TRAILER,
         )
     except struct.error:
-        raise ProtocolError(f"encode: {_bad_field(frame)}") from None
+        raise LocalProtocolError(f"encode: {_bad_field(frame)}") from None
 
 
 def _message_bytes(message: str) -> bytes:
@@ -261,11 +275,11 @@ def _message_bytes(message: str) -> bytes:
     try:
         raw = message.encode("utf-8")
     except (UnicodeEncodeError, AttributeError):
-        raise ProtocolError("encode: message is not encodable as utf-8") from None
+        raise LocalProtocolError("encode: message is not encodable as utf-8") from None
     if len(raw) > MESSAGE_SIZE:
-        raise ProtocolError(f"encode: message is {len(raw)} bytes of utf-8, at most {MESSAGE_SIZE}")
+        raise LocalProtocolError(f"encode: message is {len(raw)} bytes of utf-8, at most {MESSAGE_SIZE}")
     if b"\0" in raw:
-        raise ProtocolError("encode: message contains a NUL character")
+        raise LocalProtocolError("encode: message contains a NUL character")
     return raw
 
 
@@ -292,7 +306,7 @@ def decode(buf: FrameLike) -> Frame:
     if isinstance(buf, Frame):
         return buf
     try:
-        magic, mtype, code, flags, slot, gen, token, nbytes, csum, secret, msg, trailer = _FRAME.unpack(buf)
+        magic, mtype, code, flags, slot, gen, token, nbytes, csum, cap, msg, trailer = _FRAME.unpack(buf)
     except struct.error:
         raise ProtocolError(f"wrong size: {_size(buf)} bytes, a frame is exactly {FRAME_SIZE}") from None
     except (TypeError, ValueError, BufferError):
@@ -319,7 +333,7 @@ def decode(buf: FrameLike) -> Frame:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("message is not valid utf-8") from None
-    return Frame(typed, typed_code, slot, gen, token, nbytes, csum, secret, text, flags)
+    return Frame(typed, typed_code, slot, gen, token, nbytes, csum, cap, text, flags)
 
 
 def _size(buf: object) -> str:
@@ -337,14 +351,76 @@ def new_token() -> int:
     return _secrets.randbits(64) or 1
 
 
-def _secret(secret: bytes | str) -> bytes:
-    """The ring secret as 16 bytes; descriptors carry it as hex."""
-    if type(secret) is bytes and len(secret) == SECRET_SIZE:
-        return secret  # already the right form: every frame of a read passes through here
-    raw = bytes.fromhex(secret) if isinstance(secret, str) else bytes(secret)
-    if len(raw) != SECRET_SIZE:
-        raise ConfigError(f"secret must be {SECRET_SIZE} bytes, got {len(raw)}")
+def _capability(capability: bytes | str) -> bytes:
+    """A capability as 16 bytes; descriptors carry it as hex."""
+    if type(capability) is bytes and len(capability) == CAPABILITY_SIZE:
+        return capability  # already the right form: every frame of a read passes through here
+    try:
+        raw = bytes.fromhex(capability) if isinstance(capability, str) else bytes(capability)
+    except (ValueError, TypeError):
+        raise ConfigError("capability must be 16 bytes (32 hex digits)") from None
+    if len(raw) != CAPABILITY_SIZE:
+        raise ConfigError(f"capability must be {CAPABILITY_SIZE} bytes, got {len(raw)}")
     return raw
+
+
+_CAP_MSG = struct.Struct("<B16sIQ")  # tag, ring id, slot, generation
+_TAG_COMMIT: Final = 1
+_TAG_LEGACY: Final = 2
+
+
+class RingKey:
+    """The ring key and ring id: issues and checks per-slot capabilities. Producer and server only.
+
+    `capability(slot, generation)` opens exactly that read; `legacy_capability(slot)` opens one slot
+    at any generation (single-chunk names no generation). `repr` never shows the key.
+    """
+
+    __slots__ = ("_keyed", "ring_id")
+
+    def __init__(self, key: bytes, ring_id: bytes | str) -> None:
+        raw_id = bytes.fromhex(ring_id) if isinstance(ring_id, str) else bytes(ring_id)
+        if len(raw_id) != 16 or not isinstance(key, bytes) or len(key) < 16:
+            raise ConfigError("ring key: need a key of >= 16 bytes and a 16-byte ring id")
+        # Keyed once: copying a keyed HMAC costs half of keying it again per capability (measured).
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self.ring_id = raw_id
+
+    def __repr__(self) -> str:
+        return f"RingKey(ring_id={self.ring_id.hex()})"
+
+    def capability(self, slot: int, generation: int) -> bytes:
+        """HMAC-SHA256(key, commit tag | ring id | slot | generation)[:16]."""
+        return self._mac(_TAG_COMMIT, slot, generation)
+
+    def legacy_capability(self, slot: int) -> bytes:
+        """HMAC-SHA256(key, legacy tag | ring id | slot | 0)[:16]: the slot at every generation."""
+        return self._mac(_TAG_LEGACY, slot, 0)
+
+    def _mac(self, tag: int, slot: int, generation: int) -> bytes:
+        try:
+            msg = _CAP_MSG.pack(tag, self.ring_id, slot, generation)
+        except struct.error:
+            raise ConfigError(
+                f"capability for slot={slot!r} generation={generation!r}: out of range"
+            ) from None
+        mac = self._keyed.copy()
+        mac.update(msg)
+        return mac.digest()[:CAPABILITY_SIZE]
+
+    def issue(self, slot: int, generation: int, protocol: str = "commit") -> bytes:
+        """What a descriptor carries: `capability`, or `legacy_capability` under single-chunk."""
+        if protocol == "single-chunk":
+            return self.legacy_capability(slot)
+        return self.capability(slot, generation)
+
+    def admits(self, frame: Frame) -> bool:
+        """Does the frame carry the capability for the (slot, generation) it names? Constant time."""
+        if frame.type is MsgType.LEGACY_REQUEST:
+            expected = self.legacy_capability(frame.slot)
+        else:
+            expected = self.capability(frame.slot, frame.generation)
+        return hmac.compare_digest(frame.capability, expected)
 
 
 def clip_message(text: str) -> str:
@@ -353,12 +429,12 @@ def clip_message(text: str) -> str:
     return raw.decode("utf-8", "ignore")
 
 
-def request(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
-    return Frame(MsgType.REQUEST, 0, slot, generation, token, secret=_secret(secret))
+def request(slot: int, generation: int, token: int, capability: bytes | str) -> Frame:
+    return Frame(MsgType.REQUEST, 0, slot, generation, token, capability=_capability(capability))
 
 
-def legacy_request(slot: int, secret: bytes | str) -> Frame:
-    return Frame(MsgType.LEGACY_REQUEST, 0, slot, secret=_secret(secret))
+def legacy_request(slot: int, capability: bytes | str) -> Frame:
+    return Frame(MsgType.LEGACY_REQUEST, 0, slot, capability=_capability(capability))
 
 
 def status(
@@ -384,8 +460,8 @@ def status(
     )
 
 
-def commit(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
-    return Frame(MsgType.COMMIT, 0, slot, generation, token, secret=_secret(secret))
+def commit(slot: int, generation: int, token: int, capability: bytes | str) -> Frame:
+    return Frame(MsgType.COMMIT, 0, slot, generation, token, capability=_capability(capability))
 
 
 def committed(slot: int, generation: int, token: int, code: Status = Status.OK, message: str = "") -> Frame:
@@ -395,21 +471,21 @@ def committed(slot: int, generation: int, token: int, code: Status = Status.OK, 
     )
 
 
-def resolve(slot: int, generation: int, token: int, secret: bytes | str) -> Frame:
-    return Frame(MsgType.RESOLVE, 0, slot, generation, token, secret=_secret(secret))
+def resolve(slot: int, generation: int, token: int, capability: bytes | str) -> Frame:
+    return Frame(MsgType.RESOLVE, 0, slot, generation, token, capability=_capability(capability))
 
 
 def resolved(resolution: Resolution, slot: int, generation: int, token: int) -> Frame:
     return Frame(MsgType.RESOLVED, resolution, slot, generation, token)
 
 
-def secret_matches(frame: Frame, secret: bytes | str) -> bool:
-    """Constant-time comparison of the frame's secret with the ring's (bytes or hex)."""
+def capability_matches(frame: Frame, capability: bytes | str) -> bool:
+    """Constant-time comparison of the frame's capability with an expected one (bytes or hex)."""
     try:
-        expected = _secret(secret)
+        expected = _capability(capability)
     except (ConfigError, ValueError, TypeError):
         return False
-    return hmac.compare_digest(frame.secret, expected)
+    return hmac.compare_digest(frame.capability, expected)
 
 
 # -- commit log -------------------------------------------------------------------------------------
@@ -574,7 +650,7 @@ class ServerRead:
     Calling an `on_*` method the current state does not expect raises ProtocolError (a driver bug).
     `on_error(reason)` is valid in any state: it returns Finalise("release") if the read still holds
     its slot (then `on_finalised` -> Close), else Close. Malformed requests get STATUS(BAD_REQUEST),
-    a wrong secret STATUS(UNAUTHORIZED), then Close. `holds_slot` says whether a release is owed (for a
+    a wrong capability STATUS(UNAUTHORIZED), then Close. `holds_slot` says whether a release is owed (for a
     driver's `finally` after cancellation).
 
     `log` is the server-wide CommitLog; `slots` (the ring's slot count) lets requests for slots out
@@ -583,7 +659,7 @@ class ServerRead:
 
     def __init__(
         self,
-        secret: bytes | str,
+        ring_key: RingKey,
         log: CommitLog,
         protocol: Protocol = "commit",
         slots: int | None = None,
@@ -603,7 +679,8 @@ class ServerRead:
         self.committed = False  # the ring commit (or legacy finalise) succeeded
         self.resolution: Resolution | None = None
         self.reason = ""  # why the endpoint is closed, or the last error/refusal
-        self._secret = _secret(secret)
+        self._ring_key = ring_key
+        self._capability = _NO_CAPABILITY  # the request's, which its COMMIT must carry too
         self._slots = slots
         self._then: ServerAction = _DONE  # what follows the frame being sent
         self._finalising: Literal["commit", "release", "legacy"] = "release"
@@ -615,7 +692,7 @@ class ServerRead:
 
     def _expect(self, *states: ServerState) -> None:
         if self.state not in states:
-            raise ProtocolError(f"server read: event not valid in state {self.state.value}")
+            raise LocalProtocolError(f"server read: event not valid in state {self.state.value}")
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -628,13 +705,14 @@ class ServerRead:
             return self._reject(Status.BAD_REQUEST, str(exc))
         self.request = frame
         self.slot, self.generation, self.token = frame.slot, frame.generation, frame.token
-        if not secret_matches(frame, self._secret):
-            return self._reject(Status.UNAUTHORIZED, "bad secret")
         allowed = (
             (MsgType.REQUEST, MsgType.RESOLVE) if self.protocol == "commit" else (MsgType.LEGACY_REQUEST,)
         )
         if frame.type not in allowed:
             return self._reject(Status.BAD_REQUEST, f"{frame.type.name} not a {self.protocol} request")
+        if not self._ring_key.admits(frame):
+            return self._reject(Status.UNAUTHORIZED, "capability does not open this slot")
+        self._capability = frame.capability
         if self._slots is not None and frame.slot >= self._slots:
             return self._reject(Status.BAD_REQUEST, f"slot {frame.slot} out of range")
         if frame.type is MsgType.LEGACY_REQUEST:
@@ -653,7 +731,7 @@ class ServerRead:
         """The ring's answer: a ReadCode (same values as Status OK..BUSY) and the slot's info."""
         self._expect(ServerState.BEGIN_READ)
         if code not in (Status.OK, Status.STALE, Status.NOT_READY, Status.BUSY):
-            raise ProtocolError(f"server read: {code!r} is not a ring ReadCode")
+            raise LocalProtocolError(f"server read: {code!r} is not a ring ReadCode")
         legacy = self.protocol == "single-chunk"
         if legacy:
             self.generation = generation
@@ -697,8 +775,8 @@ class ServerRead:
             frame = decode(msg)
         except ProtocolError as exc:
             return self._refuse(Status.BAD_REQUEST, str(exc))
-        if not secret_matches(frame, self._secret):
-            return self._refuse(Status.UNAUTHORIZED, "bad secret")
+        if not hmac.compare_digest(frame.capability, self._capability):
+            return self._refuse(Status.UNAUTHORIZED, "COMMIT without the read's capability")
         if frame.type is not MsgType.COMMIT:
             return self._refuse(Status.BAD_REQUEST, f"expected COMMIT, got {frame.type.name}")
         if (frame.slot, frame.generation, frame.token) != (self.slot, self.generation, self.token):
@@ -853,7 +931,7 @@ class ClientRead:
         slot: int,
         generation: int,
         token: int,
-        secret: bytes | str,
+        capability: bytes | str,
         expected_nbytes: int,
         expected_checksum: int,
         protocol: Protocol = "commit",
@@ -865,7 +943,7 @@ class ClientRead:
         self.slot = slot
         self.generation = generation
         self.token = token
-        self.secret = _secret(secret)
+        self.capability = _capability(capability)
         self.expected_nbytes = expected_nbytes
         self.expected_checksum = expected_checksum
         self.protocol: Protocol = protocol
@@ -881,7 +959,7 @@ class ClientRead:
 
     def _expect(self, *states: ClientState) -> None:
         if self.state not in states:
-            raise ProtocolError(f"client read {self.key}: event not valid in state {self.state.value}")
+            raise LocalProtocolError(f"client read {self.key}: event not valid in state {self.state.value}")
 
     # -- frames to send ------------------------------------------------------------------------------
 
@@ -890,19 +968,19 @@ class ClientRead:
         self._expect(ClientState.IDLE)
         self.state = ClientState.AWAIT_STATUS
         if self.protocol == "single-chunk":
-            return legacy_request(self.slot, self.secret)
-        return request(self.slot, self.generation, self.token, self.secret)
+            return legacy_request(self.slot, self.capability)
+        return request(self.slot, self.generation, self.token, self.capability)
 
     def commit_frame(self) -> Frame:
         """The COMMIT to send (also returned by on_payload)."""
         self._expect(ClientState.AWAIT_COMMITTED)
-        return commit(self.slot, self.generation, self.token, self.secret)
+        return commit(self.slot, self.generation, self.token, self.capability)
 
     def resolve_frame(self) -> Frame:
         """-> AWAIT_RESOLVED: the RESOLVE to send on another endpoint after COMMITTED went missing."""
         self._expect(ClientState.AWAIT_COMMITTED, ClientState.IN_DOUBT, ClientState.AWAIT_RESOLVED)
         self.state = ClientState.AWAIT_RESOLVED
-        return resolve(self.slot, self.generation, self.token, self.secret)
+        return resolve(self.slot, self.generation, self.token, self.capability)
 
     # -- events ----------------------------------------------------------------------------------------
 

@@ -205,6 +205,11 @@ def _geometry(slots: int, slot_bytes: int) -> tuple[int, int, int, int]:
     return meta_offset, payload_offset, stride, payload_offset + slots * stride
 
 
+def segment_bytes(slots: int, slot_bytes: int) -> int:
+    """Bytes of /dev/shm a ring of this geometry reserves (checked against free space before a run)."""
+    return _geometry(slots, slot_bytes)[3]
+
+
 def _pid_alive(pid: int) -> bool:
     """False for a missing pid or an unreaped zombie (os.kill(pid, 0) succeeds on zombies)."""
     if pid <= 0:

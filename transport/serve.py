@@ -32,6 +32,8 @@ class ServerConfig:
     idle_evict: float = 10.0
     step_timeout: float = 5.0
     lease: float = 30.0
+    max_endpoints: int = 256
+    first_frame_timeout: float = 2.0
     events_path: str | None = None
     events_proc: str = "server"
     link_wrapper: str | None = None  # "module:function", called with link_wrapper_args plus events
@@ -62,6 +64,8 @@ async def _serve(config: ServerConfig, conn: Any) -> None:
         idle_evict=config.idle_evict,
         step_timeout=config.step_timeout,
         lease=config.lease,
+        max_endpoints=config.max_endpoints,
+        first_frame_timeout=config.first_frame_timeout,
         link_wrapper=wrapper,
         events=events,
     )

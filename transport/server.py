@@ -4,6 +4,12 @@ The server owns no retry policy: it answers each request, enforces the ring's st
 releases whatever a failed read held. Every await is bounded (`step_timeout` for a protocol step,
 `idle_evict` for a quiet endpoint), so a stalled or vanished client can hold a slot for at most one
 step timeout before the handler's `finally` releases it.
+
+Limits against endpoints that connect and never speak (ucxx listeners bind every interface): at most
+`max_endpoints` handlers live at once (a new endpoint beyond that is aborted on arrival and counted in
+`stats["refused"]`), and a new endpoint must send its first frame within `first_frame_timeout`
+(`stats["silent"]` counts those closed for not doing so). A client that already holds an endpoint
+keeps it, so a flood of silent connections costs real consumers nothing but new connects.
 """
 
 from __future__ import annotations
@@ -45,12 +51,21 @@ class SlotServer:
         commit_log: int = 65536,
         link_wrapper: LinkWrapper | None = None,
         events: EventSink | None = None,
+        max_endpoints: int = 256,
+        first_frame_timeout: float = 2.0,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
         if not ports:
             raise ConfigError("ports: at least one port is needed")
-        for name, value in (("idle_evict", idle_evict), ("step_timeout", step_timeout), ("lease", lease)):
+        if not isinstance(max_endpoints, int) or max_endpoints < 1:
+            raise ConfigError(f"max_endpoints={max_endpoints!r}: must be a positive integer")
+        for name, value in (
+            ("idle_evict", idle_evict),
+            ("step_timeout", step_timeout),
+            ("lease", lease),
+            ("first_frame_timeout", first_frame_timeout),
+        ):
             if not value > 0:
                 raise ConfigError(f"{name}={value!r}: must be > 0 seconds")
         self.ring = ring
@@ -60,6 +75,8 @@ class SlotServer:
         self.step_timeout = step_timeout
         self.lease = lease
         self.reclaim_interval = reclaim_interval
+        self.max_endpoints = max_endpoints
+        self.first_frame_timeout = first_frame_timeout
         self.commit_log = proto.CommitLog(commit_log)
         self.link_wrapper = link_wrapper or identity
         self.events = events or NullSink()
@@ -72,6 +89,8 @@ class SlotServer:
             "bad_requests": 0,
             "unauthorized": 0,
             "evicted": 0,
+            "silent": 0,
+            "refused": 0,
             "late_finalise": 0,
             "errors": 0,
         }
@@ -80,7 +99,7 @@ class SlotServer:
         self._reclaimer: asyncio.Task[None] | None = None
         self._stopping = False
         self._ucx_acquired = False
-        self._secret = ring.secret
+        self._ring_key = proto.RingKey(ring.secret, ring.ring_id)  # checks capabilities; never sent
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -130,7 +149,9 @@ class SlotServer:
 
     def _callback_for(self, index: int) -> Any:
         async def on_connect(endpoint: Any) -> None:
-            if self._stopping:
+            if self._stopping or len(self._handlers) >= self.max_endpoints:
+                if not self._stopping:
+                    self.stats["refused"] += 1
                 endpoint.abort()
                 return
             task = asyncio.current_task()
@@ -153,20 +174,29 @@ class SlotServer:
 
     # -- per-endpoint handler ----------------------------------------------------------------------
 
+    @property
+    def live_endpoints(self) -> int:
+        """Handlers running now (each owns one endpoint)."""
+        return len(self._handlers)
+
     async def _handle(self, endpoint: Any, index: int) -> None:
         port = self.ports[index]
         link = self.link_wrapper(UcxLink(endpoint, port, "server"))
-        # One reusable timer each for the idle wait and the protocol steps of this handler's task.
+        # One reusable timer each for the idle wait and the protocol steps of this handler's task;
+        # the first wait is short: a new endpoint that says nothing is closed quickly.
         idle, step = StepDeadline(self.idle_evict), StepDeadline(self.step_timeout)
+        first = StepDeadline(min(self.first_frame_timeout, self.idle_evict))
+        wait, quiet = first, "silent"
         try:
             while not self._stopping:
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
                 try:
-                    async with idle:
+                    async with wait:
                         await link.recv(buf, Phase.REQUEST)
                 except TimeoutError:
-                    self.stats["evicted"] += 1
+                    self.stats[quiet] += 1
                     break
+                wait, quiet = idle, "evicted"
                 if not await self._serve_one(link, buf, index, step):
                     break
         except asyncio.CancelledError:
@@ -177,13 +207,14 @@ class SlotServer:
         finally:
             idle.close()
             step.close()
+            first.close()
             if not link.closed:
                 link.abort()
 
     async def _serve_one(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
-        srv = proto.ServerRead(self._secret, self.commit_log, self.protocol, slots=ring.slots)
+        srv = proto.ServerRead(self._ring_key, self.commit_log, self.protocol, slots=ring.slots)
         action = srv.on_request(request)
         try:
             while not isinstance(action, proto.Done | proto.Close):

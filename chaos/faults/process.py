@@ -1,9 +1,13 @@
 """Process-layer faults: signals to the runner's producer, server and consumer processes.
 
-The runner owns the processes and gives a handle per target name (`pid`, `restart()`); this module
+The runner owns the processes and gives a handle per target name (`proc`, `restart()`); this module
 only decides when (seeded, per tick) and sends the signals. It never reaps a child (a `waitpid`
 here would hide the exit status from the runner's own `Process.join`): a killed process counts as
 gone once it is a zombie or has vanished.
+
+Signals go through the handle's `psutil.Process`, taken when the process was started, never through
+a bare pid: psutil checks the process's start time before every signal, so a pid the kernel has
+handed to an unrelated process after the child was reaped is never signalled.
 
 - `kill`: SIGKILL, wait until gone, `proc_exit{how: killed}`.
 - `pause`: SIGSTOP, SIGCONT after `duration` (bounded by `max_pause_s`); every stopped process is
@@ -22,7 +26,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.process
-import os
 import signal
 import threading
 import time
@@ -40,12 +43,22 @@ SPAWN = multiprocessing.get_context("spawn")  # fork after ucxx is initialised h
 
 
 class ProcessHandle(Protocol):
-    """What the runner gives per target: the current pid and a way to start the role again."""
+    """What the runner gives per target: the current process and a way to start the role again."""
 
     @property
-    def pid(self) -> int | None: ...
+    def proc(self) -> psutil.Process | None: ...
 
     def restart(self) -> None: ...
+
+
+def process_handle(process: multiprocessing.process.BaseProcess | None) -> psutil.Process | None:
+    """A psutil handle on a just-started child (its pid cannot have been reused: nobody reaped it)."""
+    if process is None or process.pid is None:
+        return None
+    try:
+        return psutil.Process(process.pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 class SpawnedProcess:
@@ -69,12 +82,14 @@ class SpawnedProcess:
         self.kwargs = dict(kwargs or {})
         self.name = name
         self.process: multiprocessing.process.BaseProcess | None = None
+        self.proc: psutil.Process | None = None
         self.starts = 0
         if start:
             self.start()
 
     @property
     def pid(self) -> int | None:
+        """For logs and events only; signals go through `proc`."""
         return None if self.process is None else self.process.pid
 
     def start(self) -> None:
@@ -82,6 +97,7 @@ class SpawnedProcess:
             target=self.target, args=self.args, kwargs=self.kwargs, name=self.name, daemon=True
         )
         self.process.start()
+        self.proc = process_handle(self.process)
         self.starts += 1
 
     def restart(self) -> None:
@@ -92,36 +108,40 @@ class SpawnedProcess:
         process = self.process
         if process is None:
             return
-        if process.is_alive() and process.pid is not None:
-            _signal(process.pid, signal.SIGCONT)  # a stopped process must not outlive cleanup
+        if process.is_alive():
+            _signal(self.proc, signal.SIGCONT)  # a stopped process must not outlive cleanup
             process.kill()
         process.join(timeout)
 
 
-def is_running(pid: int | None) -> bool:
-    """Alive and not a zombie (a killed child the runner has not joined yet counts as gone)."""
-    if pid is None:
+def is_running(proc: psutil.Process | None) -> bool:
+    """This very process is alive and not a zombie (a killed child the runner has not joined yet
+    counts as gone; so does a pid now used by another process)."""
+    if proc is None:
         return False
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
-def wait_gone(pid: int, timeout: float) -> bool:
-    """Poll (never reap) until `pid` is gone or a zombie; False if it outlived `timeout`."""
+def wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Poll (never reap) until `proc` is gone or a zombie; False if it outlived `timeout`."""
     deadline = time.monotonic() + timeout
-    while is_running(pid):
+    while is_running(proc):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
     return True
 
 
-def _signal(pid: int, sig: signal.Signals) -> bool:
+def _signal(proc: psutil.Process | None, sig: signal.Signals) -> bool:
+    """Signal this very process (psutil refuses a pid reused by another one)."""
+    if proc is None:
+        return False
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
+        proc.send_signal(sig)
+    except psutil.Error:
         return False
     return True
 
@@ -154,7 +174,7 @@ class ProcessFaults:
         self.switch = HealSwitch(heal_at, clock)
         self.triggers = [Trigger(f, seed, f.target, "process", run_start, self.switch) for f in self.faults]
         self.fired: Counter[int] = Counter()  # fault index -> firings
-        self._paused: dict[int, float] = {}  # pid -> resume time (clock)
+        self._paused: dict[psutil.Process, float] = {}  # process -> resume time (clock)
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -173,9 +193,9 @@ class ProcessFaults:
             for trigger in self.triggers:
                 spec = trigger.spec
                 handle = self.targets[spec.target or ""]
-                running = is_running(handle.pid)
+                running = is_running(handle.proc)
                 if (not running and spec.kind != "restart") or (
-                    spec.kind == "pause" and handle.pid in self._paused
+                    spec.kind == "pause" and handle.proc in self._paused
                 ):
                     continue  # nothing to act on: no draw, so the seeded sequence counts real chances
                 # `restart` also brings back a target that an earlier `kill` left dead.
@@ -184,46 +204,52 @@ class ProcessFaults:
             return fired
 
     def _fire(self, spec: FaultSpec, handle: ProcessHandle, now: float) -> bool:
-        pid = handle.pid
-        if pid is None and spec.kind != "restart":
+        proc = handle.proc
+        pid = proc.pid if proc is not None else None
+        if proc is None and spec.kind != "restart":
             return False
         self.fired[spec.index] += 1
         self.events.emit("fault", fault=spec.index, kind=spec.kind, port=None, phase=None, target=spec.target)
         if spec.kind == "pause":
             duration = DEFAULT_PAUSE_S if spec.duration_s is None else spec.duration_s
-            if _signal(pid, signal.SIGSTOP):
-                self._paused[pid] = now + min(duration, self.max_pause_s)
+            if _signal(proc, signal.SIGSTOP):
+                assert proc is not None
+                self._paused[proc] = now + min(duration, self.max_pause_s)
             return True
-        if pid is not None and is_running(pid):
-            _signal(pid, signal.SIGKILL)  # a stopped process dies on SIGKILL too
-            self._paused.pop(pid, None)
-            wait_gone(pid, self.exit_timeout_s)
+        if proc is not None and is_running(proc):
+            _signal(proc, signal.SIGKILL)  # a stopped process dies on SIGKILL too
+            self._paused.pop(proc, None)
+            wait_gone(proc, self.exit_timeout_s)
         how = "killed" if spec.kind == "kill" else "restarted"
         if spec.kind == "restart":
             handle.restart()
-            self.events.emit("proc_exit", target=spec.target, pid=pid, how=how, new_pid=handle.pid)
+            new = handle.proc
+            self.events.emit(
+                "proc_exit", target=spec.target, pid=pid, how=how, new_pid=new.pid if new else None
+            )
         else:
             self.events.emit("proc_exit", target=spec.target, pid=pid, how=how)
         return True
 
     def _resume_due(self, now: float) -> None:
-        for pid, resume_at in list(self._paused.items()):
+        for proc, resume_at in list(self._paused.items()):
             if now >= resume_at:
-                _signal(pid, signal.SIGCONT)
-                del self._paused[pid]
+                _signal(proc, signal.SIGCONT)
+                del self._paused[proc]
 
     # -- healing and cleanup --------------------------------------------------------------------
 
     @property
     def paused(self) -> list[int]:
+        """Pids of the processes this object holds stopped."""
         with self._lock:
-            return list(self._paused)
+            return [proc.pid for proc in self._paused]
 
     def resume_all(self) -> None:
         """SIGCONT every process this object stopped (idempotent; a dead one is skipped)."""
         with self._lock:
-            for pid in list(self._paused):
-                _signal(pid, signal.SIGCONT)
+            for proc in list(self._paused):
+                _signal(proc, signal.SIGCONT)
             self._paused.clear()
 
     def heal(self) -> None:

@@ -52,9 +52,20 @@ def error_response(error: ApiError) -> web.Response:
     )
 
 
+MAX_BODY_BYTES = 64 * 1024  # a proxy or toxic is a few hundred bytes; populate of many proxies fits
+
+
 async def _body(request: web.Request) -> Any:
-    """Decode the first JSON value of the body, ignoring what follows (as Go's json.Decoder does)."""
-    text = (await request.text()).lstrip()
+    """Decode the first JSON value of the body, ignoring what follows (as Go's json.Decoder does).
+    A body over MAX_BODY_BYTES, or not UTF-8, is a 4xx in Toxiproxy's error shape."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ApiError(f"request body too large: over {MAX_BODY_BYTES} bytes", 413)
+    try:
+        text = (await request.text()).lstrip()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(f"request body too large: over {MAX_BODY_BYTES} bytes", 413) from None
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise ApiError(f"bad request body: {exc}", 400) from None
     if not text:
         raise ApiError("bad request body: EOF", 400)
     try:
@@ -168,7 +179,7 @@ async def version(request: web.Request) -> web.Response:
 
 def create_app(collection: ProxyCollection) -> web.Application:
     """The API application; stopping it (aiohttp cleanup) stops every proxy."""
-    app = web.Application(middlewares=[toxiproxy_behaviour])
+    app = web.Application(middlewares=[toxiproxy_behaviour], client_max_size=MAX_BODY_BYTES)
     app[COLLECTION] = collection
 
     async def close_proxies(app: web.Application) -> None:

@@ -60,9 +60,17 @@ def _object(body: Any, what: str) -> dict[str, Any]:
 
 
 class ProxyCollection:
-    """All proxies of one server; `seed` makes every connection's toxicity draws reproducible."""
+    """All proxies of one server; `seed` makes every connection's toxicity draws reproducible.
 
-    def __init__(self, seed: int | None = None) -> None:
+    Listen and upstream addresses go through `chaos.proxy.policy.AddressPolicy` (loopback and the
+    simulated hosts only, unless `allow_remote`). Every refusal is a 4xx `ApiError`: a bad request
+    never reaches the client as a 500.
+    """
+
+    def __init__(self, seed: int | None = None, *, allow_remote: bool = False) -> None:
+        from chaos.proxy.policy import AddressPolicy  # policy imports ApiError from here
+
+        self.policy = AddressPolicy(allow_remote)
         self.seed = seed if seed is not None else random.randrange(2**63)
         self.proxies: dict[str, Proxy] = {}
         self.lock = asyncio.Lock()
@@ -80,7 +88,8 @@ class ProxyCollection:
             raise MISSING_FIELD.wrap(f"name{where}")
         if not upstream:
             raise MISSING_FIELD.wrap(f"upstream{where}")
-        listen = _field(body, "listen", str, "")
+        listen = self.policy.listen(_field(body, "listen", str, ""))
+        upstream = self.policy.upstream(upstream)
         enabled = _field(body, "enabled", bool, True)
         return Proxy(name, listen, upstream, self.seed), enabled
 
@@ -90,8 +99,8 @@ class ProxyCollection:
             await proxy.start()
         except AlreadyStarted:
             pass
-        except (OSError, ValueError) as exc:
-            raise ApiError(f"listen tcp {proxy.listen}: {exc}", 500) from exc
+        except (OSError, ValueError, OverflowError) as exc:
+            raise ApiError(f"listen tcp {proxy.listen}: {exc}", 400) from exc
 
     async def create(self, body: Any) -> Proxy:
         proxy, enabled = self._new_proxy(_object(body, "Go value of type toxiproxy.Proxy"))
@@ -115,7 +124,7 @@ class ProxyCollection:
         names = [proxy.name for proxy, _ in wanted]
         duplicate = next((n for n in names if names.count(n) > 1), None)
         if duplicate is not None:
-            raise ApiError(f'duplicate proxy name "{duplicate}"', 500)
+            raise ApiError(f'duplicate proxy name "{duplicate}"', 400)
         result: list[Proxy] = []
         async with self.lock:
             for proxy, enabled in wanted:
@@ -136,13 +145,14 @@ class ProxyCollection:
         proxy = self.get(name)
         body = _object(body, "Go value of type toxiproxy.Proxy")
         listen = _field(body, "listen", str, proxy.listen)
-        upstream = _field(body, "upstream", str, proxy.upstream)
+        listen = proxy.listen if listen == proxy.listen else self.policy.listen(listen)
+        upstream = self.policy.upstream(_field(body, "upstream", str, proxy.upstream))
         enabled = _field(body, "enabled", bool, proxy.enabled)
         async with self.lock:
             try:
                 await proxy.update(listen, upstream, enabled)
-            except (OSError, ValueError) as exc:
-                raise ApiError(f"listen tcp {proxy.listen}: {exc}", 500) from exc
+            except (OSError, ValueError, OverflowError) as exc:
+                raise ApiError(f"listen tcp {proxy.listen}: {exc}", 400) from exc
         return proxy
 
     async def delete(self, name: str) -> None:

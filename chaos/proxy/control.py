@@ -116,6 +116,11 @@ class ProxyController:
         except KeyError:
             raise ProxyControlError(f"port {index} has no proxy") from None
 
+    @property
+    def api_port(self) -> int:
+        """The Toxiproxy API's port (the embedded server's, or the external one's)."""
+        return self._api[1]
+
     def name(self, index: int) -> str:
         return f"{self.prefix}{index}"
 

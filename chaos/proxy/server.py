@@ -19,6 +19,7 @@ from aiohttp import web
 
 from chaos.proxy.api import create_app
 from chaos.proxy.collection import ProxyCollection
+from chaos.proxy.policy import is_local
 
 SHUTDOWN_TIMEOUT = 1.0
 T = TypeVar("T")
@@ -29,10 +30,14 @@ def _url(host: str, port: int) -> str:
 
 
 async def start_api(
-    host: str, port: int, seed: int | None, sock: socket.socket | None = None
+    host: str, port: int, seed: int | None, allow_remote: bool = False, sock: socket.socket | None = None
 ) -> tuple[web.AppRunner, ProxyCollection, str]:
-    """Start the HTTP API on (host, port), or on the bound `sock`; port 0 picks a free one."""
-    collection = ProxyCollection(seed)
+    """Start the HTTP API on (host, port), or on the bound `sock`; port 0 picks a free one.
+
+    Without `allow_remote` the API itself must listen on loopback too (ValueError otherwise)."""
+    if not allow_remote and not is_local(host):
+        raise ValueError(f"API host {host!r} is not loopback: pass --allow-remote to listen there")
+    collection = ProxyCollection(seed, allow_remote=allow_remote)
     runner = web.AppRunner(
         create_app(collection), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
@@ -48,10 +53,15 @@ async def start_api(
 
 
 async def serve(
-    host: str, port: int, seed: int | None, stop: asyncio.Event, on_ready: Callable[[str, int], None]
+    host: str,
+    port: int,
+    seed: int | None,
+    stop: asyncio.Event,
+    on_ready: Callable[[str, int], None],
+    allow_remote: bool = False,
 ) -> None:
     """Serve until `stop` is set; `on_ready(url, seed)` is called once listening."""
-    runner, collection, url = await start_api(host, port, seed)
+    runner, collection, url = await start_api(host, port, seed, allow_remote)
     try:
         on_ready(url, collection.seed)
         await stop.wait()
@@ -63,7 +73,13 @@ class EmbeddedProxyServer:
     """A Toxiproxy-compatible server on a background thread: `with EmbeddedProxyServer() as s: s.url`."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None, netns: str | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+        *,
+        allow_remote: bool = False,
+        netns: str | None = None,
     ) -> None:
         """With `netns`, the proxies (their listeners and upstream sockets) live in that network
         namespace while the API stays reachable here: its socket is bound before the loop moves."""
@@ -72,6 +88,7 @@ class EmbeddedProxyServer:
         self.host = host
         self.port = port
         self.seed = seed
+        self.allow_remote = allow_remote
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -88,7 +105,9 @@ class EmbeddedProxyServer:
         self._thread = threading.Thread(target=self._loop_main, name="toxiproxy-embedded", daemon=True)
         self._thread.start()
         try:
-            future = asyncio.run_coroutine_threadsafe(start_api(self.host, self.port, self.seed, sock), loop)
+            future = asyncio.run_coroutine_threadsafe(
+                start_api(self.host, self.port, self.seed, self.allow_remote, sock), loop
+            )
             self._runner, collection, self.url = future.result(timeout)
             self.collection = collection
         except BaseException:

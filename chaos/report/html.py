@@ -13,6 +13,7 @@ from typing import Any
 
 import jinja2
 
+from chaos.atomic import write_atomic
 from chaos.report import plots, view
 from chaos.report.compare import History, Regressions
 from chaos.report.results import RunResults, ScenarioResult
@@ -191,5 +192,5 @@ def write(
     history: History | None = None,
 ) -> Path:
     path = Path(path)
-    path.write_text(render(results, regressions, history), encoding="utf-8")
+    write_atomic(path, render(results, regressions, history))
     return path

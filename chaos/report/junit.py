@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from datetime import UTC
 from pathlib import Path
 
+from chaos.atomic import write_atomic
 from chaos.report import view
 from chaos.report.results import RunResults, ScenarioResult
 
@@ -133,5 +134,5 @@ def render(results: RunResults) -> str:
 
 def write(results: RunResults, path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(render(results), encoding="utf-8")
+    write_atomic(path, render(results))
     return path

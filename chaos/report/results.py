@@ -27,6 +27,8 @@ from typing import Any, Literal, Protocol
 import psutil
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from chaos.atomic import write_atomic
+
 SCHEMA_VERSION = "1"
 Status = Literal["passed", "failed", "error"]
 # The verdict keys the reports read; a verdict without them cannot be rendered.
@@ -232,10 +234,7 @@ class RunResults(_Model):
         """Write as indented JSON (atomically: a reader never sees half a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_atomic(path, self.model_dump_json(indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RunResults:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from chaos.atomic import write_atomic
 from chaos.report import view
 from chaos.report.compare import Regressions
 from chaos.report.results import RunResults, ScenarioResult
@@ -125,5 +126,5 @@ def render(results: RunResults, regressions: Regressions | None = None) -> str:
 
 def write(results: RunResults, path: str | Path, regressions: Regressions | None = None) -> Path:
     path = Path(path)
-    path.write_text(render(results, regressions), encoding="utf-8")
+    write_atomic(path, render(results, regressions))
     return path

@@ -3,11 +3,17 @@
 Exit codes: 0 every scenario passed; 1 an expectation failed (or, with --fail-on-regression, a
 regression against --baseline); 2 invalid input; 3 the harness could not judge a scenario (it wins
 over 1, since an unjudged run proves nothing).
+
+Interrupts: the first Ctrl-C or SIGTERM ends the run; everything after it (each scenario's teardown,
+the `-j` parent stopping its workers) runs with further SIGINT/SIGTERM held off, and what is printed
+about the cleanup is what was checked afterwards (`chaos.runner.cleanup`), never assumed. Every run
+starts by sweeping what an earlier, SIGKILLed run of this user left behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import shlex
 import signal
@@ -22,12 +28,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from chaos.atomic import write_atomic
 from chaos.hosts.fabric import sweep as sweep_hosts
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
+from chaos.runner.cleanup import shielded, state_dir, sweep_stale
 from chaos.runner.orchestrator import Outcome, Progress, run_scenario
 from chaos.scenario import ScenarioError, load_scenarios
+from chaos.scenario.errors import Problem
 from chaos.scenario.model import Scenario
+from chaos.scenario.resources import resource_problems
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HARNESS = 0, 1, 2, 3
 SPAWN = mp.get_context("spawn")
@@ -140,6 +150,7 @@ def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | Non
                     name=f"chaos-run-{job.scenario.name}",
                 )
                 proc.start()
+                _OWNERS.add(str(proc.pid))  # its run-state record is checked after an interrupt
                 running[job.scenario.name] = (job, proc)
                 console.print(f"started {job.scenario.name}")
             try:
@@ -156,12 +167,44 @@ def _execute(jobs: list[Job], out_dir: Path, parallel: int, toxiproxy: str | Non
             done[name] = _to_result(job, outcome, out_dir)
             _print_done(done[name])
     finally:
-        for _, proc in running.values():
-            proc.terminate()
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
+        with shielded():
+            _stop_workers([proc for _, proc in running.values()])
     return [done[j.scenario.name] for j in jobs if j.scenario.name in done]
+
+
+WORKER_CLEANUP_S = 60.0  # a worker's own teardown (server stop, joins) fits well inside this
+
+
+def _stop_workers(procs: list[Any]) -> None:
+    """SIGTERM every worker at once (each tears its scenario down, shielded), wait, SIGKILL the rest;
+    then sweep whatever a SIGKILLed worker could not remove."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + WORKER_CLEANUP_S
+    for proc in procs:
+        proc.join(max(0.1, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+    if procs:
+        sweep_stale()
+
+
+def _verified_cleanup() -> str:
+    """What a check of the run-state records says after an interrupt (not what we hope happened)."""
+    sweep_stale()  # runs whose owner is gone: a killed worker's leftovers
+    left = sorted(p.name for p in state_dir().glob("*.json") if _owned_by_us(p.name))
+    if left:
+        return f"[red]interrupted: cleanup could not verify everything; records left: {', '.join(left)}[/]"
+    return "[red]interrupted[/]: cleanup verified: no process, segment or proxy port of this run left"
+
+
+def _owned_by_us(record: str) -> bool:
+    """Run-state records are named `<run>-<owner pid>.json`; ours or our (dead) workers'."""
+    return record.removesuffix(".json").rpartition("-")[2] in _OWNERS
+
+
+_OWNERS: set[str] = set()
 
 
 def _print_done(result: ScenarioResult) -> None:
@@ -218,7 +261,7 @@ def _finish(results_list: list[ScenarioResult], started: datetime, out_dir: Path
         results, out_dir, baseline=opts.baseline, history_dir=opts.history, thresholds=opts.thresholds
     )
     if opts.junit:
-        Path(opts.junit).write_bytes(paths.junit_xml.read_bytes())
+        write_atomic(opts.junit, paths.junit_xml.read_bytes())
     if paths.regressions is not None:  # regressions first: they are what a nightly reader looks for
         lines = paths.regressions.lines() or [f"no regression against {paths.regressions.baseline_run_id}"]
         for line in lines:
@@ -338,6 +381,10 @@ def replay(
     if not jobs:
         console.print(f"[red]nothing to replay[/]: no scenario named {', '.join(only)} in {results_file}")
         sys.exit(EXIT_INVALID)
+    problems: list[Problem] = [p for j in jobs for p in resource_problems(j.scenario, j.file)]
+    if problems:
+        console.print(f"[red]cannot replay {results_file}[/]: {ScenarioError(problems)}")
+        sys.exit(EXIT_INVALID)
     opts = _report_options(junit, baseline, history, throughput_drop, p99_rise, fail_on_regression)
     sys.exit(_run_jobs(jobs, out, opts, parallel, toxiproxy))
 
@@ -371,18 +418,23 @@ def _run_jobs(
         for warning in job.scenario.warnings():
             console.print(f"[yellow]warning[/]: {job.file}: {warning}")
     try:
-        swept = sweep_hosts()
+        swept_hosts = sweep_hosts()
     except OSError:  # not ours to read or remove (no CAP_NET_ADMIN): host scenarios will say so
-        swept = []
-    if swept:
-        console.print(f"removed {len(swept)} stale network namespace(s) of dead runs", soft_wrap=True)
-        for name in swept:
+        swept_hosts = []
+    if swept_hosts:
+        console.print(f"removed {len(swept_hosts)} stale network namespace(s) of dead runs", soft_wrap=True)
+        for name in swept_hosts:
             console.print(f"  {name}", soft_wrap=True, markup=False)
     t0 = time.monotonic()
+    swept = sweep_stale()
+    for line in swept:
+        console.print(f"swept leftovers of a killed run: {line}")
+    _OWNERS.add(str(os.getpid()))
     try:
         results_list = _execute(jobs, out_dir, parallel, toxiproxy)
     except KeyboardInterrupt:
-        console.print("[red]interrupted: processes and segments cleaned up[/]")
+        with shielded():
+            console.print(_verified_cleanup())
         return EXIT_HARNESS
     code = _finish(results_list, started, out_dir, opts)
     console.print(f"{len(jobs)} scenario(s) in {time.monotonic() - t0:.0f}s; command: {shlex.join(sys.argv)}")

@@ -5,14 +5,18 @@ is up before the fault phase; faults act in `[run_start, run_start + duration)`;
 every fault heals (a killed server is restarted) and consumers drain the channel for at most
 `drain_timeout`. A watchdog enforces the scenario's `deadline`: past it, every process's stacks are
 dumped into the run directory and the run is judged a harness error (exit 3).
+
+Teardown goes through `chaos.runner.cleanup.RunCleanup`: every step runs (even after a failing one or
+a second Ctrl-C), and the ring segment and every child process are tracked from the moment they exist,
+so a runner killed with SIGKILL leaves a record the next run sweeps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import multiprocessing as mp
-import os
 import random
 import signal
 import threading
@@ -24,15 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.channel import ChannelServer, DescriptorQueue
+from chaos.channel import ChannelFailedError, ChannelServer, DescriptorQueue
 from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
 from chaos.faults.base import FaultSpec, layer_of
 from chaos.faults.control import ControlFaults
-from chaos.faults.process import ProcessFaults
+from chaos.faults.process import ProcessFaults, process_handle
 from chaos.history import read_history
 from chaos.hosts import Host, InHost
 from chaos.hosts.effects import NetFaultRef, affected_consumers, judge
 from chaos.hosts.schedule import HostsUnavailable
+from chaos.runner.cleanup import CleanupReport, RunCleanup, port_id
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import (
     ConsumerConfig,
@@ -45,7 +50,7 @@ from chaos.runner.roles import (
 from chaos.scenario.model import Scenario
 from transport.errors import TransportError
 from transport.events import JsonlSink
-from transport.ring import SharedRing, SlotState
+from transport.ring import SHM_DIR, SharedRing, SlotState
 from transport.serve import ServerConfig, ServerProcess
 
 SPAWN = mp.get_context("spawn")
@@ -84,6 +89,7 @@ class Outcome:
     started: float
     duration_s: float
     notes: list[str] = field(default_factory=list)
+    cleanup: CleanupReport | None = None
 
     @property
     def status(self) -> str:
@@ -193,14 +199,22 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
 # -- process handles ----------------------------------------------------------------------------
 
 
+Tracker = Callable[[int | None], None]
+
+
 class ServerHandle(ServerProcess):
     """The server process under `server_role` (log file, stack dumps); `restart()` brings it back on
-    the same ports with a fresh RNG stream. With `host`, it runs inside that simulated host."""
+    the same ports with a fresh RNG stream. `track(pid)` is told of every process it starts. With `host`,
+    it runs inside that simulated host."""
 
-    def __init__(self, run_dir: Path, config: ServerConfig, host: Host | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, config: ServerConfig, track: Tracker = lambda pid: None, host: Host | None = None
+    ) -> None:
         target = server_role if host is None else InHost(server_role, host.netns, host.ifname)
         super().__init__(config, target=target, target_args=(str(run_dir),))
         self.starts = 0
+        self.track = track
+        self.proc: Any = None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.is_alive()
@@ -216,6 +230,9 @@ class ServerHandle(ServerProcess):
             return super().start(timeout)
         except TransportError as exc:
             raise HarnessError(f"{exc} (see logs/server.log)") from exc
+        finally:
+            self.proc = process_handle(self.process)
+            self.track(self.pid)
 
     def restart(self) -> None:
         self.stop()
@@ -226,14 +243,22 @@ class RoleHandle:
     """A producer or consumer process; restart reconnects it to the channel."""
 
     def __init__(
-        self, name: str, target: Callable[..., None], config: Any, channel: ChannelServer, stop: Any
+        self,
+        name: str,
+        target: Callable[..., None],
+        config: Any,
+        channel: ChannelServer,
+        stop: Any,
+        track: Tracker = lambda pid: None,
     ) -> None:
         self.name = name
         self.target = target
         self.config = config
         self.channel = channel
         self.stop_event = stop
+        self.track = track
         self.process: mp.process.BaseProcess | None = None
+        self.proc: Any = None  # psutil.Process: what signals go through
         self.death_reported = False
 
     @property
@@ -249,6 +274,8 @@ class RoleHandle:
             target=self.target, args=(self.config, client, self.stop_event), name=f"chaos-{self.name}"
         )
         self.process.start()
+        self.proc = process_handle(self.process)
+        self.track(self.process.pid)
         client.close()  # the child has its own copy
         self.death_reported = False
 
@@ -266,8 +293,9 @@ class RoleHandle:
     def kill(self, timeout: float = 5.0) -> None:
         if self.process is None:
             return
-        if self.process.is_alive():
-            os.kill(self.process.pid, signal.SIGCONT)
+        if self.process.is_alive():  # not reaped yet: `proc` is still this child
+            with contextlib.suppress(Exception):
+                self.proc.send_signal(signal.SIGCONT)
             self.process.kill()
         self.process.join(timeout)
 
@@ -296,14 +324,23 @@ class ScenarioRun:
         self.progress = progress or (lambda p: None)
         self.notes: list[str] = []
         self._children: list[Any] = []
-        self._cleanups: list[Callable[[], None]] = []
+        self.cleanup = RunCleanup(f"{run_dir.parent.name}-{scenario.name}")
         self._finished = threading.Event()
         self._deadline_hit = threading.Event()
         self._clock_started = threading.Event()
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    def _check_channel(self, channel: ChannelServer) -> None:
+        """A dead channel thread fails the run as a harness error (exit 3), never as lost slots."""
+        try:
+            channel.check()
+        except ChannelFailedError as exc:
+            (self.run_dir / "logs" / "channel-error.log").write_text(channel.error_trace)
+            raise HarnessError(f"{exc} (see logs/channel-error.log)") from exc
+
     def _report(self, phase: str, elapsed: float, channel: ChannelServer) -> None:
+        self._check_channel(channel)
         stats = channel.stats()
         self.progress(
             Progress(
@@ -317,13 +354,13 @@ class ScenarioRun:
             )
         )
 
-    def _pids(self) -> list[tuple[str, int]]:
-        out = []
-        for handle in self._children:
-            pid = handle.pid
-            if pid is not None and handle.alive():
-                out.append((getattr(handle, "name", "server"), pid))
-        return out
+    def _procs(self) -> list[tuple[str, Any]]:
+        """(name, psutil.Process) of every live child."""
+        return [
+            (getattr(handle, "name", "server"), handle.proc)
+            for handle in self._children
+            if handle.proc is not None and handle.alive()
+        ]
 
     def dump_stacks(self) -> None:
         """Write every process's stacks to `stacks/<proc>.txt` (and the runner's to `stacks/runner.txt`).
@@ -336,13 +373,13 @@ class ScenarioRun:
         with open(stacks / "runner.txt", "w") as f:
             faulthandler.dump_traceback(file=f, all_threads=True)
         marks: dict[str, tuple[int, Path]] = {}
-        for name, pid in self._pids():
+        for name, proc in self._procs():
             log = self.run_dir / "logs" / f"{name}.log"
             marks[name] = (log.stat().st_size if log.exists() else 0, log)
             try:
-                os.kill(pid, signal.SIGCONT)  # a paused process cannot run its handler
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot run its handler
+                proc.send_signal(signal.SIGUSR1)
+            except Exception:  # gone (psutil.NoSuchProcess): nothing to dump
                 marks.pop(name)
         time.sleep(1.0)
         for name, (offset, log) in marks.items():
@@ -402,8 +439,18 @@ class ScenarioRun:
             error = f"deadline of {self.scenario.deadline:.0f}s passed; stacks in stacks/"
             verdict = None
         return Outcome(
-            self.scenario, self.seed, self.run_dir, verdict, error, started, time.time() - started, self.notes
+            self.scenario,
+            self.seed,
+            self.run_dir,
+            verdict,
+            error,
+            started,
+            time.time() - started,
+            self.notes,
+            self.cleanup_report,
         )
+
+    cleanup_report: CleanupReport | None = None
 
     def _judge_network_effects(self, verdict: Verdict, events: list[Any]) -> Verdict:
         """Host-mode network faults must show their effect on the slots' traffic (`ineffective: ...`)."""
@@ -433,21 +480,19 @@ class ScenarioRun:
         return dataclasses.replace(verdict, passed=False, failures=[*verdict.failures, *problems])
 
     def _cleanup(self) -> None:
-        for fn in reversed(self._cleanups):
-            try:
-                t = time.time()
-                fn()
-                if time.time() - t > 2.0:
-                    what = getattr(fn, "__qualname__", fn)
-                    self.notes.append(f"slow cleanup {what}: {time.time() - t:.1f}s")
-            except Exception as exc:
-                self.notes.append(f"cleanup: {type(exc).__name__}: {exc}")
-        self._cleanups.clear()
+        """Every step, signals held off, then every tracked resource verified gone (see cleanup.py)."""
+        report = self.cleanup.close()
+        self.cleanup_report = report
+        if not report.clean or report.step_errors:
+            self.notes.append(f"cleanup: {report.summary()}")
+
+    def _step(self, name: str, fn: Callable[[], object]) -> None:
+        self.cleanup.step(name, fn)
 
     def _run_phases(self) -> list[int]:
         sc = self.scenario
         events = JsonlSink(self.run_dir / "events" / "runner.jsonl", "runner")
-        self._cleanups.append(events.close)
+        self._step("close the runner event log", events.close)
 
         # The simulated network first: building it takes a while, and must not eat the startup budget.
         placement = sc.placement()
@@ -458,11 +503,12 @@ class ScenarioRun:
             net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
             run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
             hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events)
-            self._cleanups.append(hostnet.close)
+            self._step("remove the simulated hosts", hostnet.close)
             hostnet.start()
 
         ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
-        self._cleanups.append(lambda: self._close_ring(ring))
+        self.cleanup.track("segment", f"{SHM_DIR}/{ring.name}")
+        self._step("close and unlink the ring", lambda: self._close_ring(ring))
 
         specs = fault_specs(sc, self.seed)
         run_start = time.time() + STARTUP_S
@@ -492,9 +538,9 @@ class ScenarioRun:
         def host_of(role: str) -> Host | None:
             return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])
 
-        server = ServerHandle(self.run_dir, server_config, host_of("server"))
+        server = ServerHandle(self.run_dir, server_config, self.cleanup.track_process, host_of("server"))
         self._children.append(server)
-        self._cleanups.append(server.stop)
+        self._step("stop the server", server.stop)
         server_ports = server.start()
         # Without transport or control faults nothing fixed the clock yet: it starts once every role
         # is up (below), so slow process starts on a loaded box do not eat the fault phase.
@@ -506,18 +552,21 @@ class ScenarioRun:
             from chaos.proxy.control import ProxyController
 
             proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
-            self._cleanups.append(proxies.close)
+            self._step("close the proxies", proxies.close)
             advertised = [proxies.add_port(i, port) for i, port in enumerate(server_ports)]
+            if self.toxiproxy_url is None:  # our own listeners: verified closed at the end
+                for port in (proxies.api_port, *advertised):
+                    self.cleanup.track("port", port_id(port))
             network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
-            self._cleanups.append(network.heal)
+            self._step("heal network faults", network.heal)
 
         control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
         channel = ChannelServer(RecordingQueue(events, visibility_timeout=10.0, control=control)).start()
-        self._cleanups.append(channel.stop)
+        self._step("stop the channel", channel.stop)
 
         stop_producing = SPAWN.Event()
         stop_consuming = SPAWN.Event()
-        self._cleanups.append(stop_consuming.set)
+        self._step("tell consumers to stop", stop_consuming.set)
         handles: dict[str, Any] = {"server": server}
         for i in range(sc.consumers.count):
             name = f"consumer-{i}"
@@ -534,7 +583,7 @@ class ScenarioRun:
             )
             host = host_of(name)
             target = consumer_main if host is None else InHost(consumer_main, host.netns, host.ifname)
-            handles[name] = RoleHandle(name, target, cfg, channel, stop_consuming)
+            handles[name] = RoleHandle(name, target, cfg, channel, stop_consuming, self.cleanup.track_process)
         start_at = SPAWN.Value("d", 0.0 if movable_clock else run_start, lock=False)
         producer_cfg = ProducerConfig(
             run_dir=str(self.run_dir),
@@ -546,15 +595,21 @@ class ScenarioRun:
             min_bytes=sc.producer.payload.min,
             max_bytes=sc.producer.payload.max,
             count=sc.producer.count,
+            protocol=sc.protocol,
         )
         handles["producer"] = RoleHandle(
-            "producer", _delayed_producer, (producer_cfg, start_at), channel, stop_producing
+            "producer",
+            _delayed_producer,
+            (producer_cfg, start_at),
+            channel,
+            stop_producing,
+            self.cleanup.track_process,
         )
         for name, handle in handles.items():
             if name == "server":
                 continue
             self._children.append(handle)
-            self._cleanups.append(handle.kill)
+            self._step(f"kill {name}", handle.kill)
             handle.start()
         if movable_clock:
             up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
@@ -563,7 +618,7 @@ class ScenarioRun:
             start_at.value = run_start
 
         process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
-        self._cleanups.append(process_faults.close)
+        self._step("close process faults", process_faults.close)
 
         # -- fault phase --------------------------------------------------------------------------
         while time.time() < run_start:
@@ -621,7 +676,7 @@ class ScenarioRun:
             if not channel.empty():
                 self.notes.append(f"drain timed out after {sc.drain_timeout:.0f}s with descriptors left")
         events.emit("phase", name="done")
-        self._report("check", time.time() - run_start, channel)
+        self._report("check", time.time() - run_start, channel)  # raises if the channel died
         stop_consuming.set()
         exit_by = time.time() + CONSUMER_EXIT_S
         for handle in consumers:

@@ -57,15 +57,18 @@ class ProducerConfig:
     max_bytes: int
     count: int | None
     write_timeout: float = 0.5
+    protocol: str = "commit"  # which capability descriptors carry
 
 
 def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> None:
     """Write payloads at `rate` until `stop` is set (or `count` is reached) and publish them."""
     setup_process(cfg.run_dir, "producer")
     from transport.events import JsonlSink
+    from transport.protocol import RingKey
     from transport.ring import SharedRing
 
     ring = SharedRing.attach(cfg.ring_name)
+    ring_key = RingKey(ring.secret, ring.ring_id)
     events = JsonlSink(Path(cfg.run_dir) / "events" / "producer.jsonl", "producer")
     rng = random.Random(cfg.seed)
     interval = 1.0 / cfg.rate
@@ -96,11 +99,12 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
                     "host": cfg.host,
                     "ports": list(cfg.ports),
                     "ring_id": ring.ring_id,
+                    "ring_slots": ring.slots,
                     "slot": written.slot,
                     "generation": written.generation,
                     "nbytes": written.nbytes,
                     "checksum": written.checksum,
-                    "secret": ring.secret_hex,
+                    "capability": ring_key.issue(written.slot, written.generation, cfg.protocol).hex(),
                     "seq": seq,
                 }
             )

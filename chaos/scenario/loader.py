@@ -5,6 +5,11 @@ first, records the line of every key and sequence item under its field path, the
 data from that same tree and hands it to pydantic. A pydantic error location is a field path, so
 its line is the line of the longest recorded prefix (a missing field points at its parent).
 Duplicate keys, which PyYAML silently resolves to the last one, are reported as errors.
+
+Input is bounded before anything walks it: a file larger than `MAX_FILE_BYTES` is refused unread, and
+a document whose node tree, with every alias expanded, exceeds `MAX_NODES` is refused before it is
+constructed ("billion laughs": a few lines of nested aliases that expand to 10**9 nodes). Sizes are
+counted once per distinct node (memoised), so the check itself is linear in the file.
 """
 
 from __future__ import annotations
@@ -18,9 +23,45 @@ from pydantic import ValidationError
 
 from chaos.scenario.errors import Loc, Problem, ScenarioError, format_loc, line_for, problems_from_validation
 from chaos.scenario.model import Scenario
+from chaos.scenario.resources import resource_problems
 
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_FILE_BYTES = 1 << 20  # a scenario is a few KiB; a MiB is already absurd
+MAX_NODES = 50_000  # YAML nodes after alias expansion (a scenario with 256 faults has ~5,000)
+
+
+class _TooBig(Exception):
+    """The expanded node tree passed the budget, or an alias refers to itself."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], stack: set[int]) -> int:
+    """Nodes in the tree below `node` with every alias expanded; memoised, so linear in the file."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in stack:
+        raise _TooBig("an alias refers to a node that contains it (recursive alias)")
+    stack.add(key)
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            size += _expanded_size(k, memo, stack) + _expanded_size(v, memo, stack)
+            if size > MAX_NODES:
+                break
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            size += _expanded_size(item, memo, stack)
+            if size > MAX_NODES:
+                break
+    stack.discard(key)
+    if size > MAX_NODES:
+        raise _TooBig(
+            f"the document expands to more than {MAX_NODES} YAML nodes (aliases referring to "
+            "aliases?); refused before it is built"
+        )
+    memo[key] = size
+    return size
 
 
 def _index_lines(node: yaml.Node, loc: Loc, line: int, out: dict[Loc, int], stack: set[int]) -> None:
@@ -72,6 +113,10 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Loc, int], list[Problem]
         node = loader.get_single_node()
         if node is None:
             return None, {}, [Problem(source, 1, None, "empty file: expected a scenario mapping")]
+        try:
+            _expanded_size(node, {}, set())
+        except _TooBig as exc:
+            return None, {}, [Problem(source, node.start_mark.line + 1, None, str(exc))]
         problems = [
             Problem(source, line, format_loc(loc), msg) for loc, line, msg in _duplicate_keys(node, (), set())
         ]
@@ -95,6 +140,8 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Loc, int], list[Problem]
 
 def parse_scenario(text: str, source: str = "<string>") -> Scenario:
     """Validate one scenario given as YAML text; `source` is the file name used in errors."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ScenarioError([Problem(source, None, None, f"larger than {MAX_FILE_BYTES} bytes: refused")])
     data, lines, problems = _compose(text, source)
     if not isinstance(data, dict):
         if not problems:  # no syntax error, just not a mapping
@@ -115,14 +162,24 @@ def parse_scenario(text: str, source: str = "<string>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Load and validate one scenario file. Raises `ScenarioError` (also for an unreadable file)."""
+    """Load and validate one scenario file, and check that its ring fits in /dev/shm now.
+    Raises `ScenarioError` (also for an unreadable or oversized file)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # never more, whatever the file's size
+        if len(raw) > MAX_FILE_BYTES:
+            raise ScenarioError(
+                [Problem(str(path), None, None, f"larger than {MAX_FILE_BYTES} bytes: refused")]
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError([Problem(str(path), None, None, f"cannot read: {exc}")]) from None
     scenario = parse_scenario(text, str(path))
     scenario._source = path
+    problems = resource_problems(scenario, str(path))
+    if problems:
+        raise ScenarioError(problems)
     return scenario
 
 

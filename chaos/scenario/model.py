@@ -46,6 +46,9 @@ Decisions where DESIGN.md is silent:
   second like `64KiB/s`) and `flap` (`period`, default 1 s) take `between: [a, b]` or `isolate: host`.
   In single-host mode `toxic` and `down` act on listener proxies (`ports`), which reach only UCX's
   connection setup: `warnings()` flags a data-shaping toxic there.
+- Every size, count and time has an upper bound (the `MAX_*` constants below), so a typo such as
+  `slots: 6400000` is refused as bad input (exit 2) instead of failing late; whether the ring fits in
+  the free space of /dev/shm is checked when a file is loaded (`chaos.scenario.resources`).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ from chaos.scenario.units import (
     parse_rate,
     parse_size,
 )
+from transport.protocol import MAX_PAYLOAD
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -92,13 +96,26 @@ DEADLINE_SLACK_S = 60.0  # default `deadline` = duration + drain_timeout + this
 HOST_NAME = re.compile(r"^[a-z][a-z0-9]*(-[0-9]+)?$")
 DATA_SHAPING = frozenset({"latency", "bandwidth", "slicer", "slow_close", "limit_data", "timeout"})
 
-Size = Annotated[int, BeforeValidator(parse_size)]
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-Rate = Annotated[float, BeforeValidator(parse_rate)]
-ByteRate = Annotated[float, BeforeValidator(parse_byte_rate), Field(gt=0)]
+# Upper bounds: far above any useful run on one machine, low enough that a typo is caught as bad input.
+MAX_DURATION_S = 7 * 24 * 3600.0  # every duration, delay and time in a scenario
+MAX_RATE = 1_000_000.0  # payloads (or anything else) per second
+MAX_SLOTS = 65536
+MAX_CONSUMERS = 64
+MAX_BATCH = 4096
+MAX_ATTEMPTS = 1000  # consumers.max_attempts and consumers.rounds
+MAX_FAULTS = 256
+MAX_COUNT = 10**9  # producer.count and the expect counts
+MAX_TOXIC_INT = 2**31 - 1  # Toxiproxy attributes (ms, us, bytes, KB/s)
+MAX_TEXT = 10_000  # description length
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(le=MAX_PAYLOAD)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(le=MAX_DURATION_S)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION_S)]
+Rate = Annotated[float, BeforeValidator(parse_rate), Field(le=MAX_RATE)]
+ByteRate = Annotated[float, BeforeValidator(parse_byte_rate), Field(gt=0, le=MAX_PAYLOAD)]
 Probability = Annotated[float, Field(ge=0, le=1)]
-PortIndex = Annotated[int, Field(ge=0)]
+PortIndex = Annotated[int, Field(ge=0, le=63)]
+ToxicInt = Annotated[int, Field(ge=0, le=MAX_TOXIC_INT)]
 
 
 def _check_target(value: str) -> str:
@@ -120,7 +137,7 @@ class _Model(BaseModel):
 class Ring(_Model):
     """Shared-memory ring geometry. `slot_bytes` in bytes."""
 
-    slots: int = Field(64, ge=1)
+    slots: int = Field(64, ge=1, le=MAX_SLOTS)
     slot_bytes: Size = Field(1 * MiB, ge=1)
     policy: Literal["block", "overwrite"] = "block"
 
@@ -145,7 +162,7 @@ class Producer(_Model):
 
     rate: Rate = Field(100.0, gt=0)
     payload: Payload = Payload()
-    count: int | None = Field(None, ge=1)
+    count: int | None = Field(None, ge=1, le=MAX_COUNT)
 
 
 class Server(_Model):
@@ -163,12 +180,12 @@ class Server(_Model):
 class Consumers(_Model):
     """Consumer processes and their client settings (seconds for times)."""
 
-    count: int = Field(2, ge=1)
-    batch: int = Field(8, ge=1)
+    count: int = Field(2, ge=1, le=MAX_CONSUMERS)
+    batch: int = Field(8, ge=1, le=MAX_BATCH)
     read_timeout: PositiveDuration = 2.0
     quarantine: Duration = 5.0
-    max_attempts: int = Field(4, ge=1)
-    rounds: int = Field(3, ge=1)
+    max_attempts: int = Field(4, ge=1, le=MAX_ATTEMPTS)
+    rounds: int = Field(3, ge=1, le=MAX_ATTEMPTS)
 
 
 class Window(_Model):
@@ -189,34 +206,34 @@ class Window(_Model):
 
 
 class LatencyAttributes(_Model):
-    latency: int = Field(0, ge=0)  # ms
-    jitter: int = Field(0, ge=0)  # ms
+    latency: ToxicInt = 0  # ms
+    jitter: ToxicInt = 0  # ms
 
 
 class BandwidthAttributes(_Model):
-    rate: int = Field(0, ge=0)  # KB/s
+    rate: ToxicInt = 0  # KB/s
 
 
 class SlowCloseAttributes(_Model):
-    delay: int = Field(0, ge=0)  # ms
+    delay: ToxicInt = 0  # ms
 
 
 class TimeoutAttributes(_Model):
-    timeout: int = Field(0, ge=0)  # ms; 0 = hold the data until the toxic is removed
+    timeout: ToxicInt = 0  # ms; 0 = hold the data until the toxic is removed
 
 
 class ResetPeerAttributes(_Model):
-    timeout: int = Field(0, ge=0)  # ms before the RST
+    timeout: ToxicInt = 0  # ms before the RST
 
 
 class SlicerAttributes(_Model):
-    average_size: int = Field(0, ge=0)  # bytes
-    size_variation: int = Field(0, ge=0)  # bytes
-    delay: int = Field(0, ge=0)  # us between slices
+    average_size: ToxicInt = 0  # bytes
+    size_variation: ToxicInt = 0  # bytes
+    delay: ToxicInt = 0  # us between slices
 
 
 class LimitDataAttributes(_Model):
-    bytes: int = Field(0, ge=0)
+    bytes: ToxicInt = 0
 
 
 class _Toxic(_Model):
@@ -291,7 +308,7 @@ class _Fault(_Model):
 class _PortFault(_Fault):
     """Base of per-port faults. `ports` is None only before `Scenario` fills in every port."""
 
-    ports: list[PortIndex] | None = Field(None, min_length=1)
+    ports: list[PortIndex] | None = Field(None, min_length=1, max_length=64)
 
     @field_validator("ports")
     @classmethod
@@ -508,10 +525,10 @@ def _faults_fired(value: Any) -> Any:
 class Expect(_Model):
     """Pass criteria. Counts are upper bounds; `min_throughput` per second, the others in seconds."""
 
-    lost: int = Field(0, ge=0)
-    duplicated: int = Field(0, ge=0)
-    corrupted: int = Field(0, ge=0)
-    in_doubt: int = Field(0, ge=0)
+    lost: int = Field(0, ge=0, le=MAX_COUNT)
+    duplicated: int = Field(0, ge=0, le=MAX_COUNT)
+    corrupted: int = Field(0, ge=0, le=MAX_COUNT)
+    in_doubt: int = Field(0, ge=0, le=MAX_COUNT)
     faults_fired: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "all"
     faults_quarantined: Annotated[Literal["all", "none"] | list[int], BeforeValidator(_faults_fired)] = "none"
     min_throughput: Rate | None = None
@@ -522,9 +539,9 @@ class Expect(_Model):
 class Scenario(_Model):
     """One chaos run. Times in seconds, sizes in bytes, rates per second (see the module docstring)."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    seed: int = Field(0, ge=0)
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
+    description: str = Field("", max_length=MAX_TEXT)
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     duration: PositiveDuration
     drain_timeout: PositiveDuration = 30.0
     deadline: PositiveDuration | None = None  # always set after validation
@@ -534,7 +551,7 @@ class Scenario(_Model):
     server: Server = Server()
     consumers: Consumers = Consumers()
     hosts: dict[str, list[str]] | Literal["default"] | None = None
-    faults: list[Fault] = []
+    faults: list[Fault] = Field([], max_length=MAX_FAULTS)
     expect: Expect = Expect()
 
     _source: Path | None = PrivateAttr(None)
