@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -115,7 +115,11 @@ class Fabric:
         *,
         network: str = DEFAULT_NETWORK,
         state_dir: Path = STATE_DIR,
+        track: Callable[[str], None] = lambda name: None,
     ) -> None:
+        """`track(netns_name)` is told of each namespace before it is created (the run's cleanup
+        record, `chaos.runner.cleanup`, so a sweep after a kill -9 knows it)."""
+        self.track = track
         if len(set(hosts)) != len(hosts) or not hosts:
             raise FabricError(f"hosts must be unique and non-empty, got {list(hosts)}")
         for name in hosts:
@@ -167,9 +171,9 @@ class Fabric:
         """Build everything; on any failure what was built is removed before the error propagates."""
         self._claim()
         try:
-            netns.create(self.fabric_netns)
-            for host in self.hosts.values():
-                netns.create(host.netns)
+            for name in self.namespaces():
+                self.track(name)
+                netns.create(name)
             self._wire()
         except BaseException:
             self.close()

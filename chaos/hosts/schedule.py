@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,17 @@ def _span(fault: Any, duration: float) -> tuple[float, float]:
 
 class HostNetwork:
     def __init__(
-        self, run_id: str, hosts: list[str], faults: list[Any], duration: float, seed: int, events: EventSink
+        self,
+        run_id: str,
+        hosts: list[str],
+        faults: list[tuple[int, Any]],
+        duration: float,
+        seed: int,
+        events: EventSink,
+        track: Callable[[str], None] = lambda name: None,
     ) -> None:
         self.events = events
-        self.fabric = Fabric(run_id, hosts)
+        self.fabric = Fabric(run_id, hosts, track=track)
         self.links: HostLinks | None = None
         self.kernel: KernelFaults | None = None
         self._items: list[_Item] = []

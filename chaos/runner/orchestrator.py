@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import faulthandler
+import functools
 import multiprocessing as mp
 import random
 import signal
@@ -34,10 +35,10 @@ from chaos.faults.base import FaultSpec, layer_of
 from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults, process_handle
 from chaos.history import read_history
-from chaos.hosts import Host, InHost
+from chaos.hosts import Host, InHost, netns
 from chaos.hosts.effects import NetFaultRef, affected_consumers, judge
 from chaos.hosts.schedule import HostsUnavailable
-from chaos.runner.cleanup import CleanupReport, RunCleanup, port_id
+from chaos.runner.cleanup import CleanupReport, RunCleanup, port_id, register_kind
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import (
     ConsumerConfig,
@@ -502,7 +503,9 @@ class ScenarioRun:
 
             net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
             run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
-            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events)
+            register_kind("netns", exists=netns.exists, remove=netns.remove)
+            track = functools.partial(self.cleanup.track, "netns")
+            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events, track)
             self._step("remove the simulated hosts", hostnet.close)
             hostnet.start()
 
