@@ -147,7 +147,8 @@ def judge(
         if fault.index not in on or fault.index not in off:
             problems.append(f"ineffective: {label}: never applied and removed")
             continue
-        start, (end, evidence) = on[fault.index], off[fault.index]
+        start, (logged_end, evidence) = on[fault.index], off[fault.index]
+        end = float(evidence.get("off_t") or logged_end)  # when the heal began, not when it was logged
         mine = [r for r in all_reads if r.proc in fault.affected]
         # Reads completed in the window, plus reads that failed or were retried up to `settle` after
         # it (they started under the fault); fast reads right after the heal are not.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,13 +144,13 @@ class HostNetwork:
 
     def _remove(self, item: _Item) -> None:
         item.removed = True
-        evidence: dict[str, Any] = {}
+        evidence: dict[str, Any] = {"off_t": time.time()}  # before the heal: reading counters takes a while
         if item.kernel is not None:
-            evidence = self._kernel_counters(item)
+            evidence |= self._kernel_counters(item)
             item.kernel.heal()
         else:
             self._proxy_fault(item, on=False)
-            evidence = self._meter(item)
+            evidence |= self._meter(item)
         self.events.emit("net_effect", fault=item.index, kind=item.kind, **self._target(item), **evidence)
 
     def _proxy_fault(self, item: _Item, on: bool) -> None:
