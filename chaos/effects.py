@@ -77,6 +77,7 @@ class FaultView:
     duration_s: float | None = None
     toxic: str | None = None
     policy: str = "block"
+    host_link: bool = False  # placed on a simulated host link (`between`/`isolate`): chaos.hosts.effects
 
 
 @dataclass
@@ -315,6 +316,12 @@ def network_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Ef
     return _per_port(fault, fires, ix, ix.port_times(FAILED_ATTEMPT), "failed attempt in its window", horizon)
 
 
+def host_link_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
+    """Kernel faults act on simulated host links only; their effect is judged there (chaos.hosts.effects:
+    the affected consumers' reads slowed, failed or retransmitted, else `ineffective: ...`)."""
+    return Effect("not_judged", "host-link fault: judged by chaos.hosts.effects")
+
+
 DATA_SHAPING_TOXICS = frozenset({"latency", "bandwidth", "slicer", "slow_close"})
 # limit_data closes a connection after N bytes; on a listener proxy only the CM link's setup bytes
 # pass (measured: no read failed in network-limit-data), so it is judged with simulated hosts (issue 8).
@@ -335,14 +342,21 @@ RULES: dict[str, Rule] = {
     "kill": process_outcome,
     "pause": process_outcome,
     "restart": process_outcome,
-    # Network kinds: issue 8 (simulated hosts) registers the kernel faults and refines these.
+    # Listener-proxy network faults; on a host link (`between`/`isolate`) `judge` defers to chaos.hosts.
     "toxic": network_outcome,
     "down": network_outcome,
+    "partition": host_link_outcome,
+    "loss": host_link_outcome,
+    "reject": host_link_outcome,
+    "bandwidth": host_link_outcome,
+    "flap": host_link_outcome,
 }
 
 
 def judge(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
     """The effect of one configured fault given its `fault` events; unknown kinds are not judged."""
+    if fault.host_link:  # one place judges host-link faults: the affected consumers' reads
+        return host_link_outcome(fault, fires, ix)
     rule = RULES.get(fault.kind)
     if rule is None:
         return Effect("not_judged", f"no effect rule for kind {fault.kind!r}")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from click.testing import CliRunner
@@ -523,3 +523,71 @@ def test_validate_as_a_real_process(tmp_path: Path) -> None:
     )
     assert failed.returncode == 2
     assert f"{bad}:4: faults[0].ports[0]: port index 7 out of range: server.ports is 4" in failed.stderr
+
+
+# -- simulated hosts --------------------------------------------------------------------------------
+
+
+def _hosted(**extra: Any) -> dict[str, Any]:
+    return {"name": "h", "duration": "5s", "hosts": "default", "consumers": {"count": 2}, **extra}
+
+
+def test_default_placement_puts_each_consumer_on_its_own_host() -> None:
+    sc = Scenario.from_dict(_hosted())
+    assert sc.placement() == {
+        "server": "server",
+        "producer": "server",
+        "consumer-0": "consumer-0",
+        "consumer-1": "consumer-1",
+    }
+    assert sc.host_names() == ["server", "consumer-0", "consumer-1"]
+
+
+def test_host_faults_name_existing_hosts_and_need_host_mode() -> None:
+    ok = _hosted(
+        faults=[
+            {"kind": "partition", "isolate": "server"},
+            {"kind": "loss", "between": ["consumer-0", "server"], "probability": 0.1},
+        ]
+    )
+    assert [f.kind for f in Scenario.from_dict(ok).faults] == ["partition", "loss"]
+    with pytest.raises(ScenarioError, match="no host 'nowhere'"):
+        Scenario.from_dict(_hosted(faults=[{"kind": "partition", "isolate": "nowhere"}]))
+    with pytest.raises(ScenarioError, match="exactly one of between or isolate"):
+        Scenario.from_dict(_hosted(faults=[{"kind": "reject"}]))
+    with pytest.raises(ScenarioError, match="needs `hosts:`"):
+        Scenario.from_dict(
+            {"name": "s", "duration": "5s", "faults": [{"kind": "partition", "isolate": "server"}]}
+        )
+    toxic = {"kind": "toxic", "toxic": {"type": "latency", "attributes": {"latency": 10}}}
+    with pytest.raises(ScenarioError, match="names a host link"):
+        Scenario.from_dict(_hosted(faults=[toxic]))
+    assert (
+        Scenario.from_dict(_hosted(faults=[{**toxic, "between": ["consumer-1", "server"]}])).faults[0].ports
+        is None
+    )
+
+
+def test_explicit_placement_must_place_every_role_once_with_the_producer_beside_the_server() -> None:
+    hosts = {"a": ["server", "producer", "consumer-0"], "b": ["consumer-1"]}
+    assert Scenario.from_dict(_hosted(hosts=hosts)).placement()["consumer-0"] == "a"
+    with pytest.raises(ScenarioError, match="not placed on any host: consumer-1"):
+        Scenario.from_dict(_hosted(hosts={"a": ["server", "producer", "consumer-0"]}))
+    with pytest.raises(ScenarioError, match="place them on one host"):
+        Scenario.from_dict(_hosted(hosts={"a": ["server", "consumer-0"], "b": ["producer", "consumer-1"]}))
+
+
+def test_a_data_shaping_toxic_on_a_listener_proxy_is_warned_about() -> None:
+    faults = [
+        {"kind": "toxic", "ports": [0], "toxic": {"type": "bandwidth", "attributes": {"rate": 16}}},
+        {"kind": "toxic", "ports": [1], "toxic": {"type": "reset_peer"}},
+    ]
+    warnings = Scenario.from_dict({"name": "s", "duration": "5s", "faults": faults}).warnings()
+    assert len(warnings) == 1 and "faults[0]" in warnings[0] and "connection setup" in warnings[0]
+
+
+def test_kernel_bandwidth_rate_takes_bytes_per_second() -> None:
+    sc = Scenario.from_dict(
+        _hosted(faults=[{"kind": "bandwidth", "isolate": "consumer-0", "rate": "64KiB/s"}])
+    )
+    assert sc.faults[0].rate == 64 * 1024

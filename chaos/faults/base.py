@@ -21,7 +21,9 @@ from transport.link import Phase
 TRANSPORT_KINDS = frozenset({"reset", "truncate", "corrupt", "timeout", "stall", "evict", "drop_commit"})
 PROCESS_KINDS = frozenset({"kill", "pause", "restart"})
 CONTROL_KINDS = frozenset({"duplicate_descriptor", "delay_descriptor"})
-NETWORK_KINDS = frozenset({"toxic", "down"})  # built by chaos.proxy, listed here only for routing
+# built by chaos.proxy and chaos.hosts, listed here only for routing
+KERNEL_KINDS = frozenset({"partition", "loss", "reject", "bandwidth", "flap"})
+NETWORK_KINDS = frozenset({"toxic", "down"}) | KERNEL_KINDS
 
 RESET_PHASES = frozenset(
     {Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.COMMITTED, Phase.RESOLVE}

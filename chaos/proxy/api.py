@@ -161,6 +161,12 @@ async def toxic_delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def meters(request: web.Request) -> web.Response:
+    """Not in Toxiproxy: per toxic name, the connections and bytes it acted on (kept after removal)."""
+    proxy = _collection(request).get(request.match_info["proxy"])
+    return _json({name: meter.to_json() for name, meter in proxy.meters.items()})
+
+
 async def reset(request: web.Request) -> web.Response:
     await _collection(request).reset()
     return web.Response(status=204)
@@ -195,5 +201,6 @@ def create_app(collection: ProxyCollection) -> web.Application:
     r.add_post("/proxies/{proxy}/toxics/{toxic}", toxic_update)
     r.add_patch("/proxies/{proxy}/toxics/{toxic}", toxic_update)
     r.add_delete("/proxies/{proxy}/toxics/{toxic}", toxic_delete)
+    r.add_get("/proxies/{proxy}/meters", meters)
     r.add_get("/version", version)
     return app

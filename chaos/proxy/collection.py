@@ -146,7 +146,10 @@ class ProxyCollection:
         body = _object(body, "Go value of type toxiproxy.Proxy")
         listen = _field(body, "listen", str, proxy.listen)
         listen = proxy.listen if listen == proxy.listen else self.policy.listen(listen)
-        upstream = self.policy.upstream(_field(body, "upstream", str, proxy.upstream))
+        upstream = _field(body, "upstream", str, proxy.upstream)
+        # As with listen, an unchanged address is not re-checked: a host link's upstream (`<host>:*`,
+        # any port of that host) is no dialable address, and clients send it back with every update.
+        upstream = proxy.upstream if upstream == proxy.upstream else self.policy.upstream(upstream)
         enabled = _field(body, "enabled", bool, proxy.enabled)
         async with self.lock:
             try:

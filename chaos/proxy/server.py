@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -20,6 +22,7 @@ from chaos.proxy.collection import ProxyCollection
 from chaos.proxy.policy import is_local
 
 SHUTDOWN_TIMEOUT = 1.0
+T = TypeVar("T")
 
 
 def _url(host: str, port: int) -> str:
@@ -27,9 +30,9 @@ def _url(host: str, port: int) -> str:
 
 
 async def start_api(
-    host: str, port: int, seed: int | None, allow_remote: bool = False
+    host: str, port: int, seed: int | None, allow_remote: bool = False, sock: socket.socket | None = None
 ) -> tuple[web.AppRunner, ProxyCollection, str]:
-    """Start the HTTP API on (host, port); port 0 picks a free one. Returns the runner and URL.
+    """Start the HTTP API on (host, port), or on the bound `sock`; port 0 picks a free one.
 
     Without `allow_remote` the API itself must listen on loopback too (ValueError otherwise)."""
     if not allow_remote and not is_local(host):
@@ -40,7 +43,8 @@ async def start_api(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise
@@ -69,8 +73,18 @@ class EmbeddedProxyServer:
     """A Toxiproxy-compatible server on a background thread: `with EmbeddedProxyServer() as s: s.url`."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None, *, allow_remote: bool = False
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+        *,
+        allow_remote: bool = False,
+        netns: str | None = None,
     ) -> None:
+        """With `netns`, the proxies (their listeners and upstream sockets) live in that network
+        namespace while the API stays reachable here: its socket is bound before the loop moves."""
+        self.netns = netns
+        self.collection: ProxyCollection | None = None
         self.host = host
         self.port = port
         self.seed = seed
@@ -85,19 +99,37 @@ class EmbeddedProxyServer:
             raise RuntimeError("server already started")
         loop = asyncio.new_event_loop()
         self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="toxiproxy-embedded", daemon=True)
+        sock = None
+        if self.netns is not None:
+            sock = socket.create_server((self.host, self.port))
+        self._thread = threading.Thread(target=self._loop_main, name="toxiproxy-embedded", daemon=True)
         self._thread.start()
         try:
             future = asyncio.run_coroutine_threadsafe(
-                start_api(self.host, self.port, self.seed, self.allow_remote), loop
+                start_api(self.host, self.port, self.seed, self.allow_remote, sock), loop
             )
             self._runner, collection, self.url = future.result(timeout)
+            self.collection = collection
         except BaseException:
             self._shutdown(timeout)
             raise
         self.seed = collection.seed
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
+
+    def _loop_main(self) -> None:
+        assert self._loop is not None
+        if self.netns is not None:
+            from chaos.hosts.netns import enter
+
+            enter(self.netns)  # this thread only: every socket the loop opens from now on is in there
+        self._loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        """Run `coro` on the server's loop and return its result (bounded by `timeout`)."""
+        if self._loop is None:
+            raise RuntimeError("server not started")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the API and every proxy (closing their connections), then the loop; bounded by `timeout`."""

@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from chaos.proxy.toxics import STREAMS, Chunk, Noop, Stub, Toxic, ToxicSpec
+from chaos.proxy.toxics import STREAMS, Chunk, Noop, Stub, Toxic, ToxicMeter, ToxicSpec
 
 READ_SIZE = 32 * 1024
 READ_BUDGET = 1 << 20
@@ -59,6 +59,7 @@ class Stage:
     roll: random.Random  # toxicity draws, separate from the toxic's own randomness
     task: asyncio.Task[None] | None = None
     active: bool = False
+    counted: bool = False
 
     @property
     def toxic(self) -> Toxic:
@@ -102,6 +103,13 @@ class Link:
         """Run the stage's toxic, or a noop for this link when the toxicity draw says so."""
         stage.active = stage.spec is None or stage.roll.random() < stage.spec.toxicity
         toxic = stage.toxic if stage.active else NOOP
+        if stage.spec is not None and stage.active:
+            stage.stub.meter = stage.spec.meter
+            if not stage.counted:
+                stage.counted = True
+                stage.spec.meter.connections += 1
+        else:
+            stage.stub.meter = None
         stage.task = self._spawn(toxic.pipe(stage.stub))
 
     def start(self, chain: list[ToxicSpec]) -> None:
@@ -163,7 +171,7 @@ class Link:
                 while self.inflight >= READ_BUDGET:
                     self._room.clear()
                     await self._room.wait()
-                data = await self.reader.read(READ_SIZE)
+                data = await self.reader.read(self.conn.read_size)
                 if not data:
                     break
                 self.inflight += len(data)
@@ -187,6 +195,8 @@ class Link:
 
 class Connection:
     """A client connection and its upstream connection, joined by two links."""
+
+    read_size = READ_SIZE
 
     def __init__(
         self,
@@ -237,6 +247,7 @@ class Proxy:
     """A named listener that forwards each connection to `upstream` through the toxic chains."""
 
     def __init__(self, name: str, listen: str, upstream: str, seed: int) -> None:
+        self.meters: dict[str, ToxicMeter] = {}  # per toxic name, kept after the toxic is removed
         self.name = name
         self.listen = listen
         self.upstream = upstream
@@ -321,6 +332,7 @@ class Proxy:
         return [conn.links[direction] for conn in self._connections]
 
     def add_toxic(self, spec: ToxicSpec) -> None:
+        spec.meter = self.meters.setdefault(spec.name, spec.meter)
         self.chains[spec.direction].append(spec)
         for link in self._links(spec.direction):
             link.add(spec)

@@ -37,6 +37,20 @@ class LinkPort(Protocol):
     def reset(self) -> None: ...
 
 
+@dataclass
+class ToxicMeter:
+    """What a toxic acted on: links it ran on (not skipped by its toxicity draw) and bytes it was handed.
+
+    The effect evidence for a network fault: a toxic whose meter stays at zero never touched the traffic.
+    """
+
+    connections: int = 0
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"connections": self.connections, "bytes": self.bytes}
+
+
 class Stub:
     """One toxic's place in one link: its input queue, per-link state and per-link RNG."""
 
@@ -46,9 +60,13 @@ class Stub:
         self.input: asyncio.Queue[Chunk | None] = asyncio.Queue()
         self.state: Any = None
         self.closed = False
+        self.meter: ToxicMeter | None = None  # set while a real toxic (not a skipped one) runs here
 
     async def recv(self) -> Chunk | None:
-        return await self.input.get()
+        chunk = await self.input.get()
+        if chunk is not None and self.meter is not None:
+            self.meter.bytes += len(chunk.data)
+        return chunk
 
     def send(self, chunk: Chunk) -> None:
         """Forward to the next stage (looked up now, so stages can be added and removed live)."""
@@ -323,6 +341,7 @@ class ToxicSpec:
     stream: str
     toxicity: float
     toxic: Toxic
+    meter: ToxicMeter = dataclasses.field(default_factory=ToxicMeter)
 
     @property
     def direction(self) -> str:

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from chaos.atomic import write_atomic
 from chaos.checker import failures_line
+from chaos.hosts.fabric import sweep as sweep_hosts
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
 from chaos.runner.cleanup import shielded, state_dir, sweep_stale
@@ -438,6 +439,17 @@ def _run_jobs(jobs: list[Job], out: str | None, opts: ReportOptions, parallel: i
     out_dir = _out_dir(out, started)
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"run directory: {out_dir}  ({len(jobs)} scenario(s), -j {parallel})")
+    for job in jobs:
+        for warning in job.scenario.warnings():
+            console.print(f"[yellow]warning[/]: {job.file}: {warning}")
+    try:
+        swept_hosts = sweep_hosts()
+    except OSError:  # not ours to read or remove (no CAP_NET_ADMIN): host scenarios will say so
+        swept_hosts = []
+    if swept_hosts:
+        console.print(f"removed {len(swept_hosts)} stale network namespace(s) of dead runs", soft_wrap=True)
+        for name in swept_hosts:
+            console.print(f"  {name}", soft_wrap=True, markup=False)
     t0 = time.monotonic()
     swept = sweep_stale()
     for line in swept:

@@ -14,7 +14,9 @@ so a runner killed with SIGKILL leaves a record the next run sweeps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
+import functools
 import multiprocessing as mp
 import random
 import signal
@@ -33,9 +35,12 @@ from chaos.faults.base import FaultSpec, layer_of
 from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults, process_handle
 from chaos.history import read_history
+from chaos.hosts import Host, InHost, netns
+from chaos.hosts.effects import NetFaultRef, affected_consumers, judge
+from chaos.hosts.schedule import HostsUnavailable
 from chaos.redis_channel import RedisQueue, StreamRef
 from chaos.redis_server import RedisServer, RedisServerError
-from chaos.runner.cleanup import CleanupReport, RunCleanup, port_id
+from chaos.runner.cleanup import CleanupReport, RunCleanup, port_id, register_kind
 from chaos.runner.network import NetworkFaults
 from chaos.runner.roles import (
     ConsumerConfig,
@@ -54,6 +59,9 @@ from transport.serve import ServerConfig, ServerProcess
 SPAWN = mp.get_context("spawn")
 STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
 STEP_TIMEOUT_S = 5.0
+CONSUMER_EXIT_S = 10.0  # all consumers together, after the drain
+ROLE_READY_TIMEOUT_S = 60.0  # how long the clock may wait for spawned roles to start
+STARTUP_BUDGET_S = 90.0  # launch to fault phase, before the scenario's deadline starts counting
 HOST = "127.0.0.1"
 VISIBILITY_TIMEOUT_S = 10.0  # a claimed descriptor not acked for this long is handed out again
 
@@ -186,6 +194,7 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
                 duration_s=getattr(fault, "duration", None),
                 toxic=toxic.type if toxic is not None else None,
                 policy=scenario.ring.policy,
+                host_link=bool(getattr(fault, "between", None) or getattr(fault, "isolate", None)),
             )
         )
     e = scenario.expect
@@ -249,10 +258,14 @@ Tracker = Callable[[int | None], None]
 
 class ServerHandle(ServerProcess):
     """The server process under `server_role` (log file, stack dumps); `restart()` brings it back on
-    the same ports with a fresh RNG stream. `track(pid)` is told of every process it starts."""
+    the same ports with a fresh RNG stream. `track(pid)` is told of every process it starts. With `host`,
+    it runs inside that simulated host."""
 
-    def __init__(self, run_dir: Path, config: ServerConfig, track: Tracker = lambda pid: None) -> None:
-        super().__init__(config, target=server_role, target_args=(str(run_dir),))
+    def __init__(
+        self, run_dir: Path, config: ServerConfig, track: Tracker = lambda pid: None, host: Host | None = None
+    ) -> None:
+        target = server_role if host is None else InHost(server_role, host.netns, host.ifname)
+        super().__init__(config, target=target, target_args=(str(run_dir),))
         self.starts = 0
         self.track = track
         self.proc: Any = None
@@ -371,6 +384,7 @@ class ScenarioRun:
         self.cleanup = RunCleanup(f"{run_dir.parent.name}-{scenario.name}")
         self._finished = threading.Event()
         self._deadline_hit = threading.Event()
+        self._clock_started = threading.Event()
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -432,8 +446,14 @@ class ScenarioRun:
             (stacks / f"{name}.txt").write_bytes(dumped or b"(no stacks written within 1 s)\n")
 
     def _watchdog(self) -> None:
+        """The deadline counts from launch, extended by however much longer than STARTUP_S the roles took
+        to start (bounded by STARTUP_BUDGET_S): on a loaded box starting up can take longer than the run."""
         assert self.scenario.deadline is not None
-        if not self._finished.wait(self.scenario.deadline):
+        launched = time.monotonic()
+        self._clock_started.wait(STARTUP_BUDGET_S)
+        startup = time.monotonic() - launched
+        remaining = self.scenario.deadline + max(0.0, startup - STARTUP_S) - startup
+        if not self._finished.wait(max(0.0, remaining)):
             self.dump_stacks()  # first: the run stops when it sees the flag, and must not exit mid-dump
             self._deadline_hit.set()
             for handle in list(self._children):
@@ -460,7 +480,10 @@ class ScenarioRun:
             if history.skipped:
                 self.notes.extend(f"skipped event line: {s}" for s in history.skipped[:10])
             verdict = check(history.events, check_spec(self.scenario, self.seed, ports))
+            verdict = self._judge_network_effects(verdict, history.events)
         except HarnessError as exc:
+            error = str(exc)
+        except HostsUnavailable as exc:
             error = str(exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -486,6 +509,33 @@ class ScenarioRun:
 
     cleanup_report: CleanupReport | None = None
 
+    def _judge_network_effects(self, verdict: Verdict, events: list[Any]) -> Verdict:
+        """Host-mode network faults must show their effect on the slots' traffic (`ineffective: ...`)."""
+        sc = self.scenario
+        placement = sc.placement()
+        if placement is None:
+            return verdict
+        refs = []
+        for i, f in enumerate(sc.faults):
+            if layer_of(f.kind) != "network":
+                continue
+            toxic = getattr(f, "toxic", None)
+            refs.append(
+                NetFaultRef(
+                    index=i,
+                    kind=f.kind,
+                    affected=affected_consumers(placement, f.between, getattr(f, "isolate", None)),
+                    toxic_type=toxic.type if toxic is not None else None,
+                    attributes=toxic.attributes.model_dump() if toxic is not None else None,
+                    rate=getattr(f, "rate", None),
+                )
+            )
+        c = sc.consumers
+        problems = judge(refs, events, c.read_timeout, settle_s=c.read_timeout * c.max_attempts * c.rounds)
+        if not problems:
+            return verdict
+        return dataclasses.replace(verdict, passed=False, failures=[*verdict.failures, *problems])
+
     def _cleanup(self) -> None:
         """Every step, signals held off, then every tracked resource verified gone (see cleanup.py)."""
         report = self.cleanup.close()
@@ -506,6 +556,21 @@ class ScenarioRun:
                 load_entrypoint(sc.consumers.entrypoint)
             except (ImportError, AttributeError, TypeError) as exc:
                 raise HarnessError(str(exc)) from exc
+
+        # The simulated network first: building it takes a while, and must not eat the startup budget.
+        placement = sc.placement()
+        hostnet = None
+        if placement is not None:
+            from chaos.hosts.schedule import HostNetwork
+
+            net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
+            run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
+            register_kind("netns", exists=netns.exists, remove=netns.remove)
+            track = functools.partial(self.cleanup.track, "netns")
+            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events, track)
+            self._step("remove the simulated hosts", hostnet.close)
+            hostnet.start()
+
         ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
         self.cleanup.track("segment", f"{SHM_DIR}/{ring.name}")
         self._step("close and unlink the ring", lambda: self._close_ring(ring))
@@ -520,14 +585,21 @@ class ScenarioRun:
             idle_evict=sc.server.idle_evict,
             **server_options(sc, specs, self.seed, run_start, self.run_dir / "events" / "server.jsonl"),
         )
-        server = ServerHandle(self.run_dir, server_config, self.cleanup.track_process)
+
+        def host_of(role: str) -> Host | None:
+            return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])
+
+        server = ServerHandle(self.run_dir, server_config, self.cleanup.track_process, host_of("server"))
         self._children.append(server)
         self._step("stop the server", server.stop)
         server_ports = server.start()
+        # Without transport or control faults nothing fixed the clock yet: it starts once every role
+        # is up (below), so slow process starts on a loaded box do not eat the fault phase.
+        movable_clock = not any(s.layer in ("transport", "control") for s in specs)
 
         network = None
         advertised = list(server_ports)
-        if any(layer_of(f.kind) == "network" for f in sc.faults):
+        if hostnet is None and any(layer_of(f.kind) == "network" for f in sc.faults):
             from chaos.proxy.control import ProxyController
 
             proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
@@ -567,13 +639,14 @@ class ScenarioRun:
                 hold=sc.consumers.hold,
                 lease=server_config.lease,
             )
-            handles[name] = RoleHandle(
-                name, consumer_main, cfg, channel, stop_consuming, self.cleanup.track_process
-            )
+            host = host_of(name)
+            target = consumer_main if host is None else InHost(consumer_main, host.netns, host.ifname)
+            handles[name] = RoleHandle(name, target, cfg, channel, stop_consuming, self.cleanup.track_process)
+        start_at = SPAWN.Value("d", 0.0 if movable_clock else run_start, lock=False)
         producer_cfg = ProducerConfig(
             run_dir=str(self.run_dir),
             ring_name=ring.name,
-            host=HOST,
+            host=HOST if hostnet is None or placement is None else hostnet.address(placement["server"]),
             ports=tuple(advertised),
             seed=self.seed,
             rate=sc.producer.rate,
@@ -585,7 +658,7 @@ class ScenarioRun:
         handles["producer"] = RoleHandle(
             "producer",
             delayed_producer_main,
-            (producer_cfg, run_start),
+            (producer_cfg, start_at),
             channel,
             stop_producing,
             self.cleanup.track_process,
@@ -600,6 +673,11 @@ class ScenarioRun:
             self._children.append(handle)
             self._step(f"kill {name}", handle.kill)
             handle.start()
+        if movable_clock:
+            up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
+            run_start = max(run_start, up + 1.0)
+            heal_at = run_start + sc.duration
+            start_at.value = run_start
 
         process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
         self._step("close process faults", process_faults.close)
@@ -609,6 +687,7 @@ class ScenarioRun:
             self._report("starting", 0.0, channel)
             time.sleep(0.1)
         events.emit("phase", name="faults")
+        self._clock_started.set()
         consumers = [h for n, h in handles.items() if n.startswith("consumer")]
         last_report = 0.0
         while not self._deadline_hit.is_set():
@@ -618,6 +697,8 @@ class ScenarioRun:
                 break
             if network is not None:
                 network.tick(elapsed)
+            if hostnet is not None:
+                hostnet.tick(elapsed)
             process_faults.tick(now)
             for handle in consumers:
                 if not handle.alive():
@@ -637,6 +718,8 @@ class ScenarioRun:
             self.notes.append("redis was down at heal: restarted")
             redis_server.start()
             events.emit("proc_exit", target="redis", pid=redis_server.pid, how="restarted")
+        if hostnet is not None:
+            hostnet.heal()
         channel.heal()
         if not server.alive():
             self.notes.append("server was down at heal: restarted")
@@ -670,8 +753,14 @@ class ScenarioRun:
         events.emit("phase", name="done")
         self._report("check", time.time() - run_start, channel)  # raises if the channel died
         stop_consuming.set()
+        exit_by = time.time() + CONSUMER_EXIT_S
         for handle in consumers:
-            handle.join(15.0)
+            handle.join(max(0.1, exit_by - time.time()))
+            if handle.alive():  # its work is acked and logged; seen: UCX teardown hanging after cut links
+                self.notes.append(
+                    f"{handle.name} did not exit within {CONSUMER_EXIT_S:.0f}s of the stop: killed"
+                )
+                handle.kill()
         events.emit("ring_audit", **ring_audit(ring))
         leftover = [info for info in ring.snapshot() if info.state in (SlotState.READING, SlotState.WRITING)]
         if leftover:
@@ -709,6 +798,16 @@ class ScenarioRun:
         queue = RecordingRedisQueue(events, ref, control=control)
         self._step("delete the run's stream", queue.close)
         return queue
+
+    def _wait_for_roles(self, names: list[str], timeout: float) -> float:
+        """When every role has started (its log file exists: its imports are done), bounded by `timeout`."""
+        deadline = time.time() + timeout
+        logs = [self.run_dir / "logs" / f"{name}.log" for name in names]
+        while time.time() < deadline and not self._deadline_hit.is_set():
+            if all(log.exists() for log in logs):
+                break
+            time.sleep(0.05)
+        return time.time()
 
     def _close_ring(self, ring: SharedRing) -> None:
         ring.close()

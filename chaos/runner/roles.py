@@ -36,6 +36,7 @@ def setup_process(run_dir: str, proc: str) -> None:
     os.dup2(fd, 2)
     os.close(fd)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    faulthandler.enable(all_threads=True)  # a crash in native code (UCX) leaves its stacks in the log
     logging.basicConfig(
         level=logging.WARNING, format=f"%(asctime)s {proc} %(name)s %(levelname)s %(message)s"
     )
@@ -126,16 +127,23 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
 
 
 def delayed_producer_main(
-    cfg_and_start: tuple[ProducerConfig, float], channel: ChannelClient, stop: Any
+    cfg_and_start: tuple[ProducerConfig, Any], channel: ChannelClient, stop: Any
 ) -> None:
     """The producer waits for the fault phase so every payload is published under the faults.
 
-    Lives here, not in the orchestrator: a spawned child imports the module of its target, and the
-    orchestrator's imports (pydantic, aiohttp, the checker, ...) cost ~1.4 s of a loaded machine's
-    start-up before the first publish."""
-    cfg, run_start = cfg_and_start
-    delay = run_start - time.time()
-    if delay > 0 and stop.wait(delay):
+    `start_at` is a shared double: 0 until the runner knows when the fault phase starts (it waits for
+    every role to be up first, when the scenario allows it). Lives here, not in the orchestrator: a
+    spawned child imports the module of its target, and the orchestrator's imports (pydantic, aiohttp,
+    the checker, ...) cost ~1.4 s of a loaded machine's start-up before the first publish."""
+    cfg, start_at = cfg_and_start
+    setup_process(cfg.run_dir, "producer")  # its log file tells the runner this role is up
+    while not stop.is_set():
+        run_start = start_at.value
+        delay = run_start - time.time()
+        if run_start > 0 and delay <= 0:
+            break
+        stop.wait(min(delay, 0.2) if run_start > 0 else 0.05)
+    else:
         return
     producer_main(cfg, channel, stop)
 

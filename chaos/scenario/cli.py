@@ -29,6 +29,8 @@ def validate(files: tuple[Path, ...]) -> None:
         valid.append(scenario)
         n = len(scenario.faults)
         click.echo(f"OK {path} ({scenario.name}, {n} fault{'' if n == 1 else 's'})")
+        for warning in scenario.warnings():
+            click.echo(f"warning: {path}: {warning}", err=True)
     for problem in duplicate_names(valid):
         failed = True
         click.echo(str(problem), err=True)

@@ -46,6 +46,16 @@ Decisions where DESIGN.md is silent:
   reclaim hands it back; leave it unset (30 s) unless the scenario is about reads outliving it.
   Same-host consumers (`consumers.transport: local`) hold their slots under the same lease.
 - `name` is a slug (letters, digits, `.`, `_`, `-`): it names report files and JUnit test cases.
+- `hosts` (simulated hosts, DESIGN.md §3): absent = single-host mode (everything on loopback);
+  `default` = server and producer on host `server`, each consumer on a host named after it; or a
+  mapping host -> roles (`server`, `producer`, `consumer-N`; every role placed once, producer with the
+  server since they share the ring's memory). Host names: lower-case letters and digits, optionally `-N`.
+- Network faults in host mode name what they cut: `toxic` and `down` a host link, `between: [a, b]`
+  (the Toxiproxy proxy `a->b`: `upstream` is what a sends to b, `downstream` what b sends back);
+  the kernel-level kinds `partition`, `loss` (`probability`), `reject`, `bandwidth` (`rate`, bytes per
+  second like `64KiB/s`) and `flap` (`period`, default 1 s) take `between: [a, b]` or `isolate: host`.
+  In single-host mode `toxic` and `down` act on listener proxies (`ports`), which reach only UCX's
+  connection setup: `warnings()` flags a data-shaping toxic there.
 - Every size, count and time has an upper bound (the `MAX_*` constants below), so a typo such as
   `slots: 6400000` is refused as bad input (exit 2) instead of failing late; whether the ring fits in
   the free space of /dev/shm is checked when a file is loaded (`chaos.scenario.resources`).
@@ -53,6 +63,7 @@ Decisions where DESIGN.md is silent:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -77,7 +88,14 @@ from chaos.scenario.errors import (
     line_for,
     problems_from_validation,
 )
-from chaos.scenario.units import format_duration, format_size, parse_duration, parse_rate, parse_size
+from chaos.scenario.units import (
+    format_duration,
+    format_size,
+    parse_byte_rate,
+    parse_duration,
+    parse_rate,
+    parse_size,
+)
 from transport.protocol import MAX_PAYLOAD
 
 KiB = 1024
@@ -85,6 +103,8 @@ MiB = 1024 * KiB
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 TIMEOUT_DELAY_FACTOR = 1.5  # default `timeout.delay` = this x consumers.read_timeout
 DEADLINE_SLACK_S = 60.0  # default `deadline` = duration + drain_timeout + this
+HOST_NAME = re.compile(r"^[a-z][a-z0-9]*(-[0-9]+)?$")
+DATA_SHAPING = frozenset({"latency", "bandwidth", "slicer", "slow_close", "limit_data", "timeout"})
 
 # Upper bounds: far above any useful run on one machine, low enough that a typo is caught as bad input.
 MAX_DURATION_S = 7 * 24 * 3600.0  # every duration, delay and time in a scenario
@@ -102,6 +122,7 @@ Size = Annotated[int, BeforeValidator(parse_size), Field(le=MAX_PAYLOAD)]
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(le=MAX_DURATION_S)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION_S)]
 Rate = Annotated[float, BeforeValidator(parse_rate), Field(le=MAX_RATE)]
+ByteRate = Annotated[float, BeforeValidator(parse_byte_rate), Field(gt=0, le=MAX_PAYLOAD)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 PortIndex = Annotated[int, Field(ge=0, le=63)]
 ToxicInt = Annotated[int, Field(ge=0, le=MAX_TOXIC_INT)]
@@ -383,22 +404,74 @@ class DropCommitFault(_TransportFault):
 
 
 class _NetworkFault(_PortFault):
+    """On listener proxies (`ports`, single-host mode) or on a host link (`between: [a, b]`, host mode)."""
+
     layer: ClassVar[str] = "network"
     window: Window | None = None
     at: Duration | None = None
+    between: list[str] | None = Field(None, min_length=2, max_length=2)
 
 
 class ToxicFault(_NetworkFault):
-    """A Toxiproxy toxic on the proxies in front of `ports`."""
+    """A Toxiproxy toxic on the proxies in front of `ports`, or on host link `between[0]->between[1]`."""
 
     kind: Literal["toxic"]
     toxic: Toxic
 
 
 class DownFault(_NetworkFault):
-    """The proxies in front of `ports` are disabled."""
+    """The proxies in front of `ports` (or host link `between`) are disabled."""
 
     kind: Literal["down"]
+
+
+class _KernelFault(_Fault):
+    """A fault in the fabric's kernel, on every packet `between` two hosts or to and from `isolate`."""
+
+    layer: ClassVar[str] = "network"
+    window: Window | None = None
+    at: Duration | None = None
+    between: list[str] | None = Field(None, min_length=2, max_length=2)
+    isolate: str | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _KernelFault:
+        if (self.between is None) == (self.isolate is None):
+            raise LocatedErrors([((), f"a {self.kind} fault needs exactly one of between or isolate")])
+        return self
+
+
+class PartitionFault(_KernelFault):
+    """Every packet dropped, both ways."""
+
+    kind: Literal["partition"]
+
+
+class LossFault(_KernelFault):
+    """A `probability` of the packets dropped, both ways (TCP retransmits them)."""
+
+    kind: Literal["loss"]
+    probability: Annotated[float, Field(gt=0, le=1)]
+
+
+class RejectFault(_KernelFault):
+    """Every TCP segment answered with a reset."""
+
+    kind: Literal["reject"]
+
+
+class BandwidthFault(_KernelFault):
+    """A token bucket of `rate` (bytes per second, e.g. `64KiB/s`) per direction."""
+
+    kind: Literal["bandwidth"]
+    rate: ByteRate
+
+
+class FlapFault(_KernelFault):
+    """The link goes down and comes back up every `period`, starting down."""
+
+    kind: Literal["flap"]
+    period: PositiveDuration = 1.0
 
 
 class _ProcessFault(_Fault):
@@ -458,6 +531,11 @@ Fault = Annotated[
     | DropCommitFault
     | ToxicFault
     | DownFault
+    | PartitionFault
+    | LossFault
+    | RejectFault
+    | BandwidthFault
+    | FlapFault
     | KillFault
     | PauseFault
     | RestartFault
@@ -516,6 +594,7 @@ class Scenario(_Model):
     producer: Producer = Producer()
     server: Server = Server()
     consumers: Consumers = Consumers()
+    hosts: dict[str, list[str]] | Literal["default"] | None = None
     faults: list[Fault] = Field([], max_length=MAX_FAULTS)
     expect: Expect = Expect()
 
@@ -544,6 +623,7 @@ class Scenario(_Model):
                     f"(ring.slot_bytes {format_size(self.ring.slot_bytes)})",
                 )
             )
+        problems.extend(self._check_hosts())
         for i, fault in enumerate(self.faults):
             problems.extend((("faults", i, *loc), msg) for loc, msg in self._check_fault(fault))
         for field in ("faults_effective", "faults_fired", "faults_quarantined"):
@@ -558,9 +638,88 @@ class Scenario(_Model):
             raise LocatedErrors(problems)
         return self
 
+    # -- hosts ----------------------------------------------------------------------------------
+
+    def placement(self) -> dict[str, str] | None:
+        """Role -> host (None: single-host mode). `default`: server and producer on host `server`,
+        each consumer on a host named after it."""
+        if self.hosts is None:
+            return None
+        if self.hosts == "default":
+            consumers = {f"consumer-{i}": f"consumer-{i}" for i in range(self.consumers.count)}
+            return {"server": "server", "producer": "server", **consumers}
+        return {role: host for host, roles in self.hosts.items() for role in roles}
+
+    def host_names(self) -> list[str]:
+        placement = self.placement() or {}
+        return list(dict.fromkeys(placement.values()))
+
+    def _check_hosts(self) -> list[tuple[Loc, str]]:
+        if not isinstance(self.hosts, dict):
+            return []
+        problems: list[tuple[Loc, str]] = []
+        roles = {"server", "producer", *(f"consumer-{i}" for i in range(self.consumers.count))}
+        seen: dict[str, str] = {}
+        for host, placed in self.hosts.items():
+            if not HOST_NAME.match(host):
+                problems.append(
+                    (("hosts", host), "host names are lower-case letters and digits, optionally -N")
+                )
+            for role in placed:
+                if role not in roles:
+                    problems.append(
+                        (("hosts", host), f"no role {role!r}: roles are {', '.join(sorted(roles))}")
+                    )
+                elif role in seen:
+                    problems.append((("hosts", host), f"{role} is already placed on {seen[role]}"))
+                seen[role] = host
+        missing = sorted(roles - seen.keys())
+        if missing:
+            problems.append((("hosts",), f"roles not placed on any host: {', '.join(missing)}"))
+        if "server" in seen and seen.get("producer", seen["server"]) != seen["server"]:
+            problems.append(
+                (("hosts",), "producer and server share the ring's memory: place them on one host")
+            )
+        return problems
+
+    def _check_network_target(self, fault: _Fault) -> list[tuple[Loc, str]]:
+        hosts = self.host_names()
+        between: list[str] | None = getattr(fault, "between", None)
+        isolate: str | None = getattr(fault, "isolate", None)
+        if not hosts:
+            if between is not None or isolate is not None or isinstance(fault, _KernelFault):
+                return [((), f"a {fault.kind} fault between hosts needs `hosts:` (simulated hosts)")]
+            return []
+        problems: list[tuple[Loc, str]] = []
+        if isinstance(fault, _NetworkFault):
+            if between is None:
+                return [((), f"in host mode a {fault.kind} fault names a host link: between: [from, to]")]
+            fault.ports = None
+        for j, name in enumerate(between or []):
+            if name not in hosts:
+                problems.append((("between", j), f"no host {name!r}: hosts are {', '.join(hosts)}"))
+        if between is not None and len(set(between)) != len(between):
+            problems.append((("between",), "a link joins two different hosts"))
+        if isolate is not None and isolate not in hosts:
+            problems.append((("isolate",), f"no host {isolate!r}: hosts are {', '.join(hosts)}"))
+        return problems
+
+    def warnings(self) -> list[str]:
+        """Settings that run but may not test what they seem to (printed by validate and run)."""
+        out = []
+        for i, fault in enumerate(self.faults):
+            if isinstance(fault, ToxicFault) and fault.between is None and fault.toxic.type in DATA_SHAPING:
+                out.append(
+                    f"faults[{i}]: a {fault.toxic.type} toxic on a listener proxy (ports) reaches only UCX "
+                    "connection setup, never a payload byte; put it on a host link (hosts: + between:)"
+                )
+        return out
+
     def _check_fault(self, fault: _Fault) -> list[tuple[Loc, str]]:
         problems: list[tuple[Loc, str]] = []
-        if isinstance(fault, _PortFault):
+        if fault.layer == "network":
+            problems.extend(self._check_network_target(fault))
+        if isinstance(fault, _PortFault) and not (isinstance(fault, _NetworkFault) and fault.between):
             if fault.ports is None:
                 fault.ports = list(range(self.server.ports))
             for j, port in enumerate(fault.ports):

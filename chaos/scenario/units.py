@@ -103,6 +103,18 @@ def parse_rate(value: object) -> float:
     return float(match.group(1)) / RATE_UNITS[match.group(2)]
 
 
+def parse_byte_rate(value: object) -> float:
+    """`64KiB/s`, `10MB/s`, `1MiB/m` -> bytes per second (a plain number is bytes per second)."""
+    plain = _plain_number(value, "byte rate")
+    if plain is not None:
+        return plain
+    text = str(value).strip()
+    size, sep, unit = text.rpartition("/")
+    if not sep or unit.strip().lower() not in RATE_UNITS:
+        raise ValueError(f"expected a byte rate like 64KiB/s or 10MB/s, got {value!r}")
+    return parse_size(size.strip()) / RATE_UNITS[unit.strip().lower()]
+
+
 def format_size(nbytes: int) -> str:
     """Short human form for messages: 4096 -> `4KiB`, 1500 -> `1500B`."""
     for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
