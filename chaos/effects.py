@@ -250,6 +250,8 @@ def process_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Ef
     if not fires:
         return Effect("ineffective", "never fired")
     first = float(fires[0]["t"])
+    if target == "redis":  # the descriptor bus: its outage shows as a gap in the consumers' claims
+        return _bus_outage(fault, fires, ix)
     if fault.kind == "pause":
         return _paused(fault, fires, ix)
     if target.startswith("consumer"):
@@ -284,6 +286,27 @@ def _producer_stopped(fires: Sequence[Event], ix: Indexed) -> Effect:
     mid_write = any(e.get("writing") and float(e["t"]) >= died for e in ix.by_type.get("reclaimed", ()))
     how = "mid-write: the server reclaimed its WRITING slot" if mid_write else "between writes"
     return Effect("effective", f"the producer died {how}; nothing was published after", 1)
+
+
+BUS_GAP_S = 0.3  # consumers claim every ~0.1-0.5 s while descriptors flow; a dead bus stops them
+
+
+def _bus_outage(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
+    """A killed, restarted or paused Redis: no descriptor was claimed for a while from the signal on,
+    and claims resumed afterwards (the stream outlived it)."""
+    claims = sorted(float(e["t"]) for e in ix.by_type.get("claimed", ()))
+    for e in fires:
+        start = float(e["t"])
+        after = [t for t in claims if t >= start]
+        before = [t for t in claims if t < start]
+        if not after or not before:
+            continue
+        gap = after[0] - max(before[-1], start - SLACK_S)
+        if gap >= BUS_GAP_S:
+            return Effect(
+                "effective", f"no descriptor claimed for {gap:.2f}s after the redis {fault.kind}", 1
+            )
+    return Effect("ineffective", f"claims flowed on through the redis {fault.kind} (or never resumed)")
 
 
 def _paused(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:

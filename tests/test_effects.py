@@ -167,3 +167,15 @@ def test_a_fault_that_never_fired_is_ineffective_and_faults_effective_none_skips
     assert judge(H(), fault).failures == [
         "ineffective: fault 0 (stall) fired 0 times and changed nothing: never fired"
     ]
+
+
+def test_redis_outage_needs_a_gap_in_claims() -> None:
+    fault = FaultRef(0, "kill", target="redis")
+    flowing = H().fire(2.0, "kill", target="redis")
+    for t in (1.0, 1.5, 1.9, 2.1, 2.2, 2.4, 3.0):
+        flowing.add(t, "consumer-0", "claimed", key=f"{int(t * 10)}:1")
+    assert effect(judge(flowing, fault))[0] == "ineffective"
+    cut = H().fire(2.0, "kill", target="redis")
+    for t in (1.0, 1.5, 1.9, 3.5, 3.6):
+        cut.add(t, "consumer-0", "claimed", key=f"{int(t * 10)}:1")
+    assert effect(judge(cut, fault))[0] == "effective"
