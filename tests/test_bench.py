@@ -100,7 +100,9 @@ def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
         cell = pipe["cells"][0][mode]
         assert cell["iterations"] >= 1 and all(_positive(x) for x in cell["gib_s"])
         assert set(cell["cpu_us_per_slot"]) == {"producer", "server", "consumer"}
-        assert _positive(cell["cpu_us_per_slot"]["server"]) and _positive(cell["cpu_us_per_slot"]["consumer"])
+        cpu = cell["cpu_us_per_slot"]
+        # A quick cell can be shorter than psutil's 10 ms tick for one process; the reads took CPU somewhere.
+        assert all(math.isfinite(v) and v >= 0 for v in cpu.values()) and cpu["server"] + cpu["consumer"] > 0
     assert "pipeline: producer putting live" in proc.stdout
     (put,) = report["put"]
     assert put["size"] == 4096 and put["target"] is None and put["pass"] is None  # no put target at 4 KiB

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_stale_small_slot_keeps_the_endpoint_large_one_replaces_it() -> None:
     with Producer(slots=1, slot_bytes=2 * PREPOST_MIN_BYTES, ports=1, policy="overwrite") as p:
-        c = Consumer(read_timeout=2.0, quarantine=0.0)
+        c = Consumer(read_timeout=2.0, quarantine=0.0, local=False)  # the UCX path, not same-host
         try:
             small = p.put(b"s" * 100)
             p.put(b"newer")  # one slot: `small` is overwritten, its descriptor is STALE

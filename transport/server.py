@@ -277,10 +277,10 @@ class SlotServer:
                         )
                     results.append((int(code), info.generation, info.nbytes, info.checksum))
                 return srv.on_begun(results)
-            case proto.SendStatusBatch():
+            case proto.SendStatusBatch(inline=inline):
                 msg = proto.fill_inline(action, ring.payload_view)
-                async with step:
-                    await link.send(msg, Phase.STATUS)
+                async with step:  # with payloads inside, it is their payload step too (chaos faults)
+                    await link.send(msg, Phase.INLINE if inline else Phase.STATUS)
                 return srv.on_sent()
             case proto.SendPayloads(items=items):
                 for slot, nbytes in items:  # one message per slot, so faults can hit any one of them
