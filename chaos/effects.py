@@ -36,6 +36,7 @@ Rules (events named as in docs/interfaces.md; "on that port" = the port a firing
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -292,20 +293,19 @@ BUS_GAP_S = 0.3  # consumers claim every ~0.1-0.5 s while descriptors flow; a de
 
 
 def _bus_outage(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
-    """A killed, restarted or paused Redis: no descriptor was claimed for a while from the signal on,
-    and claims resumed afterwards (the stream outlived it)."""
+    """A killed, restarted or paused Redis: a quiet stretch in the consumers' claims that spans the
+    signal (a claim already in flight may land just after it) and ends with claims resuming (the
+    stream outlived it). A restart of a dead Redis is judged by the same stretch: the one it ends."""
     claims = sorted(float(e["t"]) for e in ix.by_type.get("claimed", ()))
     for e in fires:
         start = float(e["t"])
-        after = [t for t in claims if t >= start]
-        before = [t for t in claims if t < start]
-        if not after or not before:
-            continue
-        gap = after[0] - max(before[-1], start - SLACK_S)
-        if gap >= BUS_GAP_S:
-            return Effect(
-                "effective", f"no descriptor claimed for {gap:.2f}s after the redis {fault.kind}", 1
-            )
+        for before, after in itertools.pairwise(claims):
+            if before <= start + SLACK_S and after >= start and after - before >= BUS_GAP_S:
+                return Effect(
+                    "effective",
+                    f"no descriptor claimed for {after - before:.2f}s around the redis {fault.kind}",
+                    1,
+                )
     return Effect("ineffective", f"claims flowed on through the redis {fault.kind} (or never resumed)")
 
 

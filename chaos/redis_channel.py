@@ -288,13 +288,25 @@ class RedisQueue:
         return bool(self._outbox)
 
     def consumer_died(self, consumer: str) -> int:
+        return len(self.return_held(consumer))
+
+    def return_held(self, consumer: str) -> list[str]:
+        """Make a dead consumer's pending entries claimable now; the descriptor keys it held."""
         try:
             pending = self.client.xpending_range(
                 self.ref.stream, self.ref.group, "-", "+", 10_000, consumername=consumer
             )
-            return self.ref.make_idle(self.client, consumer, [p["message_id"] for p in pending])
+            ids = [p["message_id"] for p in pending]
+            keys = []
+            for entry_id in ids:
+                for _, fields in self.client.xrange(self.ref.stream, entry_id, entry_id):
+                    key = fields.get(b"k", fields.get("k"))
+                    if key is not None:
+                        keys.append(_text(key))
+            self.ref.make_idle(self.client, consumer, ids)
+            return keys
         except REDIS_ERRORS:
-            return 0  # XAUTOCLAIM hands them out after the visibility timeout anyway
+            return []  # XAUTOCLAIM hands them out after the visibility timeout anyway
 
     def release_held(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now

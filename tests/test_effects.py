@@ -172,10 +172,10 @@ def test_a_fault_that_never_fired_is_ineffective_and_faults_effective_none_skips
 def test_redis_outage_needs_a_gap_in_claims() -> None:
     fault = FaultRef(0, "kill", target="redis")
     flowing = H().fire(2.0, "kill", target="redis")
-    for t in (1.0, 1.5, 1.9, 2.1, 2.2, 2.4, 3.0):
+    for t in (1.0, 1.2, 1.4, 1.6, 1.8, 1.95, 2.1, 2.3, 2.5, 2.7, 2.9):  # claims every 0.2 s go on
         flowing.add(t, "consumer-0", "claimed", key=f"{int(t * 10)}:1")
     assert effect(judge(flowing, fault))[0] == "ineffective"
     cut = H().fire(2.0, "kill", target="redis")
-    for t in (1.0, 1.5, 1.9, 3.5, 3.6):
+    for t in (1.0, 1.5, 1.9, 2.0, 3.5, 3.6):  # a claim in flight lands at the signal, then silence
         cut.add(t, "consumer-0", "claimed", key=f"{int(t * 10)}:1")
     assert effect(judge(cut, fault))[0] == "effective"

@@ -137,6 +137,12 @@ class RecordingRedisQueue(Recording, RedisQueue):
         super().__init__(ref, **kwargs)
         self.events = events
 
+    def consumer_died(self, consumer: str) -> int:
+        """`channel_returned` as the in-process queue logs it: the dead consumer's pending entries."""
+        keys = sorted(set(self.return_held(consumer)))
+        self.events.emit("channel_returned", consumer=consumer, keys=keys, why="died")
+        return len(keys)
+
 
 # -- conversions --------------------------------------------------------------------------------
 
