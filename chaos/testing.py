@@ -114,6 +114,7 @@ class ChaosWorld:
             policy=sc.ring.policy,
             protocol=sc.protocol,
             idle_evict=sc.server.idle_evict,
+            same_host=sc.consumers.transport == "local",  # else the faults' UCX links would be bypassed
             server_options=server_options(
                 sc, fault_specs(sc, self.seed), self.seed, run_start, events_dir / "server.jsonl"
             ),

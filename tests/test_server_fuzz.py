@@ -147,8 +147,11 @@ class Fuzzer:
 
 
 def _top_up(live: LiveServer) -> None:
-    """Keep slots READY for the fuzzer's valid requests, leaving two for the real consumer."""
-    while live.ring.ready_count() < SLOTS - 2:
+    """Keep slots READY for the fuzzer's valid requests, leaving two FREE for the real consumer's put.
+
+    Counted as FREE slots, not READY ones: a slot a fuzzed read still holds (READING) goes back to READY
+    when that read is released, and counting it as taken would let the ring fill up to 8 READY."""
+    while sum(info.state == SlotState.FREE for info in live.ring.snapshot()) > 2:
         try:
             live.ring.write(b"fuzz" * 16, timeout=0.001)
         except RingFullError:

@@ -40,14 +40,18 @@ class Producer:
         host: str = "127.0.0.1",
         start_timeout: float = 60.0,
         server_options: dict[str, Any] | None = None,
+        same_host: bool = True,
     ) -> None:
         """`server_options` go to `transport.serve.ServerConfig` (step_timeout, lease, events_path,
-        link_wrapper, ...)."""
+        link_wrapper, ...). `same_host=False` leaves the segment and boot id out of descriptors, so
+        every consumer reads over UCX, also on this host (what a test of the UCX path, or a chaos
+        world whose faults act on UCX links, needs)."""
         port_list = [0] * ports if isinstance(ports, int) else list(ports)
         if not port_list:
             raise ConfigError("ports: at least one port is needed")
         self.host = host
         self.protocol = protocol
+        self.same_host = same_host
         self.ring = SharedRing.create(slots, slot_bytes, policy=policy, name=name)
         self._ring_key = RingKey(self.ring.secret, self.ring.ring_id)  # never leaves this process
         try:
@@ -85,8 +89,8 @@ class Producer:
             nbytes=nbytes,
             checksum=checksum,
             capability=self._ring_key.issue(slot, generation, self.protocol).hex(),
-            segment=self.ring.name,
-            boot_id=boot_id(),
+            segment=self.ring.name if self.same_host else "",
+            boot_id=boot_id() if self.same_host else "",
         )
 
     def close(self) -> None:
