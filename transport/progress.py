@@ -13,6 +13,7 @@ pyproject pins ucxx to 0.52.x; `tests/test_progress.py` runs the transport over 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -92,9 +93,7 @@ class HybridProgress:
     async def _run(self) -> None:
         worker = self.worker
         while True:
-            progressed = worker.progress_once()
-            if progressed:
-                worker.progress()
+            progressed = progress(worker)
             now = time.monotonic()
             # A request completes inside progress (or at once when posted, see `track`), so the
             # pending ones are scanned only after progress: the scan is most of an idle spin's cost.
@@ -123,12 +122,32 @@ class HybridProgress:
     def poll(self) -> None:
         """Progress the worker now (no wait): lets a peer's close of an idle endpoint land before
         the caller decides whether that endpoint is still usable."""
-        if self.worker.progress_once():
-            self.worker.progress()
+        progress(self.worker)
 
     def close(self) -> None:
         self._task.cancel()
         self.loop.remove_reader(self.worker.epoll_file_descriptor)
+
+
+def progress(worker: Any) -> bool:
+    """Progress `worker` with the cyclic garbage collector held off; True if anything progressed.
+
+    Why: progress runs the listener's callback, which holds ucxx's non-reentrant handler-tracker lock
+    while it allocates; a collection there can finalise a ucxx `Endpoint`, whose finalizer calls
+    `close_blocking`, which progresses the worker again and re-enters the listener callback: the
+    thread then waits on the lock it holds (seen as a server hung under a flood of endpoints). The
+    collection simply runs at the next allocation after progress returns.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        progressed = bool(worker.progress_once())
+        if progressed:
+            worker.progress()
+        return progressed
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _settle(future: asyncio.Future[None], request: Any) -> None:
