@@ -33,7 +33,7 @@ from chaos.checker import failures_line
 from chaos.hosts.fabric import sweep as sweep_hosts
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
-from chaos.runner.cleanup import shielded, state_dir, sweep_stale
+from chaos.runner.cleanup import SHIELDED_SIGNALS, shielded, state_dir, sweep_stale
 from chaos.runner.orchestrator import Outcome, Progress, run_scenario
 from chaos.scenario import ScenarioError, load_scenarios
 from chaos.scenario.errors import Problem
@@ -458,8 +458,11 @@ def _run_jobs(jobs: list[Job], out: str | None, opts: ReportOptions, parallel: i
     try:
         results_list = _execute(jobs, out_dir, parallel, servers)
     except KeyboardInterrupt:
-        with shielded():
-            console.print(_verified_cleanup())
+        # Interrupted once: the teardown has run; a further Ctrl-C / SIGTERM (an impatient user, a CI
+        # runner's second signal) must not kill the process on its way out and lose the exit code.
+        for sig in SHIELDED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        console.print(_verified_cleanup())
         return EXIT_HARNESS
     code = _finish(results_list, started, out_dir, opts)
     console.print(f"{len(jobs)} scenario(s) in {time.monotonic() - t0:.0f}s; command: {shlex.join(sys.argv)}")
