@@ -142,23 +142,28 @@ def test_kill_9_leaves_namespaces_that_the_next_run_removes(tmp_path: Path) -> N
 
 
 def test_without_cap_net_admin_host_scenarios_are_skipped_never_passed() -> None:
-    """As an unprivileged user the run cannot build namespaces: it says skipped and exits 3."""
-    work = Path(tempfile.mkdtemp(prefix="slotwire-nobody-", dir="/tmp"))  # pytest's tmp is root-only
+    """Without CAP_NET_ADMIN the run cannot build namespaces: it says skipped and exits 3.
+
+    The run keeps uid 0 and loses every capability (bounding, inheritable and ambient sets empty):
+    exactly "no CAP_NET_ADMIN", while the interpreter under /root (0700) stays readable. Switching
+    to `nobody` instead made the venv fall back to another Python and fail on imports, not on caps.
+    """
+    work = Path(tempfile.mkdtemp(prefix="slotwire-nocaps-", dir="/tmp"))
     try:
-        work.chmod(0o777)
         out = work / "unprivileged"
         path = _scenario(work, "no-root")
-        path.chmod(0o644)
         cmd = [
             "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
             sys.executable,
             "-m",
             "chaos.cli",
         ]
-        env = {**os.environ, "HOME": str(work), "SLOTWIRE_SHM_TAG": "nobody"}
+        probe = subprocess.run([*cmd[:4], "grep", "CapEff", "/proc/self/status"], capture_output=True, text=True)
+        assert probe.stdout.split() == ["CapEff:", "0000000000000000"], probe.stdout + probe.stderr
+        env = {**os.environ, "HOME": str(work), "SLOTWIRE_SHM_TAG": "nocaps"}
         done = subprocess.run(
             [*cmd, "run", str(path), "--out", str(out)], capture_output=True, text=True, timeout=120, env=env
         )

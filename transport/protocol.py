@@ -963,6 +963,18 @@ _STATUS_ERRORS: Final[dict[int, type[TransportError]]] = {
 }
 
 
+def payload_verified(expected_checksum: int, checksum: int) -> bool:
+    """Whether received bytes are the payload the descriptor names. One rule for the single-read
+    and the batch client, so both hand over exactly the payloads this accepts."""
+    return checksum == expected_checksum
+
+
+def commit_accepted(code: int) -> bool:
+    """Whether a commit answer means "committed": only OK does; any other code is a refusal (the
+    read was fenced or its lease reclaimed), never a success. Shared by single and batch reads."""
+    return code == Status.OK
+
+
 class ClientRead:
     """Client side of one read attempt; build a new one (with a new token) for every attempt.
 
@@ -1086,7 +1098,7 @@ class ClientRead:
         self._expect(ClientState.AWAIT_PAYLOAD)
         if nbytes is not None and nbytes != self.nbytes:
             raise self._fail(TruncatedError(f"{self.key}: received {nbytes} of {self.nbytes} bytes"))
-        self.checksum_ok = checksum == self.expected_checksum
+        self.checksum_ok = payload_verified(self.expected_checksum, checksum)
         if self.protocol == "single-chunk":
             self.state = ClientState.DONE
             return None
@@ -1102,7 +1114,7 @@ class ClientRead:
         refused the commit; IN_DOUBT (raises InDoubtError) on anything unrecognisable."""
         self._expect(ClientState.AWAIT_COMMITTED)
         frame = self._decode(msg, self._doubt)
-        if frame.type in (MsgType.COMMITTED, MsgType.STATUS) and frame.code != Status.OK:
+        if frame.type in (MsgType.COMMITTED, MsgType.STATUS) and not commit_accepted(frame.code):
             if self._echoes(frame, allow_blank=True):
                 code = Status(frame.code).name
                 raise self._fail(
@@ -1681,7 +1693,8 @@ class ClientBatch(_BatchMachine):
             if not held:
                 continue
             s = self.slots[i]
-            good = self.errors[i] is None and checksums.get(i) == s.checksum
+            got = checksums.get(i)
+            good = self.errors[i] is None and got is not None and payload_verified(s.checksum, got)
             if self.errors[i] is None and not good:
                 self.errors[i] = TruncatedError(
                     f"{self.key(i)}: payload checksum mismatch (short or corrupt)"
@@ -1713,7 +1726,7 @@ class ClientBatch(_BatchMachine):
             a = by_slot.get(self.slots[i].slot)
             if a is None or a.generation != self.slots[i].generation:
                 self._doubt_one(i, ProtocolError(f"{self.key(i)}: missing from COMMITTED_BATCH"))
-            elif a.code != Status.OK:
+            elif not commit_accepted(a.code):
                 self.errors[i] = ServerError(f"{self.key(i)}: commit refused: not committed")
         self._move("committed", BatchState.DONE)
 

@@ -143,19 +143,20 @@ def generation_reused() -> None:
 
 
 def checksum_skipped() -> None:
-    """The client state machine trusts the payload: `on_payload` no longer compares checksums.
+    """The client trusts the payload: `payload_verified` no longer compares checksums.
 
     Breaks: a payload is handed over only if its length and checksum match the descriptor. A cut
-    payload (truncate) is then committed and delivered: `corrupted`.
+    payload (truncate) is then committed and delivered: `corrupted`. The rule is shared by the
+    single-read and the batch client, so the mutant acts on whichever path the consumers take.
     """
-    from transport.protocol import ClientRead
+    from transport import protocol
 
-    def on_payload(self: ClientRead, checksum: int, nbytes: int | None = None) -> Any:
-        if checksum != self.expected_checksum:
+    def payload_verified(expected_checksum: int, checksum: int) -> bool:
+        if not original(expected_checksum, checksum):
             ran()
-        return original(self, self.expected_checksum, nbytes)  # mutant: whatever arrived is fine
+        return True  # mutant: whatever arrived is fine
 
-    original = patch(ClientRead, "on_payload", on_payload)
+    original = patch(protocol, "payload_verified", payload_verified)
 
 
 def _resolve_always(answer: str) -> None:
@@ -193,26 +194,21 @@ def resolve_says_committed() -> None:
 
 
 def refused_commit_taken_as_success() -> None:
-    """The client takes any COMMITTED reply as success, also `commit refused`.
+    """The client takes any commit answer as success, also `commit refused`.
 
     Breaks: a refused commit (the read was fenced or its lease reclaimed) means the read did not
     commit. Taken as success, the payload is delivered although another reader got the slot:
-    `uncommitted_delivery` (and `duplicated`).
+    `uncommitted_delivery` (and `duplicated`). `commit_accepted` is the one rule both the single
+    and the batch client judge COMMITTED answers by.
     """
-    from transport.protocol import ClientRead, ClientState, MsgType, Status, decode
+    from transport import protocol
 
-    def on_committed(self: ClientRead, msg: Any) -> None:
-        try:
-            frame = decode(msg)
-        except Exception:
-            frame = None
-        if frame is not None and frame.type is MsgType.COMMITTED and frame.code != Status.OK:
+    def commit_accepted(code: int) -> bool:
+        if not original(code):
             ran()
-            self.state = ClientState.DONE  # mutant: "COMMITTED" is all it reads
-            return
-        original(self, msg)
+        return True  # mutant: an answer arrived, so it committed
 
-    original = patch(ClientRead, "on_committed", on_committed)
+    original = patch(protocol, "commit_accepted", commit_accepted)
 
 
 # -- server -----------------------------------------------------------------------------------------
