@@ -540,14 +540,26 @@ class SlotClient:
             self.local.close()
         pooled = [p.link for idle in self._pool.values() for p in idle]
         self._pool.clear()
+        outside_cancel: asyncio.CancelledError | None = None
         for link in pooled:
+            if outside_cancel is not None:
+                link.abort()  # cancelled: finish without awaiting anything more
+                continue
             try:
                 await asyncio.wait_for(link.close(), self.read_timeout)
-            except (Exception, asyncio.CancelledError):
+            except asyncio.CancelledError as exc:
+                link.abort()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    outside_cancel = exc  # our caller is being cancelled: re-raised after cleanup
+                # else: ucxx cancelled its own close of a broken endpoint; nothing to propagate
+            except Exception:
                 link.abort()
         if self._ucx_acquired and release_ucx:
             self._ucx_acquired = False
             ucx.release()
+        if outside_cancel is not None:
+            raise outside_cancel
 
     async def __aenter__(self) -> SlotClient:
         return self

@@ -206,15 +206,30 @@ class _BatchState:
 
 
 async def _drain(items: Sequence[T], concurrency: int, fn: Callable[[T], Awaitable[None]]) -> None:
-    """`fn` over `items` with `concurrency` workers sharing one iterator (fewer tasks than one each)."""
+    """`fn` over `items` with `concurrency` workers sharing one iterator (fewer tasks than one each).
+
+    The workers run in a TaskGroup: `fn` turns every TransportError into per-slot data, so anything
+    that escapes it is a bug or an outside failure, and the siblings are cancelled at once instead of
+    going on reading (and committing) slots whose payloads nobody would receive. The first such
+    error is raised as itself, not wrapped in an ExceptionGroup, so callers see what `gather` gave.
+    """
 
     async def worker(queue: Iterator[T]) -> None:
         for item in queue:  # shared iterator: each item is taken by exactly one worker
             await fn(item)
 
-    if items:
-        queue = iter(items)
-        await asyncio.gather(*(worker(queue) for _ in range(min(concurrency, len(items)))))
+    if not items:
+        return
+    queue = iter(items)
+    first: BaseException | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(concurrency, len(items))):
+                group.create_task(worker(queue))
+    except BaseExceptionGroup as failed:
+        first = failed.exceptions[0]
+    if first is not None:
+        raise first  # outside the handler: its own __cause__/__context__ stay as they were
 
 
 async def _singles(
