@@ -8,8 +8,14 @@ ineffective. The checker turns an ineffective fault into the failure `ineffectiv
 ...` when `expect.faults_effective` asks for it (the default: every fault).
 
 Rules (events named as in docs/interfaces.md; "on that port" = the port a firing reported):
-- reset / timeout / corrupt / client-side faults: a failed attempt on that port (`retry` or
-  `quarantine` on it) after the firing.
+- reset / timeout / corrupt: a failed attempt on that port (`retry` or `quarantine` on it) after the
+  firing.
+- client-side faults (`side: client`, fired in a consumer: judged by `CLIENT_RULES`): reset, a failed
+  attempt on that port *by that consumer* after the firing; timeout, the same with reason
+  ReadTimeoutError (the client's own bound fired); stall, the held exchange shows the hold: one of
+  the keys it names was answered by RESOLVE, refused or fenced on the server (`resolved`,
+  `late_finalise`, `released`), failed (`retry`/`failed`), or delivered, at least 0.9x `delay` after
+  the firing; or that consumer's attempt on that port failed after it.
 - truncate: a detected bad message quarantined that port (`quarantine` with reason TruncatedError or
   ProtocolError): the short message was caught *and* the port left the rotation.
 - stall: the held read failed on the client (ReadTimeoutError on that port) or was released or
@@ -79,6 +85,8 @@ class FaultView:
     toxic: str | None = None
     policy: str = "block"
     host_link: bool = False  # placed on a simulated host link (`between`/`isolate`): chaos.hosts.effects
+    side: str = "server"  # transport faults: whose link it acted on (`client`: CLIENT_RULES judge it)
+    phase: str | None = None
 
 
 @dataclass
@@ -209,6 +217,108 @@ def stall_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effe
 def endpoint_replaced(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
     evidence = ix.port_times(("connect", *FAILED_ATTEMPT))
     return _per_port(fault, fires, ix, evidence, "endpoint replaced")
+
+
+# A client-side firing raises into (or holds) the very exchange it drew for; its failure shows within
+# a step bound or a RESOLVE (4x read timeout), never minutes later.
+CLIENT_HORIZON_S = 10.0
+
+
+def _client_fired(fires: Sequence[Event], ix: Indexed) -> dict[int, list[Event]]:
+    out: dict[int, list[Event]] = defaultdict(list)
+    for e in fires:
+        port = ix.port_of(e.get("port"))
+        if port is not None:
+            out[port].append(e)
+    return out
+
+
+def _client_failed(ix: Indexed, reasons: frozenset[str] | None = None) -> dict[tuple[str, int], list[float]]:
+    """Sorted times of failed attempts per (consumer, port): a client-side fault acts in one consumer."""
+    out: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for type_ in FAILED_ATTEMPT:
+        for e in ix.by_type.get(type_, ()):
+            if reasons is not None and str(e.get("reason")) not in reasons:
+                continue
+            port = ix.port_of(e.get("port"))
+            if port is not None:
+                out[(str(e.get("proc")), port)].append(float(e["t"]))
+    for times in out.values():
+        times.sort()
+    return out
+
+
+def _client_per_port(
+    fault: FaultView, fires: Sequence[Event], ix: Indexed, shows: Callable[[Event], bool], what: str
+) -> Effect:
+    """Effective when every listed port (every fired port if none listed) has a firing that `shows`."""
+    fired = _client_fired(fires, ix)
+    ports = sorted(fault.ports) if fault.ports is not None else sorted(fired)
+    matched = 0
+    without: list[int] = []
+    for port in ports:
+        hits = sum(1 for e in fired.get(port, ()) if shows(e))
+        matched += hits
+        if not hits:
+            without.append(port)
+    if not ports:
+        return Effect("ineffective", "never fired on any port")
+    if without:
+        never = [p for p in without if p not in fired]
+        why = f"no {what} on ports {without}" + (f" (never fired on {never})" if never else "")
+        return Effect("ineffective", why, matched, tuple(without))
+    return Effect("effective", f"{what} after {matched} of {len(fires)} client firings", matched)
+
+
+def client_failed_attempt(
+    fault: FaultView, fires: Sequence[Event], ix: Indexed, reasons: frozenset[str] | None = None
+) -> Effect:
+    """A client reset (or timeout: `reasons`) counts when the consumer it fired in saw an attempt on
+    that port fail afterwards: another consumer's failure is not this firing's doing."""
+    failed = _client_failed(ix, reasons)
+
+    def shows(e: Event) -> bool:
+        times = failed.get((str(e.get("proc")), ix.port_of(e.get("port"))), [])  # type: ignore[arg-type]
+        return _any_between(times, float(e["t"]) - SLACK_S, float(e["t"]) + CLIENT_HORIZON_S)
+
+    what = "failed attempt by that consumer" if reasons is None else "client read timeout"
+    return _client_per_port(fault, fires, ix, shows, what)
+
+
+def client_read_timed_out(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
+    return client_failed_attempt(fault, fires, ix, frozenset({"ReadTimeoutError"}))
+
+
+KEY_OUTCOMES = frozenset({"resolved", "late_finalise", "released", "retry", "failed", "delivered"})
+
+
+def client_stall_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
+    """The held exchange shows the hold: one of its keys has an outcome at least 0.9x `delay` after
+    the firing (answered late by RESOLVE, refused, fenced, failed or delivered late), or the consumer's
+    attempt on that port failed (its own bound fired). A hold nothing waited for shows neither."""
+    failed = _client_failed(ix)
+    hold = 0.9 * (fault.delay_s or 0.0)
+
+    def shows(e: Event) -> bool:
+        t = float(e["t"])
+        times = failed.get((str(e.get("proc")), ix.port_of(e.get("port"))), [])  # type: ignore[arg-type]
+        if _any_between(times, t - SLACK_S, t + hold + CLIENT_HORIZON_S):
+            return True
+        keys = e.get("keys") or ()
+        return any(
+            later["type"] in KEY_OUTCOMES and float(later["t"]) >= t + hold
+            for key in keys
+            for later in ix.by_key.get(str(key), ())
+        )
+
+    return _client_per_port(fault, fires, ix, shows, f"outcome of the held exchange {hold:.2f}s later")
+
+
+CLIENT_RULES: dict[str, Rule] = {
+    "reset": client_failed_attempt,
+    "timeout": client_read_timed_out,
+    "stall": client_stall_outcome,
+}
 
 
 def resolve_answered(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
@@ -358,8 +468,6 @@ RULES: dict[str, Rule] = {
     "stall": stall_outcome,
     "evict": endpoint_replaced,
     "drop_commit": resolve_answered,
-    "client_reset": failed_attempt,
-    "client_timeout": read_timed_out,
     "duplicate_descriptor": lost_race,
     "delay_descriptor": delayed,
     "kill": process_outcome,
@@ -380,7 +488,7 @@ def judge(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
     """The effect of one configured fault given its `fault` events; unknown kinds are not judged."""
     if fault.host_link:  # one place judges host-link faults: the affected consumers' reads
         return host_link_outcome(fault, fires, ix)
-    rule = RULES.get(fault.kind)
+    rule = (CLIENT_RULES if fault.side == "client" else RULES).get(fault.kind)
     if rule is None:
         return Effect("not_judged", f"no effect rule for kind {fault.kind!r}")
     if not fires:

@@ -179,3 +179,66 @@ def test_redis_outage_needs_a_gap_in_claims() -> None:
     for t in (1.0, 1.5, 1.9, 2.0, 3.5, 3.6):  # a claim in flight lands at the signal, then silence
         cut.add(t, "consumer-0", "claimed", key=f"{int(t * 10)}:1")
     assert effect(judge(cut, fault))[0] == "effective"
+
+
+# -- client-side faults: judged in the consumer that fired them ---------------------------------------
+
+
+def client_fire(h: H, t: float, kind: str, port: int, proc: str = "consumer-0", **fields: Any) -> H:
+    fields = {"phase": None, "target": None, "keys": ["0:1"], **fields}
+    return h.add(t, proc, "fault", fault=0, kind=kind, port=port, side="client", **fields)
+
+
+def test_client_reset_needs_a_failed_attempt_by_the_consumer_it_fired_in() -> None:
+    fault = FaultRef(0, "reset", ports=(1,), side="client", phase="commit")
+    h = client_fire(H(), 1.0, "reset", 1, phase="commit")
+    assert effect(judge(h, fault)) == ("ineffective", "no failed attempt by that consumer on ports [1]")
+    h.add(
+        1.01, "consumer-1", "quarantine", port=1, reason="ConnectionLostError", seconds=2.0
+    )  # other consumer
+    assert effect(judge(h, fault))[0] == "ineffective"
+    h.add(1.01, "consumer-0", "retry", key="0:1", port=0, reason="ConnectionLostError")  # other port
+    assert effect(judge(h, fault))[0] == "ineffective"
+    h.add(30.0, "consumer-0", "retry", key="0:1", port=1, reason="ConnectionLostError")  # far too late
+    assert effect(judge(h, fault))[0] == "ineffective"
+    h.add(1.02, "consumer-0", "quarantine", port=1, reason="ConnectionLostError", seconds=2.0)
+    v = judge(h, fault)
+    assert v.passed and effect(v)[0] == "effective" and v.coverage[0]["effective"] == 1
+
+
+def test_client_timeout_needs_the_consumers_own_read_timeout() -> None:
+    fault = FaultRef(0, "timeout", ports=(0,), side="client")
+    h = client_fire(H(), 1.0, "timeout", 0, phase="status")
+    h.add(1.5, "consumer-0", "quarantine", port=0, reason="ConnectionLostError", seconds=2.0)
+    assert effect(judge(h, fault)) == ("ineffective", "no client read timeout on ports [0]")
+    h.add(3.0, "consumer-0", "quarantine", port=0, reason="ReadTimeoutError", seconds=2.0)
+    assert effect(judge(h, fault))[0] == "effective"
+
+
+def test_client_stall_needs_its_exchange_to_show_the_hold() -> None:
+    fault = FaultRef(0, "stall", ports=(0,), side="client", phase="resolve", delay_s=0.8)
+    h = client_fire(H(), 1.0, "stall", 0, phase="resolve", keys=["2:1"])
+    # Answered before the hold could have ended (another RESOLVE of the key): not this stall's doing.
+    h.add(1.1, "server", "resolved", key="2:1", port=1, token=52, resolution="COMMITTED")
+    h.add(1.9, "server", "resolved", key="3:1", port=1, token=53, resolution="COMMITTED")  # another key
+    assert effect(judge(h, fault)) == (
+        "ineffective",
+        "no outcome of the held exchange 0.72s later on ports [0]",
+    )
+    h.add(1.8, "server", "resolved", key="2:1", port=1, token=52, resolution="COMMITTED")
+    assert effect(judge(h, fault))[0] == "effective"
+
+
+def test_client_stall_counts_a_failed_attempt_of_that_consumer() -> None:
+    fault = FaultRef(0, "stall", ports=(0,), side="client", phase="commit", delay_s=3.0)
+    h = client_fire(H(), 1.0, "stall", 0, phase="commit", keys=["2:1"])
+    assert effect(judge(h, fault))[0] == "ineffective"
+    h.add(3.0, "consumer-0", "quarantine", port=0, reason="ReadTimeoutError", seconds=2.0)
+    assert effect(judge(h, fault))[0] == "effective"
+
+
+def test_server_side_rule_still_judges_a_server_fault_of_a_client_kind() -> None:
+    """A server-side reset is judged by any consumer's failed attempt, as before."""
+    fault = FaultRef(0, "reset", ports=(0,))
+    h = H().fire(1.0, "reset", port=0).add(1.01, "consumer-1", "retry", port=0, reason="x")
+    assert effect(judge(h, fault))[0] == "effective"

@@ -257,7 +257,9 @@ async def test_reset_aborts_at_its_phase(phase: str, before: list[str]) -> None:
         await serve_commit(link)
     assert fake.aborted and link.closed
     assert sent_phases(fake) == before
-    assert events.of("fault") == [{"fault": 3, "kind": "reset", "port": 2, "phase": phase, "target": None}]
+    assert events.of("fault") == [
+        {"fault": 3, "kind": "reset", "port": 2, "phase": phase, "target": None, "side": "server"}
+    ]
     assert wrapper.fired[(3, 2)] == 1
 
 
@@ -390,7 +392,7 @@ async def test_evict_closes_after_a_served_commit_read() -> None:
         await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
     assert fake.gracefully_closed and not fake.aborted
     assert events.of("fault") == [
-        {"fault": 4, "kind": "evict", "port": 2, "phase": "request", "target": None}
+        {"fault": 4, "kind": "evict", "port": 2, "phase": "request", "target": None, "side": "server"}
     ]
 
 
@@ -420,7 +422,7 @@ async def test_drop_commit_swallows_committed_and_aborts() -> None:
     assert sent_phases(fake) == ["status", "payload"] and fake.received[-1] == Phase.COMMIT
     assert fake.aborted
     assert events.of("fault") == [
-        {"fault": 5, "kind": "drop_commit", "port": 2, "phase": "committed", "target": None}
+        {"fault": 5, "kind": "drop_commit", "port": 2, "phase": "committed", "target": None, "side": "server"}
     ]
 
 
@@ -866,3 +868,196 @@ async def test_inline_status_meets_both_status_and_payload_faults() -> None:
     await link.send(np.zeros(FRAME + 100, np.uint8), Phase.INLINE)
     assert [e["kind"] for e in events.of("fault")] == ["timeout", "truncate"]
     assert [n for _, n, _ in fake.sent] == [(FRAME + 100) // 2]
+
+
+# -- client-side transport faults (the consumer's own link) ---------------------------------------
+
+
+def client_wrapped(
+    *specs: FaultSpec, stream: str = "consumer-0", **kw: Any
+) -> tuple[ChaosLinkWrapper, Events]:
+    events = Events()
+    wrapper = make_link_wrapper(
+        list(specs), 1, events, time.time() - 1.0, port_index={PORT: 2}, stream=stream, side="client", **kw
+    )
+    return wrapper, events
+
+
+def request_frame(slot: int = 5, generation: int = 7) -> bytes:
+    from transport import protocol as proto
+
+    return proto.encode(proto.request(slot, generation, 99, bytes(16)))
+
+
+async def client_read(link: Any) -> None:
+    """What the client does for one commit-protocol read (the payload not inline)."""
+    await link.send(request_frame(), Phase.REQUEST)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.STATUS)
+    await link.recv(np.zeros(PAYLOAD, np.uint8), Phase.PAYLOAD)
+    await link.send(np.zeros(FRAME, np.uint8), Phase.COMMIT)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.COMMITTED)
+
+
+async def client_resolve(link: Any) -> None:
+    from transport import protocol as proto
+
+    await link.send(proto.encode(proto.resolve(5, 7, 99, bytes(16))), Phase.RESOLVE)
+    await link.recv(np.zeros(FRAME, np.uint8), Phase.RESOLVE)
+
+
+def test_each_side_wraps_only_its_own_links_with_its_own_faults() -> None:
+    client_reset = FaultSpec(index=0, kind="reset", phase="commit", side="client")
+    server_reset = FaultSpec(index=1, kind="reset", phase="commit")
+    server, _, _ = wrapped(client_reset, server_reset)
+    assert server.faults == [server_reset]
+    client, _ = client_wrapped(client_reset, server_reset)
+    assert client.faults == [client_reset]
+    server_link, client_link = FakeLink(), FakeLink(role="client")
+    assert client(server_link) is server_link and server(client_link) is client_link
+    assert client(client_link) is not client_link and server(server_link) is not server_link
+    only_server, _ = client_wrapped(server_reset)
+    assert only_server(client_link) is client_link  # no client-side fault: no wrapper, no cost
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "truncate", "side": "client"}, "side client applies only"),
+        ({"kind": "evict", "side": "client"}, "side client applies only"),
+        ({"kind": "stall", "side": "client"}, "needs phase"),
+        ({"kind": "stall", "side": "client", "phase": "payload"}, "needs phase"),
+        ({"kind": "reset", "side": "client", "phase": "committed"}, "needs phase"),
+        ({"kind": "reset", "side": "peer", "phase": "commit"}, "server or client"),
+    ],
+)
+def test_client_side_spec_validation(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FaultSpec(index=0, **fields)
+
+
+@pytest.mark.parametrize(
+    ("phase", "sent", "received", "run"),
+    [
+        ("request", [], [], client_read),
+        ("status", ["request"], [], client_read),  # the request went out, its reply is never seen
+        ("payload", ["request"], ["status"], client_read),
+        ("commit", ["request"], ["status", "payload"], client_read),
+        ("resolve", [], [], client_resolve),
+    ],
+)
+async def test_client_reset_aborts_its_own_endpoint_at_its_phase(
+    phase: str, sent: list[str], received: list[str], run: Any
+) -> None:
+    wrapper, events = client_wrapped(FaultSpec(index=3, kind="reset", phase=phase, side="client"))
+    fake = FakeLink(role="client")
+    link = wrapper(fake)
+    with pytest.raises(InjectedFaultError, match=f"client reset at {phase}"):
+        await run(link)
+    assert fake.aborted and link.closed
+    assert sent_phases(fake) == sent and [str(p) for p in fake.received] == received
+    assert events.of("fault") == [
+        {
+            "fault": 3,
+            "kind": "reset",
+            "port": 2,
+            "phase": phase,
+            "target": None,
+            "side": "client",
+            "keys": ["5:7"],
+        }
+    ]
+
+
+async def test_client_reset_at_request_never_fires_on_a_resolve() -> None:
+    """One decision per request; a drawn fault whose step the exchange never reaches does not fire."""
+    wrapper, events = client_wrapped(FaultSpec(index=0, kind="reset", phase="request", side="client"))
+    fake = FakeLink(role="client")
+    await client_resolve(wrapper(fake))
+    assert not fake.aborted and events.of("fault") == []
+
+
+async def test_client_timeout_holds_the_received_status_past_the_clients_bound() -> None:
+    """The status arrived (the server answered in time); the client's own bound still fires."""
+    wrapper, events = client_wrapped(FaultSpec(index=0, kind="timeout", delay_s=5.0, side="client"))
+    fake = FakeLink(role="client")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client_read(wrapper(fake)), 0.3)
+    assert time.monotonic() - started < 2.0
+    assert [str(p) for p in fake.received] == ["status"] and sent_phases(fake) == ["request"]
+    assert [(e["kind"], e["phase"], e["side"]) for e in events.of("fault")] == [
+        ("timeout", "status", "client")
+    ]
+
+
+async def test_client_timeout_default_delay_is_past_the_read_timeout() -> None:
+    wrapper, _ = client_wrapped(FaultSpec(index=0, kind="timeout", side="client"), read_timeout=0.2)
+    assert wrapper.delay_for(wrapper.faults[0]) > 0.2
+
+
+@pytest.mark.parametrize("phase", ["request", "commit"])
+async def test_client_stall_holds_the_send_at_its_phase(phase: str) -> None:
+    wrapper, events = client_wrapped(
+        FaultSpec(index=0, kind="stall", delay_s=0.3, phase=phase, side="client")
+    )
+    fake = FakeLink(role="client")
+    started = time.monotonic()
+    await client_read(wrapper(fake))
+    at = {str(p): t - started for p, _, t in fake.sent}
+    assert at[phase] >= 0.29 and (phase == "request" or at["request"] < 0.25)
+    assert [(e["kind"], e["phase"], e["keys"]) for e in events.of("fault")] == [("stall", phase, ["5:7"])]
+
+
+async def test_client_stall_at_resolve_holds_the_resolve() -> None:
+    wrapper, events = client_wrapped(
+        FaultSpec(index=0, kind="stall", delay_s=0.3, phase="resolve", side="client")
+    )
+    fake = FakeLink(role="client")
+    started = time.monotonic()
+    await client_read(wrapper(fake))  # no RESOLVE in a read: nothing held
+    assert events.of("fault") == [] and time.monotonic() - started < 0.25
+    await client_resolve(wrapper(fake))
+    assert fake.sent[-1][2] - started >= 0.29 and [e["phase"] for e in events.of("fault")] == ["resolve"]
+
+
+async def test_client_heal_cuts_a_stall_short() -> None:
+    wrapper, events = client_wrapped(
+        FaultSpec(index=0, kind="stall", delay_s=30.0, phase="commit", side="client")
+    )
+    task = asyncio.create_task(client_read(wrapper(FakeLink(role="client"))))
+    await asyncio.sleep(0.1)
+    wrapper.heal()
+    await asyncio.wait_for(task, 2.0)
+    assert len(events.of("fault")) == 1
+
+
+async def test_client_decisions_are_seeded_per_consumer_stream() -> None:
+    """Same consumer, same seed: the same firings; another consumer draws its own stream."""
+    spec = FaultSpec(index=0, kind="reset", phase="request", side="client", probability=0.5)
+
+    async def firings(stream: str) -> list[bool]:
+        wrapper, _ = client_wrapped(spec, stream=stream)
+        out = []
+        for _ in range(40):
+            try:
+                await client_read(wrapper(FakeLink(role="client")))
+                out.append(False)
+            except InjectedFaultError:
+                out.append(True)
+        return out
+
+    first = await firings("consumer-0")
+    assert first == await firings("consumer-0") and 5 < sum(first) < 35
+    assert first != await firings("consumer-1")
+
+
+def test_request_keys_decode_single_and_batch_requests() -> None:
+    from chaos.faults.transport import request_keys
+    from transport import protocol as proto
+
+    assert request_keys(request_frame(3, 9)) == ["3:9"]
+    batch = proto.ClientBatch(
+        [proto.BatchSlot(1, 4, 8, 0, bytes(16)), proto.BatchSlot(2, 6, 8, 0, bytes(16))], 99
+    )
+    assert request_keys(batch.request_message()) == ["1:4", "2:6"]
+    assert request_keys(b"junk") == []

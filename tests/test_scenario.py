@@ -253,7 +253,7 @@ HEAD = "name: bad\nduration: 10s\nserver: {ports: 2}\n"  # lines 1-3
         # unknown keys, top level, nested, per fault kind, per toxic type
         ("colour: red\n", 4, "colour", "unknown field"),
         ("ring: {slots: 4, slot_size: 4KiB}\n", 4, "ring.slot_size", "slot_bytes"),
-        ("faults:\n  - {kind: stall, delay: 1s, phase: payload}\n", 5, "faults[0].phase", "kind 'stall'"),
+        ("faults:\n  - {kind: evict, phase: payload}\n", 5, "faults[0].phase", "kind 'evict'"),
         (
             "faults:\n  - {kind: kill, target: server, at: 1s, ports: [0]}\n",
             5,
@@ -373,6 +373,16 @@ HEAD = "name: bad\nduration: 10s\nserver: {ports: 2}\n"  # lines 1-3
         ("expect: {faults_quarantined: some}\n", 4, "expect.faults_quarantined", "all, none or a list"),
         ("server: {lease: 0s}\n", 4, "server.lease", "greater than 0"),
         ("expect: {lost: -1}\n", 4, "expect.lost", "greater than or equal to 0"),
+        # client-side transport faults: only reset, timeout and stall; a client stall names its send
+        ("faults:\n  - {kind: truncate, side: client}\n", 5, "faults[0].side", "reset, timeout and stall"),
+        ("faults:\n  - {kind: stall, delay: 1s, side: client}\n", 5, "faults[0].phase", "needs phase"),
+        ("faults:\n  - {kind: stall, delay: 1s, phase: commit}\n", 5, "faults[0].phase", "side client"),
+        (
+            "faults:\n  - {kind: reset, phase: commit, side: peer}\n",
+            5,
+            "faults[0].side",
+            "'server' or 'client'",
+        ),
         # duplicate keys (PyYAML alone would keep the last one silently)
         ("ring: {slots: 4}\nring: {slots: 8}\n", 5, "ring", "duplicate key (first given on line 4)"),
     ],
@@ -591,3 +601,20 @@ def test_kernel_bandwidth_rate_takes_bytes_per_second() -> None:
         _hosted(faults=[{"kind": "bandwidth", "isolate": "consumer-0", "rate": "64KiB/s"}])
     )
     assert sc.faults[0].rate == 64 * 1024
+
+
+def test_client_side_transport_faults_are_stored_with_their_side(tmp_path: Path) -> None:
+    """`side` defaults to server; client-side reset, timeout and stall validate and round-trip."""
+    text = MINIMAL + (
+        "faults:\n"
+        "  - {kind: reset, phase: commit}\n"
+        "  - {kind: reset, phase: status, side: client}\n"
+        "  - {kind: timeout, side: client}\n"
+        "  - {kind: stall, delay: 500ms, phase: resolve, side: client}\n"
+    )
+    path = tmp_path / "client.yaml"
+    path.write_text(text)
+    sc = load_scenario(path)
+    assert [f.side for f in sc.faults] == ["server", "client", "client", "client"]  # type: ignore[union-attr]
+    assert sc.faults[3].phase == "resolve"  # type: ignore[union-attr]
+    assert Scenario.from_dict(sc.to_dict()) == sc

@@ -29,6 +29,14 @@ RESET_PHASES = frozenset(
     {Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.COMMITTED, Phase.RESOLVE}
 )
 TRUNCATE_PHASES = frozenset({Phase.STATUS, Phase.PAYLOAD})
+# Client-side faults act on the consumer's own link (chaos.faults.transport.ClientChaosLink): only the
+# kinds a client can do to itself. A client cannot truncate or corrupt what the server sends, evict its
+# own endpoint or drop a reply the server never sent; those stay server-side.
+CLIENT_KINDS = frozenset({"reset", "timeout", "stall"})
+CLIENT_RESET_PHASES = frozenset({Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.RESOLVE})
+# A client-side stall pauses the client before one of its own sends.
+CLIENT_STALL_PHASES = frozenset({Phase.REQUEST, Phase.COMMIT, Phase.RESOLVE})
+SIDES = ("server", "client")
 
 Clock = Callable[[], float]
 
@@ -55,8 +63,10 @@ class FaultSpec:
     wrapper built with `ports_by_index=True`). `window` is `(start_s, end_s)` and `at_s` a one-shot
     time, both relative to the run start; at most one is set, neither = the whole fault phase.
     `probability` is per request (transport), per descriptor (control) or per tick (process).
-    Kind fields: `phase` (reset: where; truncate and corrupt: `status` or `payload`, default `payload`),
-    `delay_s` (timeout, stall, delay_descriptor), `duration_s` (pause), `target` (process faults).
+    Kind fields: `phase` (reset: where; truncate and corrupt: `status` or `payload`, default `payload`;
+    a client-side stall: before which send), `delay_s` (timeout, stall, delay_descriptor),
+    `duration_s` (pause), `target` (process faults). `side` says whose link a transport fault acts
+    on: `server` (default) or `client` (the consumer's own link; reset, timeout and stall only).
     """
 
     index: int
@@ -69,6 +79,7 @@ class FaultSpec:
     delay_s: float | None = None
     duration_s: float | None = None
     target: str | None = None
+    side: str = "server"
 
     def __post_init__(self) -> None:
         where = f"fault {self.index} ({self.kind})"
@@ -90,7 +101,18 @@ class FaultSpec:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{where}: {name} {value} is negative")
-        if self.kind == "reset":
+        if self.side not in SIDES:
+            raise ValueError(f"{where}: side must be server or client, got {self.side!r}")
+        if self.side == "client" and self.kind not in CLIENT_KINDS:
+            raise ValueError(f"{where}: side client applies only to {sorted(CLIENT_KINDS)}")
+        if self.side == "client" and self.kind in ("reset", "stall"):
+            phases = CLIENT_RESET_PHASES if self.kind == "reset" else CLIENT_STALL_PHASES
+            if self.phase is None or self.phase not in phases:
+                raise ValueError(
+                    f"{where}: a client-side {self.kind} needs phase in {sorted(phases)}, got {self.phase!r}"
+                )
+            self.phase = Phase(self.phase)
+        elif self.kind == "reset":
             if self.phase is None or self.phase not in RESET_PHASES:
                 raise ValueError(f"{where}: phase must be one of {sorted(RESET_PHASES)}, got {self.phase!r}")
             self.phase = Phase(self.phase)

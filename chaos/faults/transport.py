@@ -33,6 +33,23 @@ act on that one message (a truncated inline payload is half the message).
 
 Keep `delay` below the server's `step_timeout` (5 s by default), or the server's own bound cancels
 the hold and aborts the endpoint, which looks like a reset instead of a slow reply.
+
+Client-side faults (`side: client`, built with `ChaosLinkWrapper(side="client")` in each consumer,
+its RNG stream keyed by the consumer's name) act on the consumer's **own** link, the failures a
+client meets on its side (its NIC, its endpoint, its process), which the server cannot fake: the
+server did everything right. The draw happens when the client sends a request (REQUEST, a batch's
+REQUEST, or RESOLVE); every firing's `fault` event carries `side: client`, the port index and the
+keys (`slot:generation`) the exchange names, decoded from the request, so an effect rule can follow
+the very reads it touched.
+- `reset`: aborts the client's endpoint and raises `InjectedFaultError` into the client: `request`,
+  `commit` and `resolve` before sending that message; `status` right after the request went out
+  (before the reply is received: the request may well be served, the client never sees it);
+  `payload` before receiving a (non-inline) payload.
+- `timeout`: the status reply arrived, but the client's receive of it is held for `delay` (default
+  1.5x the read timeout): the client's own step bound fires, so its read-timeout path runs
+  (ReadTimeoutError, endpoint aborted, never reused) although the server answered in time.
+- `stall`: holds the client for `delay` before it sends at `phase` (request, commit or resolve): a
+  paused consumer. Past the client's read timeout the client's own bound fires, as for `timeout`.
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from chaos.faults.base import Clock, FaultSpec, HealSwitch, Trigger
+from transport import protocol as proto
 from transport.events import EventSink
 from transport.link import Link, Phase
 
@@ -90,6 +108,9 @@ class ChaosLinkWrapper:
     `FaultSpec.ports` as indexes into the server's port list instead of real port numbers (what a
     scenario with ephemeral ports needs). `stream` names the process in the RNG key: give a
     restarted server a new one (`server#2`) so it does not replay the same decisions.
+    `side="client"` makes it the wrapper a consumer installs on its own links instead: it keeps only
+    the faults with `side: client` and wraps client links (`ClientChaosLink`); give it the consumer's
+    name as `stream` and the advertised port -> index mapping as `port_index`.
     """
 
     def __init__(
@@ -105,9 +126,13 @@ class ChaosLinkWrapper:
         heal_at: float | None = None,
         stream: str = "server",
         clock: Clock = time.time,
+        side: str = "server",
     ) -> None:
+        if side not in ("server", "client"):
+            raise ValueError(f"side must be server or client, got {side!r}")
+        self.side = side
         self.ports_by_index = ports_by_index
-        self.faults = [f for f in faults if f.layer == "transport"]
+        self.faults = [f for f in faults if f.layer == "transport" and f.side == side]
         self.seed = seed
         self.events = events
         self.run_start = run_start
@@ -120,9 +145,9 @@ class ChaosLinkWrapper:
         self._triggers: dict[tuple[int, int], Trigger] = {}
 
     def __call__(self, link: Link) -> Link:
-        if link.role != "server" or not self.faults:
+        if link.role != self.side or not self.faults:
             return link
-        return ChaosLink(link, self)
+        return ChaosLink(link, self) if self.side == "server" else ClientChaosLink(link, self)
 
     def bind_ports(self, ports: list[int]) -> None:
         """Called by the server process once its listeners have their real (maybe ephemeral) ports."""
@@ -153,9 +178,11 @@ class ChaosLinkWrapper:
                 hits.append(spec)
         return hits
 
-    def record(self, spec: FaultSpec, port: int, phase: Phase | None) -> None:
+    def record(self, spec: FaultSpec, port: int, phase: Phase | None, keys: list[str] | None = None) -> None:
+        """One `fault` event per firing; a client firing also names the keys its exchange carried."""
         index = self.port_index.get(port, port)
         self.fired[(spec.index, index)] += 1
+        extra: dict[str, Any] = {} if keys is None else {"keys": keys}
         self.events.emit(
             "fault",
             fault=spec.index,
@@ -163,6 +190,8 @@ class ChaosLinkWrapper:
             port=index,
             phase=None if phase is None else str(phase),
             target=None,
+            side=self.side,
+            **extra,
         )
 
     def delay_for(self, spec: FaultSpec) -> float:
@@ -334,9 +363,106 @@ class ChaosLink:
                 attempt.sent_committed = True
 
 
+def request_keys(buf: Any) -> list[str]:
+    """The `slot:generation` keys a client request names (REQUEST, RESOLVE or a REQUEST_BATCH), for
+    the fault event; [] if it does not decode (the fault acts all the same)."""
+    try:
+        data = np.frombuffer(buf, dtype=np.uint8)
+        if data.nbytes == proto.FRAME_SIZE:
+            frame = proto.decode(data)
+            return [f"{frame.slot}:{frame.generation}"]
+        _, entries = proto.decode_batch(data, proto.MsgType.REQUEST_BATCH)
+        return [f"{e.slot}:{e.generation}" for e in entries]
+    except Exception:  # a chaos wrapper never breaks the exchange it decorates
+        return []
+
+
+@dataclass
+class _ClientAttempt:
+    """The faults drawn for one client request and the keys it names."""
+
+    pending: list[FaultSpec]
+    keys: list[str]
+
+    def take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
+        for i, spec in enumerate(self.pending):
+            if spec.kind == kind and (phase is None or spec.phase == phase):
+                return self.pending.pop(i)
+        return None
+
+
+class ClientChaosLink:
+    """A client `Link` that misbehaves on the consumer's own side (see the module docstring).
+
+    It defines neither `post_recv` nor `post_send`, so the client steps every transfer through it
+    (receives start as tasks, in the order they are posted: `transport.link.post_recv`). One link
+    carries one exchange at a time (the client's pool checks it out), so the current attempt is the
+    one every step of that exchange sees.
+    """
+
+    def __init__(self, inner: Link, chaos: ChaosLinkWrapper) -> None:
+        self.inner = inner
+        self.port = inner.port
+        self.role = inner.role
+        self.chaos = chaos
+        self._attempt: _ClientAttempt | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
+
+    def _take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
+        if self._attempt is None or self.chaos.healed:
+            return None
+        return self._attempt.take(kind, phase)
+
+    def _fire(self, spec: FaultSpec, phase: Phase) -> None:
+        assert self._attempt is not None
+        self.chaos.record(spec, self.port, phase, self._attempt.keys)
+
+    def _reset(self, spec: FaultSpec, phase: Phase) -> None:
+        self._fire(spec, phase)
+        self.inner.abort()
+        raise InjectedFaultError(f"chaos fault {spec.index}: client reset at {phase} on port {self.port}")
+
+    async def _stall(self, phase: Phase) -> None:
+        spec = self._take("stall", phase)
+        if spec is not None:
+            self._fire(spec, phase)
+            await self.chaos.hold(self.chaos.delay_for(spec))
+
+    async def send(self, buf: Any, phase: Phase) -> None:
+        if phase in (Phase.REQUEST, Phase.RESOLVE):  # a new request: one decision per fault
+            self._attempt = _ClientAttempt(self.chaos.draw(self.port), request_keys(buf))
+        if phase in (Phase.REQUEST, Phase.COMMIT, Phase.RESOLVE):
+            await self._stall(phase)
+            spec = self._take("reset", phase)
+            if spec is not None:
+                self._reset(spec, phase)
+        await self.inner.send(buf, phase)
+        if phase == Phase.REQUEST and (spec := self._take("reset", Phase.STATUS)) is not None:
+            self._reset(spec, Phase.STATUS)  # the request went out; its reply will never be seen
+
+    async def recv(self, buf: Any, phase: Phase) -> None:
+        if phase == Phase.PAYLOAD and (spec := self._take("reset", Phase.PAYLOAD)) is not None:
+            self._reset(spec, phase)
+        await self.inner.recv(buf, phase)
+        # The reply is here (so the request went out and was drawn): hold it past the client's bound.
+        if phase == Phase.STATUS and (spec := self._take("timeout")) is not None:
+            self._fire(spec, phase)
+            await self.chaos.hold(self.chaos.delay_for(spec))
+
+
 __all__ = [
     "ChaosLink",
     "ChaosLinkWrapper",
+    "ClientChaosLink",
     "InjectedFaultError",
     "flipped",
     "make_link_wrapper",

@@ -174,6 +174,7 @@ def fault_specs(scenario: Scenario, seed: int) -> list[FaultSpec]:
                 delay_s=getattr(fault, "delay", None),
                 duration_s=getattr(fault, "duration", None),
                 target=resolve_target(target, scenario.consumers.count, seed) if target else None,
+                side=getattr(fault, "side", "server"),
             )
         )
     return specs
@@ -201,6 +202,8 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
                 toxic=toxic.type if toxic is not None else None,
                 policy=scenario.ring.policy,
                 host_link=bool(getattr(fault, "between", None) or getattr(fault, "isolate", None)),
+                side=getattr(fault, "side", "server"),
+                phase=getattr(fault, "phase", None),
             )
         )
     e = scenario.expect
@@ -237,7 +240,7 @@ def server_options(
 ) -> dict[str, Any]:
     """`ServerConfig` fields for a scenario's server: timeouts, its event log and, when the scenario
     has transport faults, the fault wrapper on its links (active from `run_start` for `duration`)."""
-    has_transport = any(s.layer == "transport" for s in specs)
+    has_transport = any(s.layer == "transport" and s.side == "server" for s in specs)
     return {
         "step_timeout": STEP_TIMEOUT_S,
         "lease": sc.server.lease if sc.server.lease is not None else max(30.0, 3 * STEP_TIMEOUT_S),
@@ -253,6 +256,27 @@ def server_options(
         }
         if has_transport
         else {},
+    }
+
+
+def client_link_wrapper_args(
+    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: float, advertised: list[int]
+) -> dict[str, Any] | None:
+    """`ChaosLinkWrapper` arguments for a consumer's own links when the scenario has client-side
+    transport faults (None otherwise: no wrapper, no cost). Consumers see the advertised port numbers,
+    the scenario speaks port indexes, hence `port_index`; each consumer adds its own RNG stream."""
+    client = [s for s in specs if s.layer == "transport" and s.side == "client"]
+    if not client:
+        return None
+    return {
+        "faults": client,
+        "seed": seed,
+        "run_start": run_start,
+        "port_index": {port: index for index, port in enumerate(advertised)},
+        "ports_by_index": True,
+        "read_timeout": sc.consumers.read_timeout,
+        "heal_at": run_start + sc.duration,
+        "side": "client",
     }
 
 
@@ -644,6 +668,7 @@ class ScenarioRun:
                 borrow=sc.consumers.borrow,
                 hold=sc.consumers.hold,
                 lease=server_config.lease,
+                link_wrapper_args=client_link_wrapper_args(sc, specs, self.seed, run_start, advertised),
             )
             host = host_of(name)
             target = consumer_main if host is None else InHost(consumer_main, host.netns, host.ifname)

@@ -168,6 +168,8 @@ class ConsumerConfig:
     borrow: bool = False  # local only: borrow each slot (zero copy) instead of copying it
     hold: float = 0.0  # seconds a borrowed slot is held before its commit
     lease: float = 30.0  # how long a local read may hold its slot
+    # Client-side transport faults: `ChaosLinkWrapper(side="client")` arguments, None = no wrapper.
+    link_wrapper_args: dict[str, Any] | None = None
 
 
 def consumer_main(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
@@ -195,6 +197,12 @@ async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
     else:
         consume = builtin_consume
     events = JsonlSink(Path(cfg.run_dir) / "events" / f"{cfg.name}.jsonl", cfg.name)
+    link_wrapper = None
+    if cfg.link_wrapper_args is not None:
+        from chaos.faults.transport import ChaosLinkWrapper
+
+        # Keyed by the consumer's name: consumers must not replay each other's firing decisions.
+        link_wrapper = ChaosLinkWrapper(events=events, stream=cfg.name, **cfg.link_wrapper_args)
     consumer = AsyncConsumer(
         read_timeout=cfg.read_timeout,
         quarantine=cfg.quarantine,
@@ -205,6 +213,7 @@ async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
         events=events,
         local=cfg.transport == "local",
         local_lease=cfg.lease,
+        link_wrapper=link_wrapper,
     )
     mark_ready(cfg.run_dir, cfg.name)
     if cfg.warm is not None:

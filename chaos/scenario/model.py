@@ -350,10 +350,14 @@ class _PortFault(_Fault):
 
 
 class _TransportFault(_PortFault):
+    """`side`: whose link the fault acts on, the server's (default) or the consumer's own (`client`:
+    reset, timeout and stall only; see chaos/faults/transport.py)."""
+
     layer: ClassVar[str] = "transport"
     probability: Probability = 1.0
     window: Window | None = None
     at: Duration | None = None
+    side: Literal["server", "client"] = "server"
 
 
 class ResetFault(_TransportFault):
@@ -385,10 +389,12 @@ class TimeoutFault(_TransportFault):
 
 
 class StallFault(_TransportFault):
-    """Send the status, then hold the payload for `delay` seconds."""
+    """Server side: send the status, then hold the payload for `delay` seconds. Client side: hold the
+    client before it sends at `phase` (request, commit or resolve), a paused consumer."""
 
     kind: Literal["stall"]
     delay: PositiveDuration
+    phase: Literal["request", "commit", "resolve"] | None = None
 
 
 class EvictFault(_TransportFault):
@@ -727,6 +733,7 @@ class Scenario(_Model):
                     problems.append(
                         (("ports", j), f"port index {port} out of range: server.ports is {self.server.ports}")
                     )
+        problems.extend(self._check_side(fault))
         window: Window | None = getattr(fault, "window", None)
         at: float | None = getattr(fault, "at", None)
         phase = f"the fault phase (duration {format_duration(self.duration)})"
@@ -765,6 +772,20 @@ class Scenario(_Model):
                     )
                 )
         return problems
+
+    @staticmethod
+    def _check_side(fault: _Fault) -> list[tuple[Loc, str]]:
+        """`side: client` only where the consumer can do it to its own link (reset, timeout, stall);
+        a client-side stall names the send it holds, a server-side one holds the payload (no phase)."""
+        side = getattr(fault, "side", "server")
+        if side == "client" and fault.kind not in ("reset", "timeout", "stall"):
+            return [(("side",), f"side client applies to reset, timeout and stall, not {fault.kind}")]
+        if isinstance(fault, StallFault):
+            if side == "client" and fault.phase is None:
+                return [(("phase",), "a client-side stall needs phase: request, commit or resolve")]
+            if side == "server" and fault.phase is not None:
+                return [(("phase",), "a server-side stall holds the payload: phase needs side client")]
+        return []
 
     @property
     def source(self) -> Path | None:
