@@ -79,12 +79,15 @@ class RedisServer:
         log_path: str | os.PathLike[str] | None = None,
         on_start: Callable[[int], None] | None = None,
     ) -> None:
-        """`on_start(pid)` is called after each start (the runner's cleanup tracks the process)."""
-        self.directory = Path(directory)
+        """`on_start(pid)` is called after each start (the runner's cleanup tracks the process).
+
+        Paths are made absolute: redis-server changes into `--dir` before it opens `--logfile`, so a
+        relative log path (`chaos run` writes under ./reports by default) made it exit 1 at start."""
+        self.directory = Path(directory).absolute()
         self.host = host
         self.port = port or free_port(host)
         self.executable = executable or find_executable()
-        self.log_path = Path(log_path) if log_path else self.directory / "redis.log"
+        self.log_path = Path(log_path).absolute() if log_path else self.directory / "redis.log"
         self.on_start = on_start
         self.process: subprocess.Popen[bytes] | None = None
         self.proc: psutil.Process | None = None  # what process faults signal (never a raw pid)
