@@ -37,7 +37,9 @@ def queue_for(server: RedisServer, visibility: float = 10.0, **kwargs: object) -
     return RedisQueue(StreamRef.for_run(server.url, visibility_timeout=visibility), **kwargs)  # type: ignore[arg-type]
 
 
-def test_relative_directories_start_as_chaos_run_gives_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_directories_start_as_chaos_run_gives_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`chaos run` writes under ./reports: redis-server changes into --dir before opening --logfile,
     so relative paths made it exit 1 (README command 1 failed every redis scenario that way)."""
     monkeypatch.chdir(tmp_path)
