@@ -4,8 +4,9 @@ A fresh buffer above glibc's mmap threshold (32 MiB at most) comes from new page
 on first touch: ~3 ms of a 64 MiB get here, more than the checksum. Below it, malloc already recycles
 freed memory. So a client keeps a few large buffers and hands one out again only when its reference
 count shows that no payload, view or memoryview still holds it; a caller that keeps a payload simply
-makes the pool allocate another buffer. UCX does not hold a reference while it receives, so the client
-`forget`s the buffer of every read that did not finish.
+makes the pool allocate another buffer. UCX does not hold a reference while it receives (the progress
+engine does, until UCX completes or cancels the request), so the client `forget`s the buffer of every
+read that did not finish.
 """
 
 from __future__ import annotations

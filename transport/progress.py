@@ -38,28 +38,37 @@ class HybridProgress:
         ctx.continuous_ucx_progress()  # registers ucxx's busy PollingMode task for this loop ...
         ProgressTasks[self.loop].progress_task.cancel()  # ... which this engine replaces
         self.worker = ctx.worker
-        self._pending: dict[Any, asyncio.Future[None]] = {}
+        self._pending: dict[Any, tuple[asyncio.Future[None], Any]] = {}
+        # Buffers of requests whose future was given up (a timed-out or failed step) while UCX may
+        # still write into (or read from) them: kept alive until UCX completes or cancels the request.
+        self._orphans: dict[Any, Any] = {}
         self._wake = asyncio.Event()
         self.loop.add_reader(self.worker.epoll_file_descriptor, self._wake.set)
         self._last = time.monotonic()
         self._task = self.loop.create_task(self._run(), name="slotwire-ucx-progress")
 
-    def track(self, request: Any) -> asyncio.Future[None]:
-        """A future this engine completes with `request` (already done if the request is)."""
+    def track(self, request: Any, buf: Any = None) -> asyncio.Future[None]:
+        """A future this engine completes with `request` (already done if the request is).
+
+        `buf` is held until the request completes in UCX, not only until the future is done: a
+        caller that gives up on a receive (its step timed out) drops the buffer, and UCX would
+        otherwise go on writing a late or half-received message into freed memory. That corrupted
+        the heap of consumers whose large reads timed out mid-transfer under a kernel bandwidth
+        fault (a SIGSEGV in unrelated Python code, and the slots it held lost)."""
         future = self.loop.create_future()
         if request.completed:
             _settle(future, request)
             return future
-        self._pending[request] = future
+        self._pending[request] = (future, buf)
         self._last = time.monotonic()
         self._wake.set()
         return future
 
-    async def wait(self, request: Any) -> None:
+    async def wait(self, request: Any, buf: Any = None) -> None:
         if request.completed:
             request.check_error()
             return
-        await self.track(request)
+        await self.track(request, buf)
 
     def _tag_send(self, endpoint: Any, buf: Any) -> Any:
         return endpoint._ep.tag_send(self._array(buf), self._tag(endpoint._tags["msg_send"]))
@@ -69,26 +78,36 @@ class HybridProgress:
 
     def post_send(self, endpoint: Any, buf: Any) -> asyncio.Future[None]:
         """Post a send now (in order with every other post on `endpoint`); await the result later."""
-        return self.track(self._tag_send(endpoint, buf))
+        return self.track(self._tag_send(endpoint, buf), buf)
 
     def post_recv(self, endpoint: Any, buf: Any) -> asyncio.Future[None]:
         """Post a receive now (matched in posting order); await the result later."""
-        return self.track(self._tag_recv(endpoint, buf))
+        return self.track(self._tag_recv(endpoint, buf), buf)
 
     async def send(self, endpoint: Any, buf: Any) -> None:
-        await self.wait(self._tag_send(endpoint, buf))
+        await self.wait(self._tag_send(endpoint, buf), buf)
 
     async def recv(self, endpoint: Any, buf: Any) -> None:
-        await self.wait(self._tag_recv(endpoint, buf))
+        await self.wait(self._tag_recv(endpoint, buf), buf)
 
     def _complete(self) -> bool:
         pending = self._pending
-        done = [request for request, future in pending.items() if request.completed or future.done()]
+        done = [request for request, (future, _) in pending.items() if request.completed or future.done()]
         for request in done:
-            future = pending.pop(request)
-            if not future.done():  # done: cancelled by a timed-out step; the link is aborted anyway
+            future, buf = pending.pop(request)
+            if not future.done():
                 _settle(future, request)
+            elif not request.completed:  # given up by a timed-out step: the link is aborted anyway,
+                self._orphans[request] = buf  # but UCX may still touch the buffer until it cancels
+        if self._orphans:
+            for request in [r for r in self._orphans if r.completed]:
+                del self._orphans[request]
         return bool(done)
+
+    @property
+    def orphans(self) -> int:
+        """Requests given up by their caller that UCX has not completed or cancelled yet."""
+        return len(self._orphans)
 
     async def _run(self) -> None:
         worker = self.worker
