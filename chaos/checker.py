@@ -4,7 +4,8 @@ In the spirit of Jepsen's checkers (total-queue, stats, perf), except that a dup
 scenario: the transport promises exactly-once, not at-least-once. No I/O here: `chaos.history` reads
 the per-process JSONL files, the runner builds a `CheckSpec` from the scenario, and
 `check(events, spec)` decides. Deterministic (same input -> same verdict) and one pass over the
-events after a stable sort by `t` (100k events in well under a second).
+events after a stable sort by `t` (100k events in well under a second). `check` composes named
+phases, each a function below: read -> classify -> invariants -> coverage -> measures -> thresholds.
 
 Input: event dicts as in docs/interfaces.md (`t`, `proc`, `type`, fields). Time zero is the `t` of the
 `phase` event named `faults` (else the first event); every `*_s` in the verdict is relative to it.
@@ -68,7 +69,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from chaos.effects import FaultView, Indexed, judge
 
@@ -354,7 +355,35 @@ class _Ports:
         return self.by_number.get(port, port)
 
 
-# -- the checker -----------------------------------------------------------------------------------
+# -- the checker: `check` composes its phases ------------------------------------------------------
+
+
+def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
+    """Judge one run: classify every key, count, measure, and compare with `spec.expect`.
+
+    The phases, in order (each below under its own heading):
+    read -> classify -> invariants -> coverage -> measures -> thresholds -> the Verdict.
+    """
+    history, port_of, sc = _read(events, spec)
+    found = _invariants(sc, spec, _classify(sc, spec))
+    counts, abandoned = _counts(sc, spec, found)
+    faults_fired = _fired(sc, port_of)
+    coverage = _coverage(sc, spec, history, port_of)
+    measures = _measures(sc, spec, history)
+    failures = _thresholds(sc, spec, counts, found, abandoned, coverage, measures)
+    return _verdict(sc, spec, counts, faults_fired, coverage, measures, found, failures)
+
+
+# -- read: one pass over the time-sorted history ---------------------------------------------------
+
+
+def _read(events: Iterable[Event], spec: CheckSpec) -> tuple[list[Event], _Ports, _Scan]:
+    """Read phase: the events sorted by `t` (stable), the port normaliser, and the one-pass scan."""
+    history = sorted((e for e in events if "type" in e), key=lambda e: float(e.get("t", 0.0)))
+    port_of = _Ports(spec)
+    sc = _scan(history, spec, port_of)
+    sc.delivery_times.sort()
+    return history, port_of, sc
 
 
 @dataclass
@@ -481,6 +510,21 @@ def _scan(history: Sequence[Event], spec: CheckSpec, port_of: _Ports) -> _Scan:
     return sc
 
 
+# -- classify: each key's outcome ------------------------------------------------------------------
+
+
+@dataclass
+class _Found:
+    """The anomalous keys of each kind (ANOMALY_KINDS order) and a note per (kind, key)."""
+
+    keys: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in ANOMALY_KINDS})
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def flag(self, kind: str, key: str, note: str) -> None:
+        self.keys[kind].append(key)
+        self.notes[(kind, key)] = note
+
+
 def _held_by_the_dead(sc: _Scan) -> dict[str, float]:
     """Key -> time its holder died, for keys a harness-killed consumer held claimed and un-acked."""
     held: dict[str, float] = {}
@@ -494,39 +538,22 @@ def _held_by_the_dead(sc: _Scan) -> dict[str, float]:
     return held
 
 
-def _classify(sc: _Scan, spec: CheckSpec) -> tuple[dict[str, list[str]], dict[tuple[str, str], str]]:
-    anomaly_keys: dict[str, list[str]] = {k: [] for k in ANOMALY_KINDS}
-    notes: dict[tuple[str, str], str] = {}
+def _classify(sc: _Scan, spec: CheckSpec) -> _Found:
+    """Classify phase: each key's outcome, by the rules of the module docstring (first match wins).
 
-    def flag(kind: str, key: str, note: str) -> None:
-        anomaly_keys[kind].append(key)
-        notes[(kind, key)] = note
-
+    Delivered keys may be duplicated, corrupted or unexpected; a published key never delivered and
+    not dropped is in doubt, consumed by a dead consumer, or lost.
+    """
+    found = _Found()
     for key, dels in sc.deliveries.items():
         if len(dels) > 1:
             procs = sorted({str(d.get("proc")) for d in dels})
-            flag("duplicated", key, f"delivered {len(dels)} times by {', '.join(procs)}")
+            found.flag("duplicated", key, f"delivered {len(dels)} times by {', '.join(procs)}")
         bad = [name for name in ("checksum_ok", "content_ok") if any(d.get(name) is False for d in dels)]
         if bad:
-            flag("corrupted", key, " and ".join(f"{name} false" for name in bad))
+            found.flag("corrupted", key, " and ".join(f"{name} false" for name in bad))
         if key not in sc.published:
-            flag("unexpected", key, "delivered, never published")
-        if spec.protocol == "commit":
-            tokens = {c.get("token") for c in sc.commits.get(key, ())}
-            orphans = [d.get("token") for d in dels if d.get("token") not in tokens]
-            if orphans:
-                by = f"committed by {sorted(map(str, tokens))}" if tokens else "never committed by the server"
-                flag("uncommitted_delivery", key, f"delivered by read {orphans[0]}, {by}")
-    for key, commits in sc.commits.items():
-        if len(commits) > 1:
-            flag(
-                "double_commit",
-                key,
-                f"committed {len(commits)} times, tokens {[c.get('token') for c in commits]}",
-            )
-    for key, n in sc.published.items():
-        if n > 1:
-            flag("republished", key, f"published {n} times")
+            found.flag("unexpected", key, "delivered, never published")
 
     held = _held_by_the_dead(sc)
     for key in sorted(set(sc.published) - set(sc.deliveries) - sc.dropped):
@@ -534,56 +561,117 @@ def _classify(sc: _Scan, spec: CheckSpec) -> tuple[dict[str, list[str]], dict[tu
         commits = sc.commits.get(key, [])
         died = held.get(key)
         if "in_doubt" in reasons:
-            flag("in_doubt", key, "read could not be resolved")
+            found.flag("in_doubt", key, "read could not be resolved")
         elif commits and died is not None and float(commits[0]["t"]) <= died + 0.5:
-            flag(
+            found.flag(
                 "consumed_by_dead_consumer",
                 key,
                 "committed while a consumer held it un-acked, then it was killed",
             )
         elif "stale" in reasons:
-            flag("lost", key, "rejected as stale but never dropped")
+            found.flag("lost", key, "rejected as stale but never dropped")
         elif commits:
-            flag("lost", key, "committed by the server, never delivered")
+            found.flag("lost", key, "committed by the server, never delivered")
         else:
-            flag("lost", key, "failed: " + ", ".join(sorted(reasons)) if reasons else "never delivered")
+            found.flag("lost", key, "failed: " + ", ".join(sorted(reasons)) if reasons else "never delivered")
+    return found
+
+
+# -- invariants: the server's promises, the counts -------------------------------------------------
+
+
+def _invariants(sc: _Scan, spec: CheckSpec, found: _Found) -> _Found:
+    """Invariants phase: what the server itself promises, from its own events (module docstring).
+
+    Adds double_commit, uncommitted_delivery, republished, wrong_generation and fencing to what
+    `_classify` found, then orders every kind's keys by when the history first named them.
+    A wrong_generation key's examples also get the `served` events that answered it.
+    """
+    if spec.protocol == "commit":
+        for key, dels in sc.deliveries.items():
+            tokens = {c.get("token") for c in sc.commits.get(key, ())}
+            orphans = [d.get("token") for d in dels if d.get("token") not in tokens]
+            if orphans:
+                by = f"committed by {sorted(map(str, tokens))}" if tokens else "never committed by the server"
+                found.flag("uncommitted_delivery", key, f"delivered by read {orphans[0]}, {by}")
+    for key, commits in sc.commits.items():
+        if len(commits) > 1:
+            found.flag(
+                "double_commit",
+                key,
+                f"committed {len(commits)} times, tokens {[c.get('token') for c in commits]}",
+            )
+    for key, n in sc.published.items():
+        if n > 1:
+            found.flag("republished", key, f"published {n} times")
     for key, served in sc.wrong_generation.items():
         gens = ", ".join(sorted({str(s["key"]) for s in served}))
-        flag("wrong_generation", key, f"requested {key}, the ring served {gens}")
+        found.flag("wrong_generation", key, f"requested {key}, the ring served {gens}")
         sc.by_key[key] = sorted([*sc.by_key[key], *served], key=lambda e: float(e.get("t", 0.0)))
         sc.first_seen.setdefault(key, sc.first_seen[str(served[0]["key"])])
     for key, stolen in sc.fencing.items():
         commit, held_by = stolen[0]
         more = f" (+{len(stolen) - 1} more)" if len(stolen) > 1 else ""
-        flag(
+        found.flag(
             "fencing",
             key,
             f"committed for token {commit.get('token')} while token {held_by} held the slot{more}",
         )
-    for keys in anomaly_keys.values():
+    for keys in found.keys.values():
         keys.sort(key=lambda k: sc.first_seen.get(k, 0))
-    return anomaly_keys, notes
+    return found
 
 
-def _examples(
-    sc: _Scan, anomaly_keys: dict[str, list[str]], notes: dict[tuple[str, str], str], limit: int
-) -> dict[str, list[dict[str, Any]]]:
-    anomalies: dict[str, list[dict[str, Any]]] = {}
-    for kind, keys in anomaly_keys.items():
-        shown = []
-        for key in keys[:limit]:
-            slot, gen = _split_key(key)
-            shown.append(
-                {
-                    "key": key,
-                    "slot": slot,
-                    "generation": gen,
-                    "note": notes.get((kind, key), ""),
-                    "events": [dict(e) for e in sc.by_key[key]],
-                }
-            )
-        anomalies[kind] = shown
-    return anomalies
+def _counts(sc: _Scan, spec: CheckSpec, found: _Found) -> tuple[dict[str, int], dict[int, tuple[float, int]]]:
+    """Every COUNT_KEYS count (distinct keys; `retries` and `failed` are events), and the
+    abandoned ports (an invariant of the clients, judged from the deliveries after a quarantine)."""
+    audit = sc.audit
+    abandoned = _abandoned_ports(sc, spec)
+    leaked = 0 if audit is None else int(audit.get("reading") or 0) + int(audit.get("writing") or 0)
+    counts = {
+        "published": len(sc.published),
+        "delivered": len(sc.deliveries),
+        "dropped": len(sc.dropped),
+        "stale_rejected": sum(1 for reasons in sc.failed_reasons.values() if "stale" in reasons),
+        "slot_leak": leaked,
+        "port_abandoned": len(abandoned),
+        "retries": sc.retries,
+        "failed": sc.failed,
+        **{kind: len(keys) for kind, keys in found.keys.items()},
+    }
+    return {k: counts[k] for k in COUNT_KEYS}, abandoned
+
+
+def _abandoned_ports(sc: _Scan, spec: CheckSpec) -> dict[int, tuple[float, int]]:
+    """Ports whose quarantine ended but that never carried a delivery again, although plenty of
+    deliveries went to other ports afterwards (a client must bring a recovered port back)."""
+    out: dict[int, tuple[float, int]] = {}
+    ports = max(spec.ports, 1)
+    for port, end in sc.quarantine_end.items():
+        free_at = end + ABANDON_GRACE_S
+        if any(t >= free_at for t in sc.port_deliveries.get(port, ())):
+            continue
+        elsewhere = sum(1 for p, ts in sc.port_deliveries.items() if p != port for t in ts if t >= free_at)
+        if elsewhere >= ABANDON_DELIVERIES_PER_PORT * ports:
+            out[port] = (free_at, elsewhere)
+    return out
+
+
+# -- coverage: which faults fired where, and whether they changed anything -------------------------
+
+
+def _fired(sc: _Scan, port_of: _Ports) -> list[dict[str, Any]]:
+    """{index, kind, port, count} per (fault, port) from the `fault` events; port None last."""
+    fired_counts: Counter[tuple[int, int | None, str]] = Counter()
+    for index, fires in sc.fault_events.items():
+        for e in fires:
+            fired_counts[(index, port_of(e.get("port")), str(e.get("kind")))] += 1
+    return [
+        {"index": i, "kind": k, "port": p, "count": n}
+        for (i, p, k), n in sorted(
+            fired_counts.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)
+        )
+    ]
 
 
 def _coverage(sc: _Scan, spec: CheckSpec, history: Sequence[Event], port_of: _Ports) -> list[dict[str, Any]]:
@@ -610,6 +698,24 @@ def _coverage(sc: _Scan, spec: CheckSpec, history: Sequence[Event], port_of: _Po
             }
         )
     return coverage
+
+
+# -- measures: recovery, throughput, latency -------------------------------------------------------
+
+
+class _Measures(NamedTuple):
+    recovery: list[dict[str, Any]]
+    throughput: dict[str, Any]
+    latency: dict[str, Any]
+
+
+def _measures(sc: _Scan, spec: CheckSpec, history: Sequence[Event]) -> _Measures:
+    """Measures phase: per-fault recovery, deliveries per second, delivery and claim latency."""
+    return _Measures(
+        recovery=_recovery(sc, spec, history),
+        throughput=_throughput(sc, spec),
+        latency={**quantiles(sc.latencies), "claim": quantiles(sc.claim_latencies)},
+    )
 
 
 def _recovery(sc: _Scan, spec: CheckSpec, history: Sequence[Event]) -> list[dict[str, Any]]:
@@ -661,63 +767,23 @@ def _throughput(sc: _Scan, spec: CheckSpec) -> dict[str, Any]:
     }
 
 
-def check(events: Iterable[Event], spec: CheckSpec) -> Verdict:
-    """Judge one run: classify every key, count, measure, and compare with `spec.expect`."""
-    history = sorted((e for e in events if "type" in e), key=lambda e: float(e.get("t", 0.0)))
-    port_of = _Ports(spec)
-    sc = _scan(history, spec, port_of)
-    sc.delivery_times.sort()
-    anomaly_keys, notes = _classify(sc, spec)
-    audit = sc.audit
-    abandoned = _abandoned_ports(sc, spec)
-    leaked = 0 if audit is None else int(audit.get("reading") or 0) + int(audit.get("writing") or 0)
-    counts = {
-        "published": len(sc.published),
-        "delivered": len(sc.deliveries),
-        "dropped": len(sc.dropped),
-        "stale_rejected": sum(1 for reasons in sc.failed_reasons.values() if "stale" in reasons),
-        "slot_leak": leaked,
-        "port_abandoned": len(abandoned),
-        "retries": sc.retries,
-        "failed": sc.failed,
-        **{kind: len(keys) for kind, keys in anomaly_keys.items()},
-    }
-    counts = {k: counts[k] for k in COUNT_KEYS}
+# -- thresholds: every finding against `spec.expect` -----------------------------------------------
 
-    fired_counts: Counter[tuple[int, int | None, str]] = Counter()
-    for index, fires in sc.fault_events.items():
-        for e in fires:
-            fired_counts[(index, port_of(e.get("port")), str(e.get("kind")))] += 1
-    faults_fired = [
-        {"index": i, "kind": k, "port": p, "count": n}
-        for (i, p, k), n in sorted(
-            fired_counts.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0)
-        )
-    ]
-    coverage = _coverage(sc, spec, history, port_of)
-    recovery = _recovery(sc, spec, history)
-    throughput = _throughput(sc, spec)
-    latency = {**quantiles(sc.latencies), "claim": quantiles(sc.claim_latencies)}
-    failures = _safety_failures(sc, spec, counts, anomaly_keys, abandoned)
+
+def _thresholds(
+    sc: _Scan,
+    spec: CheckSpec,
+    counts: Mapping[str, int],
+    found: _Found,
+    abandoned: Mapping[int, tuple[float, int]],
+    coverage: Sequence[Mapping[str, Any]],
+    measures: _Measures,
+) -> list[str]:
+    """Thresholds phase: the failure strings, safety first, then coverage, then liveness."""
+    failures = _safety_failures(sc, spec, counts, found.keys, abandoned)
     failures += _coverage_failures(sc, spec, coverage)
-    failures += _liveness_failures(spec, throughput, recovery, latency)
-    return Verdict(
-        passed=not failures,
-        failures=failures,
-        counts=counts,
-        per_port={
-            p: {n: c[n] for n in ("delivered", "retries", "faults", "quarantines")}
-            for p, c in sorted(sc.per_port.items())
-        },
-        faults_fired=faults_fired,
-        coverage=coverage,
-        recovery=recovery,
-        throughput=throughput,
-        latency=latency,
-        anomalies=_examples(sc, anomaly_keys, notes, spec.examples),
-        t0=sc.t0,
-        end_s=max(sc.end_t - sc.t0, 0.0),
-    )
+    failures += _liveness_failures(spec, measures.throughput, measures.recovery, measures.latency)
+    return failures
 
 
 def _safety_failures(
@@ -763,21 +829,6 @@ def _safety_failures(
             f"descriptors left in the channel after {drain.get('seconds', 0):.0f}s of drain"
         )
     return failures
-
-
-def _abandoned_ports(sc: _Scan, spec: CheckSpec) -> dict[int, tuple[float, int]]:
-    """Ports whose quarantine ended but that never carried a delivery again, although plenty of
-    deliveries went to other ports afterwards (a client must bring a recovered port back)."""
-    out: dict[int, tuple[float, int]] = {}
-    ports = max(spec.ports, 1)
-    for port, end in sc.quarantine_end.items():
-        free_at = end + ABANDON_GRACE_S
-        if any(t >= free_at for t in sc.port_deliveries.get(port, ())):
-            continue
-        elsewhere = sum(1 for p, ts in sc.port_deliveries.items() if p != port for t in ts if t >= free_at)
-        if elsewhere >= ABANDON_DELIVERIES_PER_PORT * ports:
-            out[port] = (free_at, elsewhere)
-    return out
 
 
 def _coverage_failures(sc: _Scan, spec: CheckSpec, coverage: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -846,6 +897,58 @@ def _required(which: FaultsFired, faults: Sequence[FaultRef]) -> list[int]:
     if which == "none":
         return []
     return list(which)
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+
+
+def _verdict(
+    sc: _Scan,
+    spec: CheckSpec,
+    counts: dict[str, int],
+    faults_fired: list[dict[str, Any]],
+    coverage: list[dict[str, Any]],
+    measures: _Measures,
+    found: _Found,
+    failures: list[str],
+) -> Verdict:
+    return Verdict(
+        passed=not failures,
+        failures=failures,
+        counts=counts,
+        per_port={
+            p: {n: c[n] for n in ("delivered", "retries", "faults", "quarantines")}
+            for p, c in sorted(sc.per_port.items())
+        },
+        faults_fired=faults_fired,
+        coverage=coverage,
+        recovery=measures.recovery,
+        throughput=measures.throughput,
+        latency=measures.latency,
+        anomalies=_examples(sc, found, spec.examples),
+        t0=sc.t0,
+        end_s=max(sc.end_t - sc.t0, 0.0),
+    )
+
+
+def _examples(sc: _Scan, found: _Found, limit: int) -> dict[str, list[dict[str, Any]]]:
+    """The first `limit` keys of each anomaly kind with their note and full event history."""
+    anomalies: dict[str, list[dict[str, Any]]] = {}
+    for kind, keys in found.keys.items():
+        shown = []
+        for key in keys[:limit]:
+            slot, gen = _split_key(key)
+            shown.append(
+                {
+                    "key": key,
+                    "slot": slot,
+                    "generation": gen,
+                    "note": found.notes.get((kind, key), ""),
+                    "events": [dict(e) for e in sc.by_key[key]],
+                }
+            )
+        anomalies[kind] = shown
+    return anomalies
 
 
 def _first_at_or_after(sorted_times: Sequence[float], t: float) -> float | None:
