@@ -22,7 +22,7 @@ EVENT_START = '{"t": '  # how every JsonlSink line begins (json.dumps with defau
 
 
 @dataclass(frozen=True)
-class History:
+class MergedEvents:
     """Merged events plus what could not be read (`"<file>:<line>: <why>"`)."""
 
     events: list[dict[str, Any]]
@@ -73,7 +73,7 @@ def merge(streams: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return merged
 
 
-def read_history(run_dir: str | os.PathLike[str]) -> History:
+def read_history(run_dir: str | os.PathLike[str]) -> MergedEvents:
     """Read `<run_dir>/events/*.jsonl` (or `run_dir/*.jsonl` if it is the events directory)."""
     root = Path(run_dir)
     directory = root / "events" if (root / "events").is_dir() else root
@@ -86,4 +86,4 @@ def read_history(run_dir: str | os.PathLike[str]) -> History:
         events, bad = read_events_file(path)
         streams.append(events)
         skipped.extend(bad)
-    return History(events=merge(streams), files=[p.name for p in files], skipped=skipped)
+    return MergedEvents(events=merge(streams), files=[p.name for p in files], skipped=skipped)

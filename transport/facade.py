@@ -23,6 +23,10 @@ from transport.ring import SharedRing
 from transport.serve import ServerConfig, ServerProcess
 from transport.syncloop import SharedLoop
 
+# Steps of one read, each bounded by `read_timeout` (SlotClient._attempt restarts its StepDeadline per
+# step): send REQUEST, receive STATUS, receive PAYLOAD, send COMMIT, receive COMMITTED.
+READ_STEPS = 5
+
 
 class Producer:
     """Creates the ring, serves it on `ports` from a child process, and publishes payloads."""
@@ -194,8 +198,8 @@ class Consumer:
         self._loop = SharedLoop.get()
         self._inner = AsyncConsumer(read_timeout, quarantine, max_attempts, rounds, **options)
         client = self._inner.client
-        # Bound for one slot: every attempt may connect, run 4 steps and resolve.
-        per_attempt = client.connect_timeout + 4 * client.read_timeout + client.resolve_timeout
+        # Bound for one slot: every attempt may connect, run its READ_STEPS steps and resolve.
+        per_attempt = client.connect_timeout + READ_STEPS * client.read_timeout + client.resolve_timeout
         self._slot_bound = max_attempts * per_attempt + 5.0
         self._rounds = rounds
 

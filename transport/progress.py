@@ -7,7 +7,8 @@ pending and for `spin_s` after the last completion, then arms the worker and sle
 Transfers are posted on the endpoint's tag channel and awaited through plain asyncio futures.
 
 It uses ucxx internals (`Endpoint._ep`, `Endpoint._tags`, `ProgressTasks`), which is why
-pyproject pins ucxx to 0.52.x; `tests/test_progress.py` runs the transport over it.
+pyproject pins ucxx to 0.52.x. It is the default mode (`transport.ucx.DEFAULT_MODE`), so every transport
+test runs over it; `tests/test_progress_buffers.py` and `tests/test_progress_gc.py` test the engine itself.
 """
 
 from __future__ import annotations

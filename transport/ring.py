@@ -258,7 +258,7 @@ def _shm_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
 
 
-def _finalize(fd: int, path: str | None, creator_pid: int) -> None:
+def _close_segment(fd: int, path: str | None, creator_pid: int) -> None:
     """GC / interpreter-exit safety net: a forgotten creator still removes its segment (a forked
     child never does: the segment is its parent's)."""
     try:
@@ -302,7 +302,7 @@ class SharedRing:
         self._hdr: Any = np.ndarray((), dtype=HEADER_DTYPE, buffer=self._mm, offset=0)
         self._size = size
         # Registered last: if anything above raised, the caller still owns (and closes) the fd.
-        self._finalizer = weakref.finalize(self, _finalize, fd, path if owner else None, os.getpid())
+        self._finaliser = weakref.finalize(self, _close_segment, fd, path if owner else None, os.getpid())
 
     def _bind(self) -> None:
         """Cache per-field numpy views: indexing a field view costs ~100 ns, a structured lookup more."""
@@ -381,7 +381,7 @@ class SharedRing:
         try:
             ring = cls(fd, path, name, owner=True)
         except BaseException:
-            _finalize(fd, path, os.getpid())
+            _close_segment(fd, path, os.getpid())
             raise
         hdr = ring._hdr
         hdr["version"] = LAYOUT_VERSION
@@ -411,7 +411,7 @@ class SharedRing:
         try:
             ring = cls(fd, path, name, owner=False)
         except BaseException:
-            _finalize(fd, None, 0)
+            _close_segment(fd, None, 0)
             raise
         try:
             ring._validate()
@@ -892,8 +892,8 @@ class SharedRing:
             self._mm.close()
         except BufferError:
             log.warning("ring %s: payload views still alive at close; mapping kept until they go", self.name)
-        self._finalizer.detach()
-        _finalize(self._fd, self._path if self._owner else None, os.getpid())
+        self._finaliser.detach()
+        _close_segment(self._fd, self._path if self._owner else None, os.getpid())
 
     def unlink(self) -> None:
         """Remove the segment name (idempotent); mappings that exist stay valid."""
