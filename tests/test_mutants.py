@@ -23,6 +23,7 @@ Catch table, measured 2026-12-01 (seed 1, this 2-core box shared with five other
 | no_generation_check | ring | wrong_generation | control-delay-descriptor | 95 |
 | orphan_finalise_no_token | ring | fencing: 7 | transport-stall-past-lease | 192 |
 | ready_count_writes (no control: every run audits) | ring | ring_audit | baseline-no-faults | 109 |
+| history_ignores_generation (12-02, load 3) | ring | lost: 16 | transport-commit-history-overflow | 32 |
 | generation_reused | ring | republished: 64 (+ duplicated, double_commit) | baseline-no-faults | 189 |
 | checksum_skipped | protocol | corrupted: 29 | transport-truncate | 148 |
 | resolve_says_not_committed | protocol | lost: 15 | transport-drop-commit | 163 |
@@ -88,6 +89,7 @@ CASES = [
     Case("no_generation_check", "control-delay-descriptor", ("wrong_generation",)),
     Case("orphan_finalise_no_token", "transport-stall-past-lease", ("fencing",)),
     Case("ready_count_writes", "baseline-no-faults", ("ring_audit",), control=None),
+    Case("history_ignores_generation", "transport-commit-history-overflow", ("lost",)),
     Case("generation_reused", "baseline-no-faults", ("republished",)),
     Case("checksum_skipped", "transport-truncate", ("corrupted",)),
     Case("resolve_says_not_committed", "transport-drop-commit", ("lost",)),

@@ -21,6 +21,10 @@ Decisions where DESIGN.md is silent:
 - `reset.phase` is required (where the reset happens is the point of the fault; `resolve` aborts before
   the RESOLVED reply). `truncate` and `corrupt` (bytes flipped, same length) take a `phase`, `status`
   or `payload` (default `payload`): the fault layer can cut or garble either message.
+- Transport faults take `side: server` (default: the server's link misbehaves) or `side: client` (the
+  consumer's own link: only `reset`, `timeout` and `stall`, which a client can do to itself; a
+  client-side `stall` names the send it holds, `phase: request | commit | resolve`, while a server-side
+  stall always holds the payload and takes no phase). See chaos/faults/transport.py.
 - `timeout.delay` defaults to 1.5x `consumers.read_timeout` and must exceed it: a shorter hold is a
   `stall`, not a timeout. Keep it and `stall.delay` below the server's step timeout (5 s).
 - `pause.duration` is required; with `at`, the pause must end inside the fault phase.

@@ -106,6 +106,32 @@ def orphan_finalise_no_token() -> None:
     original = patch(SharedRing, "_finalise", _finalise)
 
 
+def history_ignores_generation() -> None:
+    """The ring's per-slot commit history answers by index only: `committed_token` returns the token
+    stored at `generation % COMMIT_HISTORY` without checking which generation stored it.
+
+    Breaks: once a slot was rewritten more than COMMIT_HISTORY (16) times, a RESOLVE for an old
+    generation reads a newer generation's committing token, answers NOT_COMMITTED for a read that did
+    commit, and the client reads again, finds the slot consumed, and drops it: `lost`.
+    transport-commit-history-overflow (dropped COMMITTED + a client stalled before its RESOLVE on a
+    2-slot ring) is the scenario where the history wraps in the meantime.
+    """
+    from transport.ring import COMMIT_HISTORY, SharedRing
+
+    def committed_token(self: SharedRing, slot: int, generation: int) -> int:
+        i = generation % COMMIT_HISTORY
+        stored = int(self._hist_gen[slot, i])
+        if stored == generation:
+            return original(self, slot, generation)
+        if stored == 0:  # never written: 0 (unknown) either way
+            return 0
+        if stored > generation:  # the history wrapped past this generation: where the answer differs
+            ran()
+        return int(self._hist_token[slot, i])  # mutant: another generation's committing token
+
+    original = patch(SharedRing, "committed_token", committed_token)
+
+
 def ready_count_writes() -> None:
     """`ready_count()` returns the number of writes ever made instead of the READY slots.
 
@@ -431,6 +457,7 @@ MUTANTS: dict[str, Callable[[], None]] = {
         no_generation_check,
         orphan_finalise_no_token,
         ready_count_writes,
+        history_ignores_generation,
         generation_reused,
         checksum_skipped,
         resolve_says_not_committed,
