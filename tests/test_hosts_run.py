@@ -161,7 +161,9 @@ def test_without_cap_net_admin_host_scenarios_are_skipped_never_passed() -> None
             "-m",
             "chaos.cli",
         ]
-        probe = subprocess.run([*cmd[:4], "grep", "CapEff", "/proc/self/status"], capture_output=True, text=True)
+        probe = subprocess.run(
+            [*cmd[:4], "grep", "CapEff", "/proc/self/status"], capture_output=True, text=True, timeout=30
+        )
         assert probe.stdout.split() == ["CapEff:", "0000000000000000"], probe.stdout + probe.stderr
         env = {**os.environ, "HOME": str(work), "SLOTWIRE_SHM_TAG": "nocaps"}
         done = subprocess.run(
