@@ -45,8 +45,8 @@ def fault_label(fault: dict[str, Any]) -> str:
         inner = ",".join(f"{k}={v}" for k, v in attrs.items())
         parts.append(f"{toxic.get('type', '?')}({inner})")
     for key, value in fault.items():
-        if key in _LABEL_SKIP or value is None:
-            continue
+        if key in _LABEL_SKIP or value is None or (key == "side" and value == "server"):
+            continue  # side: server is the default every transport fault had before side existed
         if key == "ports" and isinstance(value, list):
             value = ",".join(str(p) for p in value)
         elif key in ("delay", "duration") and isinstance(value, int | float):
