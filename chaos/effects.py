@@ -148,18 +148,30 @@ def _per_port(
 ) -> Effect:
     """Effective when every listed port (every port it fired on, if none are listed) shows `what`
     after one of its firings (within `horizon_s`)."""
-    fired: dict[int, list[float]] = defaultdict(list)
-    for e in fires:
-        port = ix.port_of(e.get("port"))
-        if port is not None:
-            fired[port].append(float(e["t"]))
+
+    def shows(e: Event) -> bool:
+        t = float(e["t"])
+        return _any_between(evidence.get(ix.port_of(e.get("port")), []), t - SLACK_S, t + horizon_s)  # type: ignore[arg-type]
+
+    return _judge_ports(fault, fires, ix, shows, what, "firings")
+
+
+def _judge_ports(
+    fault: FaultView,
+    fires: Sequence[Event],
+    ix: Indexed,
+    shows: Callable[[Event], bool],
+    what: str,
+    firings: str,
+) -> Effect:
+    """The per-port verdict every port-scoped rule shares: each listed port (each fired port if none
+    listed) needs a firing that `shows` its effect; the ports without one are named."""
+    fired = _fired_by_port(fires, ix)
     ports = sorted(fault.ports) if fault.ports is not None else sorted(fired)
     matched = 0
     without: list[int] = []
     for port in ports:
-        hits = sum(
-            1 for t in fired.get(port, ()) if _any_between(evidence.get(port, []), t - SLACK_S, t + horizon_s)
-        )
+        hits = sum(1 for e in fired.get(port, ()) if shows(e))
         matched += hits
         if not hits:
             without.append(port)
@@ -169,7 +181,7 @@ def _per_port(
         never = [p for p in without if p not in fired]
         why = f"no {what} on ports {without}" + (f" (never fired on {never})" if never else "")
         return Effect("ineffective", why, matched, tuple(without))
-    return Effect("effective", f"{what} after {matched} of {len(fires)} firings", matched)
+    return Effect("effective", f"{what} after {matched} of {len(fires)} {firings}", matched)
 
 
 def _keyed(
@@ -224,7 +236,7 @@ def endpoint_replaced(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> 
 CLIENT_HORIZON_S = 10.0
 
 
-def _client_fired(fires: Sequence[Event], ix: Indexed) -> dict[int, list[Event]]:
+def _fired_by_port(fires: Sequence[Event], ix: Indexed) -> dict[int, list[Event]]:
     out: dict[int, list[Event]] = defaultdict(list)
     for e in fires:
         port = ix.port_of(e.get("port"))
@@ -252,22 +264,7 @@ def _client_per_port(
     fault: FaultView, fires: Sequence[Event], ix: Indexed, shows: Callable[[Event], bool], what: str
 ) -> Effect:
     """Effective when every listed port (every fired port if none listed) has a firing that `shows`."""
-    fired = _client_fired(fires, ix)
-    ports = sorted(fault.ports) if fault.ports is not None else sorted(fired)
-    matched = 0
-    without: list[int] = []
-    for port in ports:
-        hits = sum(1 for e in fired.get(port, ()) if shows(e))
-        matched += hits
-        if not hits:
-            without.append(port)
-    if not ports:
-        return Effect("ineffective", "never fired on any port")
-    if without:
-        never = [p for p in without if p not in fired]
-        why = f"no {what} on ports {without}" + (f" (never fired on {never})" if never else "")
-        return Effect("ineffective", why, matched, tuple(without))
-    return Effect("effective", f"{what} after {matched} of {len(fires)} client firings", matched)
+    return _judge_ports(fault, fires, ix, shows, what, "client firings")
 
 
 def client_failed_attempt(

@@ -58,7 +58,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -76,13 +76,10 @@ class InjectedFaultError(ConnectionResetError):
 
 
 @dataclass
-class _Attempt:
-    """The faults drawn for one request and how far its exchange got."""
+class _Drawn:
+    """The faults drawn for one request (server or client side), each acting at most once."""
 
     pending: list[FaultSpec]
-    saw_commit: bool = False
-    sent_payload: bool = False
-    sent_committed: bool = False
 
     def take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
         """The first drawn fault of `kind` (at `phase`), removed: each acts at most once per attempt."""
@@ -90,6 +87,15 @@ class _Attempt:
             if spec.kind == kind and (phase is None or spec.phase == phase):
                 return self.pending.pop(i)
         return None
+
+
+@dataclass
+class _Attempt(_Drawn):
+    """The faults drawn for one request and how far its exchange got."""
+
+    saw_commit: bool = False
+    sent_payload: bool = False
+    sent_committed: bool = False
 
     @property
     def served(self) -> bool:
@@ -236,15 +242,18 @@ def wrong_size(buf: Any) -> np.ndarray:
     return np.zeros(data.nbytes + 1, dtype=np.uint8)
 
 
-class ChaosLink:
-    """A server `Link` that applies the faults drawn for the current request, then delegates."""
+class _FaultLink:
+    """What a server and a client fault link share: delegation to the wrapped link, and the faults
+    drawn for the exchange in progress (none once the run healed)."""
+
+    _attempt: _Drawn | None
 
     def __init__(self, inner: Link, chaos: ChaosLinkWrapper) -> None:
         self.inner = inner
         self.port = inner.port
         self.role = inner.role
         self.chaos = chaos
-        self._attempt: _Attempt | None = None
+        self._attempt = None
 
     @property
     def closed(self) -> bool:
@@ -260,6 +269,12 @@ class ChaosLink:
         if self._attempt is None or self.chaos.healed:
             return None
         return self._attempt.take(kind, phase)
+
+
+class ChaosLink(_FaultLink):
+    """A server `Link` that applies the faults drawn for the current request, then delegates."""
+
+    _attempt: _Attempt | None
 
     def _fire(self, spec: FaultSpec, phase: Phase | None) -> None:
         self.chaos.record(spec, self.port, phase)
@@ -378,20 +393,13 @@ def request_keys(buf: Any) -> list[str]:
 
 
 @dataclass
-class _ClientAttempt:
+class _ClientAttempt(_Drawn):
     """The faults drawn for one client request and the keys it names."""
 
-    pending: list[FaultSpec]
-    keys: list[str]
-
-    def take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
-        for i, spec in enumerate(self.pending):
-            if spec.kind == kind and (phase is None or spec.phase == phase):
-                return self.pending.pop(i)
-        return None
+    keys: list[str] = field(default_factory=list)
 
 
-class ClientChaosLink:
+class ClientChaosLink(_FaultLink):
     """A client `Link` that misbehaves on the consumer's own side (see the module docstring).
 
     It defines neither `post_recv` nor `post_send`, so the client steps every transfer through it
@@ -400,27 +408,7 @@ class ClientChaosLink:
     one every step of that exchange sees.
     """
 
-    def __init__(self, inner: Link, chaos: ChaosLinkWrapper) -> None:
-        self.inner = inner
-        self.port = inner.port
-        self.role = inner.role
-        self.chaos = chaos
-        self._attempt: _ClientAttempt | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.inner.closed
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def abort(self) -> None:
-        self.inner.abort()
-
-    def _take(self, kind: str, phase: Phase | None = None) -> FaultSpec | None:
-        if self._attempt is None or self.chaos.healed:
-            return None
-        return self._attempt.take(kind, phase)
+    _attempt: _ClientAttempt | None
 
     def _fire(self, spec: FaultSpec, phase: Phase) -> None:
         assert self._attempt is not None
