@@ -37,8 +37,9 @@ class FailingSink:
             raise RuntimeError("events sink broke")
 
 
-def _ready(live: LiveServer) -> int:
-    return sum(live.ring.info(s).state is SlotState.READY for s in range(live.ring.slots))
+def _consumed(live: LiveServer) -> int:
+    """Slots committed (FREE again): a read cut off by the cancel only releases its slot to READY."""
+    return sum(live.ring.info(s).state is SlotState.FREE for s in range(live.ring.slots))
 
 
 @pytest.mark.parametrize("batch_size", [0, 2], ids=["singles", "batched"])
@@ -51,17 +52,21 @@ def test_a_worker_bug_cancels_its_siblings_and_propagates(batch_size: int) -> No
                 await fetch_batch(
                     client, descs, max_attempts=1, rounds=1, concurrency=2, batch_size=batch_size
                 )
-            at_raise = _ready(live)
+            at_raise = _consumed(live)
             # Long enough for a surviving worker to read every slot left (it did, with gather).
             await asyncio.sleep(1.5)
-            return at_raise, _ready(live)
+            return at_raise, _consumed(live)
         finally:
             await client.close()
 
     with live_server(slots=SLOTS, idle_evict=60.0) as live:
         at_raise, settled = run(scenario(live))
-    assert at_raise > 0, "the failure came after every slot was read: the test proves nothing"
-    assert settled == at_raise, f"{at_raise - settled} slot(s) were read after fetch_batch raised"
+    assert at_raise < SLOTS, "the failure came after every slot was read: the test proves nothing"
+    # A sibling cancelled after its COMMIT went out still commits that one exchange (at most a batch);
+    # a sibling left running (gather) goes on to read every slot left.
+    in_flight = max(batch_size, 1)
+    assert settled - at_raise <= in_flight, f"{settled - at_raise} slot(s) were read after fetch_batch raised"
+    assert settled < SLOTS, "every slot was read: the siblings kept running"
 
 
 class SlowClose:

@@ -197,8 +197,13 @@ class SlotClient:
                 raise
             raise _as_transport_error(exc, f"connect {host}:{port}") from exc
         self.stats.connects += 1
-        self.events.emit("connect", port=port)  # a new endpoint: evidence that an old one was replaced
-        return self.link_wrapper(UcxLink(endpoint, port, "client"))
+        link = self.link_wrapper(UcxLink(endpoint, port, "client"))
+        try:
+            self.events.emit("connect", port=port)  # a new endpoint: evidence an old one was replaced
+        except BaseException:
+            link.abort()  # never leak a live endpoint to the garbage collector's finaliser
+            raise
+        return link
 
     async def warm(self, host: str, ports: tuple[int, ...] | list[int]) -> int:
         """Start UCX and pool one endpoint per port ahead of the first read (measured here: the
