@@ -279,12 +279,14 @@ async def run_entrypoint(fn: Callable[[TrainerContext], Any], ctx: TrainerContex
 # -- the harness's own consumer ------------------------------------------------------------------
 
 
-async def builtin_consume(ctx: TrainerContext, depth: int = 2) -> None:
+async def builtin_consume(ctx: TrainerContext, depth: int = 2, hold: float = 0.0) -> None:
     """Claim, fetch, report, ack: the built-in consumer role, pipelined.
 
     Up to `depth` batches are in flight at once, and the next claim goes out while they are: a batch
     held up by one slow slot (a stall holds its read for seconds) no longer holds up every descriptor
-    published behind it, which on an overwrite ring would only ever meet STALE.
+    published behind it, which on an overwrite ring would only ever meet STALE. `hold` seconds pass
+    between a batch's fetch and its ack (a trainer computing on its copies before it acks): a consumer
+    killed then holds claimed, un-acked descriptors, which is what its kill must be judged by.
     """
     in_flight: set[asyncio.Task[None]] = set()
 
@@ -292,6 +294,8 @@ async def builtin_consume(ctx: TrainerContext, depth: int = 2) -> None:
         descs = [m.descriptor for m in messages]
         batch = await ctx.packer.fetch_slots(descs)
         ctx.sink.record(descs, batch)
+        if hold:
+            await asyncio.sleep(hold)
         done, retry = settle(messages, batch)
         await ctx.source.ack(done)
         await ctx.source.nack(retry)

@@ -195,7 +195,7 @@ async def _consume(cfg: ConsumerConfig, channel: Any, stop: Any) -> None:
     elif cfg.borrow:
         consume = functools.partial(borrow_consume, hold=cfg.hold, max_attempts=cfg.max_attempts)
     else:
-        consume = builtin_consume
+        consume = functools.partial(builtin_consume, hold=cfg.hold)
     events = JsonlSink(Path(cfg.run_dir) / "events" / f"{cfg.name}.jsonl", cfg.name)
     link_wrapper = None
     if cfg.link_wrapper_args is not None:

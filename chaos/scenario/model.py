@@ -201,7 +201,8 @@ class Consumers(_Model):
     (`chaos.trainer` documents what it is called with); None runs the harness's built-in consumer.
     `transport: local` reads every slot from the producer's shared segment (same host, no UCX); the
     consumer then `borrow`s each slot (a zero-copy view, checked in place) when `borrow` is true and
-    holds it `hold` seconds before the commit (what a trainer's compute on the view looks like).
+    holds it `hold` seconds before the commit (what a trainer's compute on the view looks like); a
+    copying consumer (`borrow: false`) holds each fetched batch `hold` seconds before its ack.
     Local reads hold their slots under the server's lease (`server.lease`).
     """
 
