@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +29,6 @@ from transport.errors import (
     ConnectionLostError,
     InDoubtError,
     NotReadyError,
-    ProtocolError,
     ReadTimeoutError,
     StaleSlotError,
     TransportError,
@@ -42,9 +42,6 @@ from transport.ucx import init_in_loop
 
 log = logging.getLogger(__name__)
 
-# Errors after which a port is quarantined: the link itself misbehaved (a non-retryable error, e.g.
-# a LocalProtocolError, is this process's own fault and never blames the port).
-_LINK_FAULTS = (ConnectionLostError, ReadTimeoutError, TruncatedError, ProtocolError)
 # Refusals the server answers with a STATUS and then waits for the next request on the same endpoint.
 _CLEAN_REFUSALS = (StaleSlotError, NotReadyError, BusyError)
 # The payload receive is posted ahead of the status only from this size up. Below it the payload is
@@ -89,13 +86,14 @@ def _as_transport_error(exc: BaseException, what: str) -> TransportError:
     if isinstance(exc, TimeoutError):
         return ReadTimeoutError(f"{what}: timed out")
     name = type(exc).__name__
-    if "Truncated" in name:
+    ucxx_errors = sys.modules.get("ucxx.exceptions")  # loaded whenever a UCX endpoint could fail
+    if ucxx_errors is not None and isinstance(exc, ucxx_errors.UCXMessageTruncatedError):
         return TruncatedError(f"{what}: {name}: {exc}")
     return ConnectionLostError(f"{what}: {name}: {exc}")
 
 
 def _with_port(exc: TransportError, port: int) -> TransportError:
-    exc.port = port  # type: ignore[attr-defined]
+    exc.port = port
     return exc
 
 
@@ -271,8 +269,8 @@ class SlotClient:
         return self.local.read(ring, desc, buf)
 
     def _link_failed(self, port: int, exc: TransportError) -> None:
-        exc.port = port  # type: ignore[attr-defined]
-        if isinstance(exc, _LINK_FAULTS) and exc.retryable:  # not our own misuse (LocalProtocolError)
+        exc.port = port
+        if exc.quarantines:  # the link misbehaved (never our own misuse: see transport.errors)
             self.stats.per_port_errors[port] = self.stats.per_port_errors.get(port, 0) + 1
             self.quarantine(port, type(exc).__name__)
 
@@ -415,7 +413,7 @@ class SlotClient:
                 if payload is not None and not isinstance(cb.errors[i], InDoubtError):
                     self._buffers.forget(payload)  # its receive may still be live in UCX
         else:
-            bad = next((e for e in cb.errors if isinstance(e, _LINK_FAULTS)), None)
+            bad = next((e for e in cb.errors if e is not None and e.quarantines), None)
             if bad is not None:  # e.g. one truncated payload: the exchange held, the port misbehaved
                 link.abort()
                 self._link_failed(port, bad)

@@ -22,11 +22,7 @@ from transport.errors import (
     AttemptsExhaustedError,
     BusyError,
     ConfigError,
-    InDoubtError,
-    NotReadyError,
-    StaleSlotError,
     TransportError,
-    UnauthorizedError,
 )
 from transport.protocol import BATCH_MAX
 
@@ -63,17 +59,8 @@ class BatchResult:
 
 
 def failure_reason(exc: BaseException) -> str:
-    if isinstance(exc, StaleSlotError):
-        return "stale"
-    if isinstance(exc, UnauthorizedError):
-        return "unauthorized"
-    if isinstance(exc, InDoubtError):
-        return "in_doubt"
-    if isinstance(exc, NotReadyError):
-        return "consumed"
-    if isinstance(exc, AttemptsExhaustedError):
-        return "exhausted"
-    return "error"
+    """A failed slot's reason: the error class's `reason` (the policy table in transport.errors)."""
+    return exc.reason if isinstance(exc, TransportError) else "error"
 
 
 def retry_delay(exc: TransportError, attempt: int, backoff: float, cap: float) -> float:
