@@ -114,14 +114,28 @@ class Indexed:
         self, types: Sequence[str], reasons: frozenset[str] | None = None
     ) -> dict[int, list[float]]:
         """Sorted times per port of events of `types` (optionally with a `reason` in `reasons`)."""
-        out: dict[int, list[float]] = defaultdict(list)
+        return self._times_by(types, reasons, lambda e, port: port)
+
+    def proc_port_times(
+        self, types: Sequence[str], reasons: frozenset[str] | None = None
+    ) -> dict[tuple[str, int], list[float]]:
+        """As `port_times`, per (process, port): a client-side fault acts in one consumer only."""
+        return self._times_by(types, reasons, lambda e, port: (str(e.get("proc")), port))
+
+    def _times_by(
+        self,
+        types: Sequence[str],
+        reasons: frozenset[str] | None,
+        key: Callable[[Event, int], Any],
+    ) -> dict[Any, list[float]]:
+        out: dict[Any, list[float]] = defaultdict(list)
         for type_ in types:
             for e in self.by_type.get(type_, ()):
                 if reasons is not None and str(e.get("reason")) not in reasons:
                     continue
                 port = self.port_of(e.get("port"))
                 if port is not None:
-                    out[port].append(float(e["t"]))
+                    out[key(e, port)].append(float(e["t"]))
         for times in out.values():
             times.sort()
         return out
@@ -245,41 +259,19 @@ def _fired_by_port(fires: Sequence[Event], ix: Indexed) -> dict[int, list[Event]
     return out
 
 
-def _client_failed(ix: Indexed, reasons: frozenset[str] | None = None) -> dict[tuple[str, int], list[float]]:
-    """Sorted times of failed attempts per (consumer, port): a client-side fault acts in one consumer."""
-    out: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for type_ in FAILED_ATTEMPT:
-        for e in ix.by_type.get(type_, ()):
-            if reasons is not None and str(e.get("reason")) not in reasons:
-                continue
-            port = ix.port_of(e.get("port"))
-            if port is not None:
-                out[(str(e.get("proc")), port)].append(float(e["t"]))
-    for times in out.values():
-        times.sort()
-    return out
-
-
-def _client_per_port(
-    fault: FaultView, fires: Sequence[Event], ix: Indexed, shows: Callable[[Event], bool], what: str
-) -> Effect:
-    """Effective when every listed port (every fired port if none listed) has a firing that `shows`."""
-    return _judge_ports(fault, fires, ix, shows, what, "client firings")
-
-
 def client_failed_attempt(
     fault: FaultView, fires: Sequence[Event], ix: Indexed, reasons: frozenset[str] | None = None
 ) -> Effect:
     """A client reset (or timeout: `reasons`) counts when the consumer it fired in saw an attempt on
     that port fail afterwards: another consumer's failure is not this firing's doing."""
-    failed = _client_failed(ix, reasons)
+    failed = ix.proc_port_times(FAILED_ATTEMPT, reasons)
 
     def shows(e: Event) -> bool:
         times = failed.get((str(e.get("proc")), ix.port_of(e.get("port"))), [])  # type: ignore[arg-type]
         return _any_between(times, float(e["t"]) - SLACK_S, float(e["t"]) + CLIENT_HORIZON_S)
 
     what = "failed attempt by that consumer" if reasons is None else "client read timeout"
-    return _client_per_port(fault, fires, ix, shows, what)
+    return _judge_ports(fault, fires, ix, shows, what, "client firings")
 
 
 def client_read_timed_out(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> Effect:
@@ -293,7 +285,7 @@ def client_stall_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) 
     """The held exchange shows the hold: one of its keys has an outcome at least 0.9x `delay` after
     the firing (answered late by RESOLVE, refused, fenced, failed or delivered late), or the consumer's
     attempt on that port failed (its own bound fired). A hold nothing waited for shows neither."""
-    failed = _client_failed(ix)
+    failed = ix.proc_port_times(FAILED_ATTEMPT)
     hold = 0.9 * (fault.delay_s or 0.0)
 
     def shows(e: Event) -> bool:
@@ -308,7 +300,8 @@ def client_stall_outcome(fault: FaultView, fires: Sequence[Event], ix: Indexed) 
             for later in ix.by_key.get(str(key), ())
         )
 
-    return _client_per_port(fault, fires, ix, shows, f"outcome of the held exchange {hold:.2f}s later")
+    what = f"outcome of the held exchange {hold:.2f}s later"
+    return _judge_ports(fault, fires, ix, shows, what, "client firings")
 
 
 CLIENT_RULES: dict[str, Rule] = {

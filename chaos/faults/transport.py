@@ -63,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from chaos.faults.base import Clock, FaultSpec, HealSwitch, Trigger
+from chaos.faults.base import SIDES, Clock, FaultSpec, HealSwitch, Trigger
 from transport import protocol as proto
 from transport.events import EventSink
 from transport.link import Link, Phase
@@ -134,7 +134,7 @@ class ChaosLinkWrapper:
         clock: Clock = time.time,
         side: str = "server",
     ) -> None:
-        if side not in ("server", "client"):
+        if side not in SIDES:
             raise ValueError(f"side must be server or client, got {side!r}")
         self.side = side
         self.ports_by_index = ports_by_index

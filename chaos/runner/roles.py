@@ -166,7 +166,7 @@ class ConsumerConfig:
     warm: tuple[str, tuple[int, ...]] | None = None  # (host, ports) to connect before the first claim
     transport: str = "ucx"  # "local": same-host reads from the shared segment
     borrow: bool = False  # local only: borrow each slot (zero copy) instead of copying it
-    hold: float = 0.0  # seconds a borrowed slot is held before its commit
+    hold: float = 0.0  # seconds a borrowed slot is held before its commit (a copied batch: before its ack)
     lease: float = 30.0  # how long a local read may hold its slot
     # Client-side transport faults: `ChaosLinkWrapper(side="client")` arguments, None = no wrapper.
     link_wrapper_args: dict[str, Any] | None = None
