@@ -174,3 +174,43 @@ def test_without_cap_net_admin_host_scenarios_are_skipped_never_passed() -> None
         assert _results(out)["scenarios"][0]["status"] == "error"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _left_in_user_namespaces() -> list[int]:
+    """Processes that carry the marker of a run moved into its own user namespace."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"SLOTWIRE_USERNS=1" in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_without_the_right_to_make_namespaces_the_run_moves_into_a_user_namespace(tmp_path: Path) -> None:
+    """A rootless container: root of a user namespace that owns neither the network nor /run.
+
+    There `ip netns add` fails (the mount namespace belongs to the real root), as it does for a
+    developer without root. The run must re-execute itself in a user namespace of its own, build the
+    hosts there, and judge the toxic effective on real traffic, not skip and not pass vacuously.
+    """
+    out = tmp_path / "userns"
+    path = _scenario(tmp_path, "latency-in-userns")
+    outer = ["unshare", "--user", "--map-root-user", "--keep-caps", "--"]
+    probe = subprocess.run([*outer, "ip", "netns", "add", "slotwire-cannot"], capture_output=True, text=True)
+    assert probe.returncode != 0, "the outer namespace must not be able to make named namespaces"
+    done = subprocess.run(
+        [*outer, sys.executable, "-m", "chaos.cli", "run", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert "re-running in a user namespace of its own" in text
+    assert "ineffective" not in text and "skipped" not in text
+    (result,) = _results(out)["scenarios"]
+    assert result["status"] == "passed", result["verdict"] if "verdict" in result else result
+    assert not _left_in_user_namespaces()

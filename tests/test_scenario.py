@@ -618,3 +618,11 @@ def test_client_side_transport_faults_are_stored_with_their_side(tmp_path: Path)
     assert [f.side for f in sc.faults] == ["server", "client", "client", "client"]  # type: ignore[union-attr]
     assert sc.faults[3].phase == "resolve"  # type: ignore[union-attr]
     assert Scenario.from_dict(sc.to_dict()) == sc
+
+
+def test_redis_channel_with_hosts_is_refused_naming_the_field() -> None:
+    """Redis runs in the runner's namespace, out of reach of consumers inside hosts: say so up front."""
+    Scenario.from_dict(_hosted())  # control: the same scenario on the memory channel is valid
+    with pytest.raises(ScenarioError, match="channel: redis cannot be combined with `hosts:`") as caught:
+        Scenario.from_dict(_hosted(channel="redis"))
+    assert caught.value.problems[0].field == "channel", caught.value.problems

@@ -30,6 +30,7 @@ from rich.table import Table
 
 from chaos.atomic import write_atomic
 from chaos.checker import failures_line
+from chaos.hosts import userns
 from chaos.hosts.fabric import sweep as sweep_hosts
 from chaos.report import RunResults, ScenarioResult, Thresholds, write_reports
 from chaos.report.results import ResultsError, new_run_id
@@ -434,7 +435,29 @@ def _report_options(
     return ReportOptions(junit, base, history, thresholds, fail_on_regression)
 
 
+def _host_privileges(jobs: list[Job], servers: Servers) -> None:
+    """Without the right to make network namespaces here, re-run in a user namespace of our own if we may.
+
+    Only when a scenario places roles on hosts; otherwise (or when it is impossible) the run goes on here
+    and host scenarios say `skipped: needs CAP_NET_ADMIN`.
+    """
+    if userns.inside() or not any(job.scenario.hosts is not None for job in jobs):
+        return
+    if userns.can_make_namespaces() is None:
+        return
+    if servers.toxiproxy or servers.redis:
+        why_not = "--toxiproxy/--redis servers outside it would be unreachable"
+    else:
+        why_not = userns.available()
+    if why_not is None:
+        console.print("cannot make network namespaces here: re-running in a user namespace of its own")
+        sys.stdout.flush()
+        userns.reexec(sys.argv[1:])
+    console.print(f"[yellow]no CAP_NET_ADMIN, no user namespace[/] ({why_not}): host scenarios are skipped")
+
+
 def _run_jobs(jobs: list[Job], out: str | None, opts: ReportOptions, parallel: int, servers: Servers) -> int:
+    _host_privileges(jobs, servers)
     started = datetime.now(UTC)
     out_dir = _out_dir(out, started)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -666,6 +666,15 @@ class Scenario(_Model):
         return list(dict.fromkeys(placement.values()))
 
     def _check_hosts(self) -> list[tuple[Loc, str]]:
+        if self.hosts is not None and self.channel == "redis":
+            # Redis runs in the runner's namespace: consumers inside hosts could not reach its loopback.
+            return [
+                (
+                    ("channel",),
+                    "redis cannot be combined with `hosts:` (the Redis server is not placed on "
+                    "a simulated host yet); use channel: memory for host scenarios",
+                )
+            ]
         if not isinstance(self.hosts, dict):
             return []
         problems: list[tuple[Loc, str]] = []
