@@ -58,6 +58,9 @@ def find_executable() -> str:
     )
 
 
+PORT_ATTEMPTS = 5
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -86,6 +89,8 @@ class RedisServer:
         self.directory = Path(directory).absolute()
         self.host = host
         self.port = port or free_port(host)
+        self._may_move = port is None  # a port we picked may be taken before redis binds it
+        self._was_up = False
         self.executable = executable or find_executable()
         self.log_path = Path(log_path).absolute() if log_path else self.directory / "redis.log"
         self.on_start = on_start
@@ -105,6 +110,28 @@ class RedisServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 20.0) -> RedisServer:
+        """Start the server; a port we picked that another process took first is replaced by a new one.
+
+        `free_port` releases its port before redis binds it, so on a busy machine (parallel runs, other
+        suites) another process can take it in between: seen as "Address already in use" in the log. Only
+        before the first successful start: a restart must come back on the port the clients know.
+        """
+        for _ in range(PORT_ATTEMPTS - 1):
+            try:
+                return self._start_once(timeout)
+            except RedisServerError:
+                if self._was_up or not self._may_move or not self._port_was_taken():
+                    raise
+                self.port = free_port(self.host)
+        return self._start_once(timeout)
+
+    def _port_was_taken(self) -> bool:
+        try:
+            return "Address already in use" in self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return False
+
+    def _start_once(self, timeout: float) -> RedisServer:
         """Exec the server and wait until it answers PING (and has replayed its append-only file)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +162,7 @@ class RedisServer:
                     )
                 try:
                     client.ping()
+                    self._was_up = True
                     return self
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                     if time.monotonic() >= deadline:

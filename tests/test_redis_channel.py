@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from chaos import redis_server
 from chaos.faults.base import FaultSpec
 from chaos.faults.control import ControlFaults
 from chaos.redis_channel import RedisChannelClient, RedisQueue, StreamRef
-from chaos.redis_server import RedisServer
+from chaos.redis_server import RedisServer, RedisServerError
 from transport.events import NullSink
 
 
@@ -221,3 +224,22 @@ def test_scenario_model_channel_and_redis_target(tmp_path: Path) -> None:
     entry.write_text("name: e\nduration: 5s\nconsumers: {entrypoint: mypkg.train}\n")
     with pytest.raises(ScenarioError, match=r"entry.yaml:3: consumers.entrypoint"):
         load_scenario(entry)
+
+
+def test_a_picked_port_taken_before_redis_binds_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process took the port between free_port and redis's bind: the run moves, not fails."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_free_port = redis_server.free_port
+        monkeypatch.setattr(redis_server, "free_port", lambda host: next(picks, None) or real_free_port(host))
+        with RedisServer(tmp_path / "moved") as server:
+            assert server.port != taken and server.starts == 2, (server.port, server.starts)
+            assert redis.Redis.from_url(server.url).ping()
+        # A port the caller chose is kept: the clients were told it, so failing is right.
+        with pytest.raises(RedisServerError, match="exited"):
+            RedisServer(tmp_path / "given", port=taken).start()
