@@ -756,25 +756,25 @@ class ScenarioRun:
         self, roles: _RoleWiring, lease: float, stop_consuming: Any
     ) -> dict[str, RoleHandle]:
         """One handle per consumer (not started), in its host under host mode."""
-        sc, c = self.scenario, self.scenario.consumers
+        sc = self.scenario
         handles = {}
-        for i in range(c.count):
+        for i in range(sc.consumers.count):
             name = f"consumer-{i}"
             cfg = ConsumerConfig(
                 run_dir=str(self.run_dir),
                 name=name,
                 seed=self.seed,
                 protocol=sc.protocol,
-                batch=c.batch,
-                read_timeout=c.read_timeout,
-                quarantine=c.quarantine,
-                max_attempts=c.max_attempts,
-                rounds=c.rounds,
-                entrypoint=c.entrypoint,
-                warm=(HOST, tuple(roles.advertised)) if c.transport == "ucx" else None,
-                transport=c.transport,
-                borrow=c.borrow,
-                hold=c.hold,
+                batch=sc.consumers.batch,
+                read_timeout=sc.consumers.read_timeout,
+                quarantine=sc.consumers.quarantine,
+                max_attempts=sc.consumers.max_attempts,
+                rounds=sc.consumers.rounds,
+                entrypoint=sc.consumers.entrypoint,
+                warm=(HOST, tuple(roles.advertised)) if sc.consumers.transport == "ucx" else None,
+                transport=sc.consumers.transport,
+                borrow=sc.consumers.borrow,
+                hold=sc.consumers.hold,
                 lease=lease,
                 link_wrapper_args=client_link_wrapper_args(
                     sc, roles.specs, self.seed, roles.run_start, roles.advertised
