@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from chaos.bench_cli import bench as bench_command
+from chaos.bench.cli import bench as bench_command
 from chaos.proxy.cli import proxy as proxy_command
 from chaos.report.cli import report as report_command
 from chaos.runner.cli import replay as replay_command

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark (`python -m transport.bench --quick`): it runs end to end and writes a
+"""Smoke test of the benchmark (`chaos bench --quick`): it runs end to end and writes a
 JSON report of the documented shape with sane numbers. No timing is asserted: that is the benchmark's job."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from transport.bench import (
+from chaos.bench.core import (
     DEFAULT_SIZES,
     SCHEMA,
     TARGETS,
@@ -21,7 +21,7 @@ from transport.bench import (
     parse_sizes,
     size_target,
 )
-from transport.pipeline_bench import PIPELINE_TARGETS, pipeline_target
+from chaos.bench.pipeline import PIPELINE_TARGETS, pipeline_target
 
 
 def _positive(value: object) -> bool:
@@ -44,7 +44,7 @@ def test_parse_sizes() -> None:
 @pytest.mark.timeout(330)
 def test_quick_bench_writes_sane_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "transport.bench", "--quick", "--sizes", "4KiB", "--modes", "polling"]
+    cmd = [sys.executable, "-m", "chaos.cli", "bench", "--quick", "--sizes", "4KiB", "--modes", "polling"]
     proc = subprocess.run(
         [*cmd, "--json", str(out)],
         capture_output=True,
@@ -141,8 +141,18 @@ def test_chaos_overhead_compares_the_stack_with_a_quiet_chaos_wrapper(tmp_path: 
     assert "chaos p=0" in proc.stdout
 
 
+def test_ab_cell_travels_as_json_to_the_child() -> None:
+    """`run_ab` hands each tree's interpreter one AbCell as JSON (`python -m chaos.bench.pipeline`)."""
+    from dataclasses import asdict
+
+    from chaos.bench.pipeline import AbCell
+
+    cell = AbCell(size=4096, order="lp", reps=3, cell_seconds=0.5, ports=2, put=True)
+    assert AbCell(**json.loads(json.dumps(asdict(cell)))) == cell
+
+
 def test_own_engine_is_reported_but_never_the_raw_baseline() -> None:
-    from transport.bench import build_rows
+    from chaos.bench.core import build_rows
 
     def cells(gib: float) -> dict[str, object]:
         return {"cells": {"4096": {"median_gib_s": gib, "median_slots_s": gib * 1000}}}
@@ -156,7 +166,7 @@ def test_own_engine_is_reported_but_never_the_raw_baseline() -> None:
 
 def test_design_floor_is_reported_beside_the_baseline_never_as_it() -> None:
     """The DESIGN-pattern modes give the floor columns; the stock baseline stays the best stock mode."""
-    from transport.bench import DESIGN_MODES, build_rows
+    from chaos.bench.core import DESIGN_MODES, build_rows
 
     def cells(gib: float) -> dict[str, object]:
         return {"cells": {"4096": {"median_gib_s": gib, "median_slots_s": gib * 1000}}}
@@ -175,7 +185,7 @@ def test_design_floor_is_reported_beside_the_baseline_never_as_it() -> None:
 @pytest.mark.timeout(150)
 def test_quick_bench_with_a_design_mode_reports_the_floor(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "transport.bench", "--quick", "--sizes", "64KiB", "--no-pipeline"]
+    cmd = [sys.executable, "-m", "chaos.cli", "bench", "--quick", "--sizes", "64KiB", "--no-pipeline"]
     proc = subprocess.run(
         [*cmd, "--modes", "polling,hybrid/design", "--json", str(out)],
         capture_output=True,

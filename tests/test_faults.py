@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from spawned import SpawnedProcess, TickThread, tick_until
 
 from chaos.channel import ChannelServer, DescriptorQueue
 from chaos.faults import (
@@ -27,7 +28,6 @@ from chaos.faults import (
     HealSwitch,
     InjectedFaultError,
     ProcessFaults,
-    SpawnedProcess,
     Trigger,
     derive_seed,
     layer_of,
@@ -593,11 +593,11 @@ def test_timer_thread_fires_at_its_time(sleeper: SpawnedProcess) -> None:
         Events(),
         time.time(),
     )
-    faults.start(interval=0.05)
+    ticking = TickThread(faults, interval=0.05)
     try:
         assert wait_for(lambda: status(pid) in ("gone", psutil.STATUS_ZOMBIE), timeout=10)
     finally:
-        faults.close()
+        ticking.close()
     assert faults.fired[0] == 1
 
 
@@ -610,7 +610,7 @@ async def test_async_runner_stops_and_continues(sleeper: SpawnedProcess) -> None
         time.time(),
     )
     stop = asyncio.Event()
-    task = asyncio.create_task(faults.run(interval=0.05, stop=stop))
+    task = asyncio.create_task(tick_until(faults, interval=0.05, stop=stop))
     assert await asyncio.to_thread(wait_for, lambda: status(sleeper.pid) == psutil.STATUS_STOPPED)
     stop.set()
     await asyncio.wait_for(task, 5)

@@ -9,10 +9,11 @@ from typing import Any
 
 import psutil
 import pytest
+from spawned import SpawnedProcess
 
 from chaos.channel import ChannelClosedError, ChannelFailedError, ChannelServer, DescriptorQueue
 from chaos.faults.base import FaultSpec
-from chaos.faults.process import ProcessFaults, SpawnedProcess
+from chaos.faults.process import ProcessFaults
 from chaos.report import write_reports
 from chaos.runner import orchestrator
 from chaos.scenario import parse_scenario

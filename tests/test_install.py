@@ -32,19 +32,39 @@ def _run(code: str, *, path: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def _loaded_after(code: str) -> set[str]:
+    """Top-level names of every module loaded after `code` ran in a fresh interpreter."""
+    done = _run(textwrap.dedent(code) + "\nimport json, sys; print(json.dumps(sorted(sys.modules)))")
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def test_import_transport_loads_no_harness_module() -> None:
-    done = _run(
+    loaded = _loaded_after(
         """
-        import json, sys
         import transport
         from transport import Consumer, Producer, SlotDescriptor, fetch_batch, DataPackerMixin
-        print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))
         """
     )
-    assert done.returncode == 0, done.stderr
-    loaded = set(json.loads(done.stdout))
-    assert "transport" in loaded and "numpy" in loaded  # the probe did import the library
-    assert not loaded & set(HARNESS_MODULES), sorted(loaded & set(HARNESS_MODULES))
+    top = {m.split(".")[0] for m in loaded}
+    assert "transport" in top and "numpy" in top  # the probe did import the library
+    assert not top & set(HARNESS_MODULES), sorted(top & set(HARNESS_MODULES))
+
+
+def test_every_library_module_imports_without_the_harness() -> None:
+    """Each module of `transport` (the facade, client, server, serve, ...) loads no harness library and
+    no benchmark: the bench lives in `chaos.bench`, so a trainer never imports it."""
+    loaded = _loaded_after(
+        """
+        import importlib, pkgutil, transport
+        for info in pkgutil.walk_packages(transport.__path__, "transport."):
+            importlib.import_module(info.name)
+        """
+    )
+    assert {"transport.facade", "transport.client", "transport.serve"} <= loaded  # the walk found them
+    top = {m.split(".")[0] for m in loaded}
+    assert not top & set(HARNESS_MODULES), sorted(top & set(HARNESS_MODULES))
+    assert not [m for m in loaded if "bench" in m], sorted(m for m in loaded if "bench" in m)
 
 
 def _fake_install(tmp_path: Path, requirement: str) -> Path:

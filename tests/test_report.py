@@ -115,7 +115,7 @@ def spec_for(config: dict[str, Any]) -> CheckSpec:
     )
 
 
-class History:
+class SyntheticHistory:
     """Synthetic merged event history; `t` is seconds after the fault phase began."""
 
     def __init__(self, seed: int) -> None:
@@ -157,7 +157,7 @@ class History:
 
 
 def passing_history() -> list[dict[str, Any]]:
-    h = History(1)
+    h = SyntheticHistory(1)
     n = 0
     for i in range(1150):  # ~96/s for 12 s, a dip after the server kill at 9 s
         t = i * 0.0104
@@ -181,7 +181,7 @@ def passing_history() -> list[dict[str, Any]]:
 
 
 def failing_history() -> list[dict[str, Any]]:
-    h = History(2)
+    h = SyntheticHistory(2)
     for i in range(500):
         t = i * 0.016
         key = f"{i % 32}:{i // 32 + 1}"

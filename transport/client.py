@@ -281,6 +281,7 @@ class SlotClient:
             raise ConfigError(f"out: need a contiguous 1-d uint8 array of at least {nbytes} bytes")
         return out[:nbytes]
 
+    # Long: a read's five steps in order under one bound and one cleanup, which must see every step.
     async def _attempt(
         self, link: Link, desc: SlotDescriptor, port: int, out: np.ndarray | None
     ) -> ReadResult:

@@ -300,6 +300,7 @@ class SlotServer:
                 return srv.on_sent()
         raise AssertionError(f"unhandled batch action {action!r}")
 
+    # Long: one match arm per ServerAction, in the machine's order (the protocol split may shorten it).
     async def _perform(
         self,
         link: Link,

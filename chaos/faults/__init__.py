@@ -16,7 +16,7 @@ from chaos.faults.base import (
     layer_of,
 )
 from chaos.faults.control import ControlFaults, Handout
-from chaos.faults.process import ProcessFaults, ProcessHandle, SpawnedProcess
+from chaos.faults.process import ProcessFaults, ProcessHandle
 from chaos.faults.transport import ChaosLink, ChaosLinkWrapper, InjectedFaultError, make_link_wrapper
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "InjectedFaultError",
     "ProcessFaults",
     "ProcessHandle",
-    "SpawnedProcess",
     "Trigger",
     "derive_rng",
     "derive_seed",

@@ -22,15 +22,12 @@ is skipped without a draw being counted as a firing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import multiprocessing
 import multiprocessing.process
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import psutil
@@ -39,7 +36,6 @@ from chaos.faults.base import Clock, FaultSpec, HealSwitch, Trigger
 from transport.events import EventSink
 
 DEFAULT_PAUSE_S = 1.0
-SPAWN = multiprocessing.get_context("spawn")  # fork after ucxx is initialised hangs the child
 
 
 class ProcessHandle(Protocol):
@@ -59,59 +55,6 @@ def process_handle(process: multiprocessing.process.BaseProcess | None) -> psuti
         return psutil.Process(process.pid)
     except psutil.NoSuchProcess:
         return None
-
-
-class SpawnedProcess:
-    """A ready-made `ProcessHandle`: a spawn-context process that `restart()` starts again.
-
-    `restart()` joins (reaps) the old process first, then starts a new one with the same target and
-    arguments; `stop()` kills and joins within a timeout, for cleanup.
-    """
-
-    def __init__(
-        self,
-        target: Callable[..., object],
-        args: tuple[object, ...] = (),
-        kwargs: dict[str, object] | None = None,
-        *,
-        name: str | None = None,
-        start: bool = True,
-    ) -> None:
-        self.target = target
-        self.args = args
-        self.kwargs = dict(kwargs or {})
-        self.name = name
-        self.process: multiprocessing.process.BaseProcess | None = None
-        self.proc: psutil.Process | None = None
-        self.starts = 0
-        if start:
-            self.start()
-
-    @property
-    def pid(self) -> int | None:
-        """For logs and events only; signals go through `proc`."""
-        return None if self.process is None else self.process.pid
-
-    def start(self) -> None:
-        self.process = SPAWN.Process(
-            target=self.target, args=self.args, kwargs=self.kwargs, name=self.name, daemon=True
-        )
-        self.process.start()
-        self.proc = process_handle(self.process)
-        self.starts += 1
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        process = self.process
-        if process is None:
-            return
-        if process.is_alive():
-            _signal(self.proc, signal.SIGCONT)  # a stopped process must not outlive cleanup
-            process.kill()
-        process.join(timeout)
 
 
 def is_running(proc: psutil.Process | None) -> bool:
@@ -147,7 +90,7 @@ def _signal(proc: psutil.Process | None, sig: signal.Signals) -> bool:
 
 
 class ProcessFaults:
-    """Fires process faults on `tick()`; `run()` / `start()` tick on a timer. Thread-safe."""
+    """Fires process faults on `tick()` (the runner ticks it from its fault phase). Thread-safe."""
 
     def __init__(
         self,
@@ -176,8 +119,6 @@ class ProcessFaults:
         self.fired: Counter[int] = Counter()  # fault index -> firings
         self._paused: dict[psutil.Process, float] = {}  # process -> resume time (clock)
         self._lock = threading.RLock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     # -- decisions ------------------------------------------------------------------------------
 
@@ -257,12 +198,8 @@ class ProcessFaults:
         self.switch.heal()
         self.resume_all()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the timer thread (if any) and heal."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+    def close(self) -> None:
+        """The runner's cleanup step (and `with`): heal, so nothing stays stopped."""
         self.heal()
 
     def __enter__(self) -> ProcessFaults:
@@ -270,32 +207,3 @@ class ProcessFaults:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- timers ---------------------------------------------------------------------------------
-
-    async def run(self, interval: float = 0.1, stop: asyncio.Event | None = None) -> None:
-        """Tick every `interval` until `stop` is set or healed; signals run in a worker thread
-        (a restart may block while the runner starts the process again)."""
-        stop = stop or asyncio.Event()
-        try:
-            while not stop.is_set() and not self.switch.healed():
-                await asyncio.to_thread(self.tick)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
-        finally:
-            self.resume_all()
-
-    def start(self, interval: float = 0.1) -> None:
-        """Tick from a daemon thread until `close()` or heal."""
-
-        def loop() -> None:
-            try:
-                while not self._stop.wait(interval):
-                    self.tick()
-                    if self.switch.healed():
-                        return
-            finally:
-                self.resume_all()
-
-        self._thread = threading.Thread(target=loop, name="process-faults", daemon=True)
-        self._thread.start()

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chaos.channel import ChannelFailedError, ChannelServer, DescriptorQueue, emit_published
 from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
@@ -55,6 +55,9 @@ from transport.errors import TransportError
 from transport.events import JsonlSink
 from transport.ring import SHM_DIR, SharedRing, SlotState
 from transport.serve import ServerConfig, ServerProcess
+
+if TYPE_CHECKING:
+    from chaos.hosts.schedule import HostNetwork
 
 SPAWN = mp.get_context("spawn")
 STARTUP_S = 4.0  # processes spawn and import ucxx before the fault phase starts
@@ -392,6 +395,47 @@ class RoleHandle:
 # -- the run ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _RoleWiring:
+    """What every role's config is built from: the channel, the ports consumers are given, the fault
+    specs and the clock's first start, and the simulated hosts (None in port mode)."""
+
+    channel: ChannelServer
+    advertised: list[int]
+    specs: list[FaultSpec]
+    run_start: float
+    hostnet: HostNetwork | None
+
+
+@dataclass
+class _Live:
+    """What `_setup` started and the later phases drive; the cleanup steps `_setup` registered stop it."""
+
+    events: JsonlSink
+    ring: SharedRing
+    server: ServerHandle
+    channel: ChannelServer
+    handles: dict[str, Any]  # role name -> handle: server, consumer-N, producer, redis
+    stop_producing: Any  # SPAWN.Event: the producer stops at heal
+    stop_consuming: Any  # SPAWN.Event: consumers stop after the drain
+    process_faults: ProcessFaults
+    run_start: float  # the fault phase's start (wall clock)
+    advertised: list[int]  # the ports consumers were given (proxy ports under network faults)
+    hostnet: HostNetwork | None
+    network: NetworkFaults | None
+    redis_server: RedisServer | None
+
+    @property
+    def consumers(self) -> list[Any]:
+        return [h for n, h in self.handles.items() if n.startswith("consumer")]
+
+    def report_deaths(self) -> None:
+        """A consumer found dead hands its claimed descriptors back (each handle reports once)."""
+        for handle in self.consumers:
+            if not handle.alive():
+                handle.report_death()
+
+
 class ScenarioRun:
     def __init__(
         self,
@@ -506,11 +550,7 @@ class ScenarioRun:
             ports = self._run_phases()
             if self._deadline_hit.is_set():
                 raise HarnessError(f"deadline of {self.scenario.deadline:.0f}s passed; stacks in stacks/")
-            history = read_history(self.run_dir)
-            if history.skipped:
-                self.notes.extend(f"skipped event line: {s}" for s in history.skipped[:10])
-            verdict = check(history.events, check_spec(self.scenario, self.seed, ports))
-            verdict = self._judge_network_effects(verdict, history.events)
+            verdict = self._judge(ports)
         except HarnessError as exc:
             error = str(exc)
         except HostsUnavailable as exc:
@@ -538,6 +578,14 @@ class ScenarioRun:
         )
 
     cleanup_report: CleanupReport | None = None
+
+    def _judge(self, ports: list[int]) -> Verdict:
+        """The last phase: the merged history of every process, checked; then host-mode network effects."""
+        history = read_history(self.run_dir)
+        if history.skipped:
+            self.notes.extend(f"skipped event line: {s}" for s in history.skipped[:10])
+        verdict = check(history.events, check_spec(self.scenario, self.seed, ports))
+        return self._judge_network_effects(verdict, history.events)
 
     def _judge_network_effects(self, verdict: Verdict, events: list[Any]) -> Verdict:
         """Host-mode network faults must show their effect on the slots' traffic (`ineffective: ...`)."""
@@ -577,37 +625,96 @@ class ScenarioRun:
         self.cleanup.step(name, fn)
 
     def _run_phases(self) -> list[int]:
+        """setup -> fault phase -> heal -> drain (then `run` calls `_judge`). Returns the ports consumers
+        were given, which client events report (proxy ports under network faults)."""
+        live = self._setup()
+        self._fault_phase(live)
+        self._heal(live)
+        self._drain(live)
+        self._stop_consumers(live)
+        self._audit_ring(live)
+        return live.advertised
+
+    # -- setup ------------------------------------------------------------------------------------
+
+    def _setup(self) -> _Live:
+        """Start everything in dependency order, each piece's cleanup step registered as it exists:
+        hosts, ring, server, proxies, channel, roles; then fix the fault clock."""
         sc = self.scenario
         events = JsonlSink(self.run_dir / "events" / "runner.jsonl", "runner")
         self._step("close the runner event log", events.close)
+        self._check_entrypoint()
+        # The simulated network first: building it takes a while, and must not eat the startup budget.
+        hostnet = self._start_hosts(events)
+        ring = self._create_ring()
+        specs = fault_specs(sc, self.seed)
+        run_start = time.time() + STARTUP_S
+        server, server_ports, lease = self._start_server(ring, specs, run_start, hostnet)
+        # Without transport or control faults nothing fixed the clock yet: it starts once every role
+        # is up (below), so slow process starts on a loaded box do not eat the fault phase.
+        movable_clock = not any(s.layer in ("transport", "control") for s in specs)
+        network, advertised = self._start_proxies(server_ports, events, hostnet)
+        control = ControlFaults(specs, self.seed, events, run_start, heal_at=run_start + sc.duration)
+        redis_server = self._start_redis() if sc.channel == "redis" else None
+        channel = ChannelServer(self._queue(events, control)).start()
+        self._step("stop the channel", channel.stop)
+        stop_producing = SPAWN.Event()
+        stop_consuming = SPAWN.Event()
+        self._step("tell consumers to stop", stop_consuming.set)
+        handles: dict[str, Any] = {"server": server}
+        roles = _RoleWiring(channel, advertised, specs, run_start, hostnet)
+        handles.update(self._consumer_handles(roles, lease, stop_consuming))
+        start_at = SPAWN.Value("d", 0.0 if movable_clock else run_start, lock=False)
+        handles["producer"] = self._producer_handle(roles, ring, start_at, stop_producing)
+        self._start_roles(handles, redis_server, specs)
+        if movable_clock:
+            up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
+            run_start = max(run_start, up + 1.0)
+            start_at.value = run_start
+        heal_at = run_start + sc.duration
+        process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
+        self._step("close process faults", process_faults.close)
+        return _Live(
+            events, ring, server, channel, handles, stop_producing, stop_consuming, process_faults,
+            run_start, advertised, hostnet, network, redis_server,
+        )  # fmt: skip
 
-        if sc.consumers.entrypoint:
-            try:  # here, not in each consumer: a typo is one clear harness error, not a silent drain
-                load_entrypoint(sc.consumers.entrypoint)
+    def _check_entrypoint(self) -> None:
+        """Here, not in each consumer: a typo is one clear harness error, not a silent drain."""
+        if self.scenario.consumers.entrypoint:
+            try:
+                load_entrypoint(self.scenario.consumers.entrypoint)
             except (ImportError, AttributeError, TypeError) as exc:
                 raise HarnessError(str(exc)) from exc
 
-        # The simulated network first: building it takes a while, and must not eat the startup budget.
-        placement = sc.placement()
-        hostnet = None
-        if placement is not None:
-            from chaos.hosts.schedule import HostNetwork
+    def _start_hosts(self, events: JsonlSink) -> HostNetwork | None:
+        """The simulated hosts and their links (host mode only), with the kernel faults they carry."""
+        sc = self.scenario
+        if sc.placement() is None:
+            return None
+        from chaos.hosts.schedule import HostNetwork
 
-            net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
-            run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
-            register_kind("netns", exists=netns.exists, remove=netns.remove)
-            track = functools.partial(self.cleanup.track, "netns")
-            hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events, track)
-            self._step("remove the simulated hosts", hostnet.close)
-            hostnet.start()
+        net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
+        run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
+        register_kind("netns", exists=netns.exists, remove=netns.remove)
+        track = functools.partial(self.cleanup.track, "netns")
+        hostnet = HostNetwork(run_id, sc.host_names(), net_faults, sc.duration, self.seed, events, track)
+        self._step("remove the simulated hosts", hostnet.close)
+        hostnet.start()
+        return hostnet
 
-        ring = SharedRing.create(sc.ring.slots, sc.ring.slot_bytes, policy=sc.ring.policy)
+    def _create_ring(self) -> SharedRing:
+        ring_cfg = self.scenario.ring
+        ring = SharedRing.create(ring_cfg.slots, ring_cfg.slot_bytes, policy=ring_cfg.policy)
         self.cleanup.track("segment", f"{SHM_DIR}/{ring.name}")
         self._step("close and unlink the ring", lambda: self._close_ring(ring))
+        return ring
 
-        specs = fault_specs(sc, self.seed)
-        run_start = time.time() + STARTUP_S
-        heal_at = run_start + sc.duration
+    def _start_server(
+        self, ring: SharedRing, specs: list[FaultSpec], run_start: float, hostnet: HostNetwork | None
+    ) -> tuple[ServerHandle, list[int], float]:
+        """The producer's server process (in its host under host mode): its handle, ports and lease."""
+        sc = self.scenario
         server_config = ServerConfig(
             ring_name=ring.name,
             ports=[0] * sc.server.ports,
@@ -615,41 +722,42 @@ class ScenarioRun:
             idle_evict=sc.server.idle_evict,
             **server_options(sc, specs, self.seed, run_start, self.run_dir / "events" / "server.jsonl"),
         )
-
-        def host_of(role: str) -> Host | None:
-            return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])
-
-        server = ServerHandle(self.run_dir, server_config, self.cleanup.track_process, host_of("server"))
+        host = self._host_of(hostnet, "server")
+        server = ServerHandle(self.run_dir, server_config, self.cleanup.track_process, host)
         self._children.append(server)
         self._step("stop the server", server.stop)
-        server_ports = server.start()
-        # Without transport or control faults nothing fixed the clock yet: it starts once every role
-        # is up (below), so slow process starts on a loaded box do not eat the fault phase.
-        movable_clock = not any(s.layer in ("transport", "control") for s in specs)
+        return server, server.start(), server_config.lease
 
-        network = None
-        advertised = list(server_ports)
-        if hostnet is None and any(layer_of(f.kind) == "network" for f in sc.faults):
-            from chaos.proxy.control import ProxyController
+    def _host_of(self, hostnet: HostNetwork | None, role: str) -> Host | None:
+        placement = self.scenario.placement()
+        return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])
 
-            proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
-            self._step("close the proxies", proxies.close)
-            advertised = [proxies.add_port(i, port) for i, port in enumerate(server_ports)]
-            if self.toxiproxy_url is None:  # our own listeners: verified closed at the end
-                for port in (proxies.api_port, *advertised):
-                    self.cleanup.track("port", port_id(port))
-            network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
-            self._step("heal network faults", network.heal)
+    def _start_proxies(
+        self, server_ports: list[int], events: JsonlSink, hostnet: HostNetwork | None
+    ) -> tuple[NetworkFaults | None, list[int]]:
+        """Port mode's network faults: a proxy in front of each server port. Returns the network fault
+        driver (None without network faults or in host mode) and the ports consumers are given."""
+        sc = self.scenario
+        if hostnet is not None or not any(layer_of(f.kind) == "network" for f in sc.faults):
+            return None, list(server_ports)
+        from chaos.proxy.control import ProxyController
 
-        control = ControlFaults(specs, self.seed, events, run_start, heal_at=heal_at)
-        redis_server = self._start_redis() if sc.channel == "redis" else None
-        channel = ChannelServer(self._queue(events, control)).start()
-        self._step("stop the channel", channel.stop)
+        proxies = ProxyController(self.toxiproxy_url, seed=self.seed)
+        self._step("close the proxies", proxies.close)
+        advertised = [proxies.add_port(i, port) for i, port in enumerate(server_ports)]
+        if self.toxiproxy_url is None:  # our own listeners: verified closed at the end
+            for port in (proxies.api_port, *advertised):
+                self.cleanup.track("port", port_id(port))
+        network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
+        self._step("heal network faults", network.heal)
+        return network, advertised
 
-        stop_producing = SPAWN.Event()
-        stop_consuming = SPAWN.Event()
-        self._step("tell consumers to stop", stop_consuming.set)
-        handles: dict[str, Any] = {"server": server}
+    def _consumer_handles(
+        self, roles: _RoleWiring, lease: float, stop_consuming: Any
+    ) -> dict[str, RoleHandle]:
+        """One handle per consumer (not started), in its host under host mode."""
+        sc = self.scenario
+        handles = {}
         for i in range(sc.consumers.count):
             name = f"consumer-{i}"
             cfg = ConsumerConfig(
@@ -663,22 +771,32 @@ class ScenarioRun:
                 max_attempts=sc.consumers.max_attempts,
                 rounds=sc.consumers.rounds,
                 entrypoint=sc.consumers.entrypoint,
-                warm=(HOST, tuple(advertised)) if sc.consumers.transport == "ucx" else None,
+                warm=(HOST, tuple(roles.advertised)) if sc.consumers.transport == "ucx" else None,
                 transport=sc.consumers.transport,
                 borrow=sc.consumers.borrow,
                 hold=sc.consumers.hold,
-                lease=server_config.lease,
-                link_wrapper_args=client_link_wrapper_args(sc, specs, self.seed, run_start, advertised),
+                lease=lease,
+                link_wrapper_args=client_link_wrapper_args(
+                    sc, roles.specs, self.seed, roles.run_start, roles.advertised
+                ),
             )
-            host = host_of(name)
+            host = self._host_of(roles.hostnet, name)
             target = consumer_main if host is None else InHost(consumer_main, host.netns, host.ifname)
-            handles[name] = RoleHandle(name, target, cfg, channel, stop_consuming, self.cleanup.track_process)
-        start_at = SPAWN.Value("d", 0.0 if movable_clock else run_start, lock=False)
+            handles[name] = RoleHandle(
+                name, target, cfg, roles.channel, stop_consuming, self.cleanup.track_process
+            )
+        return handles
+
+    def _producer_handle(
+        self, roles: _RoleWiring, ring: SharedRing, start_at: Any, stop_producing: Any
+    ) -> RoleHandle:
+        """The producer's handle (not started): it waits for `start_at`, the fault clock's start."""
+        sc, hostnet, placement = self.scenario, roles.hostnet, self.scenario.placement()
         producer_cfg = ProducerConfig(
             run_dir=str(self.run_dir),
             ring_name=ring.name,
             host=HOST if hostnet is None or placement is None else hostnet.address(placement["server"]),
-            ports=tuple(advertised),
+            ports=tuple(roles.advertised),
             seed=self.seed,
             rate=sc.producer.rate,
             min_bytes=sc.producer.payload.min,
@@ -686,14 +804,20 @@ class ScenarioRun:
             count=sc.producer.count,
             protocol=sc.protocol,
         )
-        handles["producer"] = RoleHandle(
+        return RoleHandle(
             "producer",
             delayed_producer_main,
             (producer_cfg, start_at),
-            channel,
+            roles.channel,
             stop_producing,
             self.cleanup.track_process,
         )
+
+    def _start_roles(
+        self, handles: dict[str, Any], redis_server: RedisServer | None, specs: list[FaultSpec]
+    ) -> None:
+        """Start the consumers and the producer (the server already runs); Redis joins the handles so
+        process faults can target it."""
         if redis_server is not None:
             handles["redis"] = redis_server
         elif any(s.target == "redis" for s in specs):
@@ -704,71 +828,67 @@ class ScenarioRun:
             self._children.append(handle)
             self._step(f"kill {name}", handle.kill)
             handle.start()
-        if movable_clock:
-            up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
-            run_start = max(run_start, up + 1.0)
-            heal_at = run_start + sc.duration
-            start_at.value = run_start
 
-        process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
-        self._step("close process faults", process_faults.close)
+    # -- fault phase, heal, drain -----------------------------------------------------------------
 
-        # -- fault phase --------------------------------------------------------------------------
-        while time.time() < run_start:
-            self._report("starting", 0.0, channel)
+    def _fault_phase(self, live: _Live) -> None:
+        """Wait for the clock, then tick every fault driver until `duration` passed (or the deadline)."""
+        sc = self.scenario
+        while time.time() < live.run_start:
+            self._report("starting", 0.0, live.channel)
             time.sleep(0.1)
-        events.emit("phase", name="faults")
+        live.events.emit("phase", name="faults")
         self._clock_started.set()
-        consumers = [h for n, h in handles.items() if n.startswith("consumer")]
         last_report = 0.0
         while not self._deadline_hit.is_set():
             now = time.time()
-            elapsed = now - run_start
+            elapsed = now - live.run_start
             if elapsed >= sc.duration:
                 break
-            if network is not None:
-                network.tick(elapsed)
-            if hostnet is not None:
-                hostnet.tick(elapsed)
-            process_faults.tick(now)
-            for handle in consumers:
-                if not handle.alive():
-                    handle.report_death()
+            if live.network is not None:
+                live.network.tick(elapsed)
+            if live.hostnet is not None:
+                live.hostnet.tick(elapsed)
+            live.process_faults.tick(now)
+            live.report_deaths()
             if now - last_report >= 0.25:
-                self._report("faults", elapsed, channel)
+                self._report("faults", elapsed, live.channel)
                 last_report = now
             time.sleep(0.05)
 
-        # -- heal -----------------------------------------------------------------------------------
-        stop_producing.set()
+    def _heal(self, live: _Live) -> None:
+        """The producer stops, every fault heals, and a server or Redis left down is started again."""
+        events = live.events
+        live.stop_producing.set()
         events.emit("phase", name="heal")
-        process_faults.heal()
-        if network is not None:
-            network.heal()
+        live.process_faults.heal()
+        if live.network is not None:
+            live.network.heal()
+        redis_server = live.redis_server
         if redis_server is not None and not redis_server.alive():
             self.notes.append("redis was down at heal: restarted")
             redis_server.start()
             events.emit("proc_exit", target="redis", pid=redis_server.pid, how="restarted")
-        if hostnet is not None:
-            hostnet.heal()
-        channel.heal()
-        if not server.alive():
+        if live.hostnet is not None:
+            live.hostnet.heal()
+        live.channel.heal()
+        if not live.server.alive():
             self.notes.append("server was down at heal: restarted")
-            server.start()
-            events.emit("proc_exit", target="server", pid=server.pid, how="restarted")
-        handles["producer"].join(10.0)
+            live.server.start()
+            events.emit("proc_exit", target="server", pid=live.server.pid, how="restarted")
+        live.handles["producer"].join(10.0)
 
-        # -- drain ------------------------------------------------------------------------------------
+    def _drain(self, live: _Live) -> None:
+        """Consumers empty the channel, bounded by `drain_timeout`; the outcome is logged as `drain`."""
+        sc, channel, events = self.scenario, live.channel, live.events
         events.emit("phase", name="drain")
         drain_start = time.time()
         drain_end = drain_start + sc.drain_timeout
         while time.time() < drain_end and not self._deadline_hit.is_set():
-            for handle in consumers:
-                if not handle.alive():
-                    handle.report_death()
+            live.report_deaths()
             if channel.empty():
                 break
-            self._report("drain", time.time() - run_start, channel)
+            self._report("drain", time.time() - live.run_start, channel)
             time.sleep(0.1)
         else:
             if not channel.empty():
@@ -782,23 +902,30 @@ class ScenarioRun:
             seconds=round(time.time() - drain_start, 3),
         )
         events.emit("phase", name="done")
-        self._report("check", time.time() - run_start, channel)  # raises if the channel died
-        stop_consuming.set()
+        self._report("check", time.time() - live.run_start, channel)  # raises if the channel died
+
+    def _stop_consumers(self, live: _Live) -> None:
+        """Consumers get CONSUMER_EXIT_S together to exit; a straggler is killed (its work is logged)."""
+        live.stop_consuming.set()
         exit_by = time.time() + CONSUMER_EXIT_S
-        for handle in consumers:
+        for handle in live.consumers:
             handle.join(max(0.1, exit_by - time.time()))
             if handle.alive():  # its work is acked and logged; seen: UCX teardown hanging after cut links
                 self.notes.append(
                     f"{handle.name} did not exit within {CONSUMER_EXIT_S:.0f}s of the stop: killed"
                 )
                 handle.kill()
-        events.emit("ring_audit", **ring_audit(ring))
-        leftover = [info for info in ring.snapshot() if info.state in (SlotState.READING, SlotState.WRITING)]
+
+    def _audit_ring(self, live: _Live) -> None:
+        """The ring's final state for the checker, and a note naming slots left mid-transition."""
+        live.events.emit("ring_audit", **ring_audit(live.ring))
+        leftover = [
+            info for info in live.ring.snapshot() if info.state in (SlotState.READING, SlotState.WRITING)
+        ]
         if leftover:
             self.notes.append(
                 "slots left mid-transition: " + ", ".join(f"{i.slot}:{i.state.name}" for i in leftover[:10])
             )
-        return advertised  # what client events report (proxy ports under network faults)
 
     def _start_redis(self) -> RedisServer | None:
         """The run's own Redis (None with `--redis URL`): data and log in the run directory."""

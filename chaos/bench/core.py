@@ -1,4 +1,4 @@
-"""Benchmark: raw ucxx vs the full slot transport, in one run (`python -m transport.bench`, `chaos bench`).
+"""Benchmark: raw ucxx vs the full slot transport, in one run (`chaos bench`; its CLI is chaos/bench/cli.py).
 
 What one run measures (issue 2, acceptance point 6):
 
@@ -17,7 +17,7 @@ What one run measures (issue 2, acceptance point 6):
   memory budget is not needed because a cell refills as often as it must, untimed.
 * **get_many** of 32 small slots vs 32 sequential `get`s, and the **idle CPU** of the server process
   and of a consumer process holding pooled connections (psutil, percent of one core).
-* **pipeline** (issue 15, `transport.pipeline_bench`): a producer process putting live while a consumer
+* **pipeline** (issue 15, `chaos.bench.pipeline`): a producer process putting live while a consumer
   process gets each descriptor from a queue, against the same processes with the ring pre-filled, at the
   sizes up to 16 MiB, measured in every round; CPU per process per slot. And **put**: `Producer.put`
   against a memcpy + xxh3 of the same payload (issue 13 item 4).
@@ -32,7 +32,6 @@ progress mode of `SLOTWIRE_PROGRESS_MODE` (default `hybrid`, see transport/progr
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -947,7 +946,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str,
 
 
 def pipeline_sizes(cfg: BenchConfig) -> list[int]:
-    from transport.pipeline_bench import PIPELINE_SIZES
+    from chaos.bench.pipeline import PIPELINE_SIZES
 
     return [s for s in cfg.sizes if s <= max(PIPELINE_SIZES)]
 
@@ -955,7 +954,7 @@ def pipeline_sizes(cfg: BenchConfig) -> list[int]:
 def bench_pipeline_round(cfg: BenchConfig, round_no: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Every pipeline size once, pre-filled and live on the same processes; the order of the two
     alternates by round so neither always runs first."""
-    from transport.pipeline_bench import MODES, bench_pipeline_size
+    from chaos.bench.pipeline import MODES, bench_pipeline_size
 
     order = MODES if round_no % 2 else tuple(reversed(MODES))
     return {
@@ -975,7 +974,7 @@ def bench_pipeline_round(cfg: BenchConfig, round_no: int, log: Callable[[str], N
 def pipeline_rows(rounds: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Live vs pre-filled per size, medians over every repetition of every round, with each round's own
     ratio; live against raw ucxx too (issue 13's pipeline target) when raw ran at that size."""
-    from transport.pipeline_bench import MODES, pipeline_target
+    from chaos.bench.pipeline import MODES, pipeline_target
 
     raw = {r["size"]: r["raw_gib_s"] for r in rows}
     out = []
@@ -1023,7 +1022,7 @@ def cpu_bound_ratio(cpu_us_per_slot: dict[str, float]) -> float:
 
 
 def bench_put(cfg: BenchConfig, size: int) -> dict[str, Any]:
-    from transport.pipeline_bench import bench_put_size
+    from chaos.bench.pipeline import bench_put_size
 
     return bench_put_size(size, reps=3 if cfg.quick else 5, cell_seconds=0.05 if cfg.quick else 0.3)
 
@@ -1070,9 +1069,16 @@ def make_console() -> Any:
 
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
+    """The console report: stack vs raw per size, raw ucxx by mode, then get_many, idle CPU and load."""
+    console = console or make_console()
+    _print_rows(report, console)
+    _print_modes(report, console)
+    _print_get_many_and_idle(report, console)
+
+
+def _print_rows(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
-    console = console or make_console()
     machine = report["machine"]
     table = Table(
         title=f"slot transport vs raw ucxx — {machine['cpus']} CPUs, python {machine['python']}, "
@@ -1115,6 +1121,10 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             "of floor: the stack over that floor."
         )
 
+
+def _print_modes(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
     modes = Table(title="raw ucxx by progress mode, GiB/s (median); idle CPU % of a core server/client")
     modes.add_column("mode")
     for size in report["config"]["sizes"]:
@@ -1129,30 +1139,33 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
         )
     console.print(modes)
 
-    def verdict(ok: bool) -> str:
-        return "[green]pass[/]" if ok else "[red]FAIL[/]"
 
+def _verdict(ok: bool) -> str:
+    return "[green]pass[/]" if ok else "[red]FAIL[/]"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}%"
+
+
+def _print_get_many_and_idle(report: dict[str, Any], console: Any) -> None:
     g = report["get_many"]
     console.print(
         f"get_many({g['slots']} x {human_size(g['size'])}): {g['get_many_slots_s']:,.0f} slots/s vs "
         f"{g['slots']} sequential gets: {g['sequential_slots_s']:,.0f} slots/s -> "
-        f"{g['speedup']:.2f}x (target >= {g['target']:.1f}x) {verdict(g['pass'])}"
+        f"{g['speedup']:.2f}x (target >= {g['target']:.1f}x) {_verdict(g['pass'])}"
     )
     i = report["idle_cpu"]
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1f}%"
-
     console.print(
-        f"idle CPU over {i['seconds']:.0f}s: server {pct(i['server_percent'])}, consumer "
-        f"{pct(i['consumer_percent'])} ({i['consumer_pooled_endpoints']} pooled endpoints) of one core "
-        f"(target < {i['target']:.0f}% each) {verdict(i['pass'])}; producer {pct(i['producer_percent'])}, "
-        f"this benchmark process {pct(i.get('bench_process_percent'))}"
+        f"idle CPU over {i['seconds']:.0f}s: server {_pct(i['server_percent'])}, consumer "
+        f"{_pct(i['consumer_percent'])} ({i['consumer_pooled_endpoints']} pooled endpoints) of one core "
+        f"(target < {i['target']:.0f}% each) {_verdict(i['pass'])}; producer {_pct(i['producer_percent'])}, "
+        f"this benchmark process {_pct(i.get('bench_process_percent'))}"
     )
     load = report["load"]
     console.print(
         f"load average (1/5/15 min) start {load['start']}, end {load['end']}; "
-        f"took {report['duration_s']:.0f}s; overall {verdict(report['passed'])}"
+        f"took {report['duration_s']:.0f}s; overall {_verdict(report['passed'])}"
     )
 
 
@@ -1241,62 +1254,3 @@ def run_and_report(cfg: BenchConfig, console: Any = None) -> tuple[dict[str, Any
     console.print(f"JSON: {path}")
     code = 0 if report["passed"] or cfg.quick else EXIT_TARGET_MISSED
     return report, path, code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transport.bench", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--sizes", type=parse_sizes, help="comma-separated, e.g. 4KiB,1MiB (default: all five)"
-    )
-    parser.add_argument(
-        "--modes", type=parse_modes, help=f"raw progress modes (default: {','.join(DEFAULT_MODES)})"
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="few iterations: a smoke test, not a measurement"
-    )
-    parser.add_argument("--reps", type=int, help="timed repetitions per cell and round (default 2)")
-    parser.add_argument(
-        "--rounds", type=int, help="alternate raw and stack measurements this many times (default 2)"
-    )
-    parser.add_argument("--cell-seconds", type=float, help="target length of one timed repetition")
-    parser.add_argument("--stack-mode", choices=PROGRESS_MODES, help="SLOTWIRE_PROGRESS_MODE for the stack")
-    parser.add_argument("--ports", type=int, help="server ports of the stack's producer (default 4)")
-    parser.add_argument(
-        "--no-pipeline",
-        dest="pipeline",
-        action="store_false",
-        default=None,
-        help="skip the pipeline and put rows",
-    )
-    parser.add_argument(
-        "--json", dest="json_path", help="where to write the JSON (default reports/bench-<ts>.json)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        cfg = BenchConfig.make(
-            quick=args.quick,
-            sizes=args.sizes,
-            modes=args.modes,
-            reps=args.reps,
-            rounds=args.rounds,
-            cell_seconds=args.cell_seconds,
-            stack_mode=args.stack_mode,
-            ports=args.ports,
-            json_path=args.json_path,
-            pipeline=args.pipeline,
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        _, _, code = run_and_report(cfg)
-    except BenchError as exc:
-        print(f"bench: harness error: {exc}", file=sys.stderr)
-        return EXIT_HARNESS_ERROR
-    return code
-
-
-if __name__ == "__main__":
-    # Re-import as `transport.bench` so spawned children find the process targets under that name.
-    from transport.bench import main as _main
-
-    sys.exit(_main())

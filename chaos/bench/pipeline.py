@@ -13,14 +13,14 @@ The same processes measure two modes, alternately:
 
 CPU per process per slot (psutil, user + system) is sampled over the timed repetitions of each mode.
 
-Only the public API of `transport` is used, plus helpers of `transport.bench` that existed at the
-commit issue 15 started from (7ff5c48), so this module can be copied into a worktree of that commit
-and measure it in the same run, interleaved (`--ab`): the A/B of docs/decisions.md.
+Only the public API of `transport` is used, plus `chaos.bench.core`'s helpers (which import
+`transport.ucx` and `transport.protocol.FRAME_SIZE`), so `chaos/bench/` copied into a checkout of an
+older commit measures it in the same run, interleaved (`chaos bench --ab TREE`): the A/B of
+docs/decisions.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing.connection as mpc
 import os
@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,7 +67,7 @@ def _encode(descriptor: Any) -> bytes:
 
 def producer_main(size: int, ports: int, requests: Any, descriptors: Any, conn: Any) -> None:
     """Owns a Producer; writes `n` payloads whenever the consumer asks, sending each descriptor."""
-    from transport.bench import _child_error
+    from chaos.bench.core import _child_error
     from transport.ucx import setup_env
 
     setup_env()
@@ -91,7 +93,7 @@ def producer_main(size: int, ports: int, requests: Any, descriptors: Any, conn: 
 
 def consumer_main(plan: dict[str, Any], requests: Any, descriptors: Any, conn: Any) -> None:
     """Fetches every descriptor it asked for; times stretches in the mode the parent names."""
-    from transport.bench import _child_error, iterations_for
+    from chaos.bench.core import _child_error, iterations_for
     from transport.ucx import setup_env
 
     setup_env()
@@ -203,7 +205,7 @@ def bench_pipeline_size(
     """Both modes at one size, in `order`, on one producer/server/consumer trio; {mode: cell}."""
     import multiprocessing as mp
 
-    from transport.bench import _reap, _recv, _spawn
+    from chaos.bench.core import _reap, _recv, _spawn
 
     ctx = mp.get_context("spawn")
     req_recv, req_send = ctx.Pipe(duplex=False)
@@ -307,20 +309,42 @@ def bench_put_size(size: int, reps: int = 5, cell_seconds: float = 0.3) -> dict[
 # ----------------------------------------------------------------------------------- A/B runner
 
 
-def _cell_main(args: argparse.Namespace) -> int:
-    """One size, both modes, JSON on stdout: what `--ab` runs in each tree."""
-    order = MODES if args.order == "pl" else tuple(reversed(MODES))
+@dataclass(frozen=True)
+class AbCell:
+    """One size of an A/B in one tree: what the parent hands the child interpreter (as JSON)."""
+
+    size: int
+    order: str = "pl"  # "pl": pre-filled first, "lp": live first
+    reps: int = 2
+    cell_seconds: float = 1.0
+    ports: int = 4
+    put: bool = False
+
+
+def cell_main(cell: AbCell) -> int:
+    """One size, both modes, JSON on stdout: what `run_ab` runs in each tree."""
+    order = MODES if cell.order == "pl" else tuple(reversed(MODES))
     cells = bench_pipeline_size(
-        args.size, ports=args.ports, reps=args.reps, cell_seconds=args.cell_seconds, order=order,
+        cell.size, ports=cell.ports, reps=cell.reps, cell_seconds=cell.cell_seconds, order=order,
         log=lambda m: print(m, file=sys.stderr),
     )  # fmt: skip
-    put = bench_put_size(args.size) if args.put else None
+    put = bench_put_size(cell.size) if cell.put else None
     print(json.dumps({"cells": cells, "put": put}))
     return 0
 
 
+def _run_cell(tree: str, cell: AbCell) -> dict[str, Any]:
+    """`cell` in a fresh interpreter whose `transport` (and `chaos.bench`) come from `tree`."""
+    cmd = [sys.executable, "-m", "chaos.bench.pipeline", json.dumps(asdict(cell))]
+    env = {**os.environ, "PYTHONPATH": tree}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tree)
+    if out.returncode != 0:
+        raise RuntimeError(f"{tree} {cell.size}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_ab(
-    trees: dict[str, str], sizes: Sequence[int], rounds: int, args: argparse.Namespace
+    trees: dict[str, str], sizes: Sequence[int], rounds: int, cell: AbCell, json_path: str | None = None
 ) -> dict[str, Any]:
     """Each size, each round, each tree in alternating order: the pipeline cell in a fresh interpreter
     whose `transport` comes from that tree (PYTHONPATH). Returns every measurement."""
@@ -330,21 +354,12 @@ def run_ab(
         for size in sizes:
             for i, name in enumerate(names if r % 2 == 0 else reversed(names)):
                 order = "pl" if (r + i) % 2 == 0 else "lp"
-                cmd = [sys.executable, "-m", "transport.pipeline_bench", "--cell", str(size)]
-                cmd += ["--order", order, "--reps", str(args.reps), "--cell-seconds", str(args.cell_seconds)]
-                cmd += ["--put"] if args.put else []
-                env = {**os.environ, "PYTHONPATH": trees[name]}
                 load_before = os.getloadavg()[0]
-                out = subprocess.run(
-                    cmd, env=env, capture_output=True, text=True, timeout=900, cwd=trees[name]
-                )
-                if out.returncode != 0:
-                    raise RuntimeError(f"{name} {size}: {out.stderr[-2000:]}")
-                result = json.loads(out.stdout.strip().splitlines()[-1])
+                result = _run_cell(trees[name], replace(cell, size=size, order=order))
                 load = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-min load: other users
                 runs.append({"tree": name, "round": r, "size": size, "load": load, **result})
-                if args.json_path:  # every finished cell is kept, even if a later one fails
-                    _write_json(args.json_path, {"trees": trees, "runs": runs})
+                if json_path:  # every finished cell is kept, even if a later one fails
+                    _write_json(json_path, {"trees": trees, "runs": runs})
                 pre, live = result["cells"]["prefilled"], result["cells"]["live"]
                 ratio = live["median_gib_s"] / pre["median_gib_s"]
                 print(
@@ -385,40 +400,25 @@ def _write_json(path: str, report: dict[str, Any]) -> None:
         f.write(json.dumps(report, indent=2) + "\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from transport.bench import parse_size, parse_sizes
-
-    parser = argparse.ArgumentParser(
-        prog="python -m transport.pipeline_bench", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--cell", type=parse_size, dest="size", help="run one size (both modes), JSON out")
-    parser.add_argument("--order", choices=("pl", "lp"), default="pl")
-    parser.add_argument(
-        "--ab",
-        metavar="TREE",
-        help="A/B against a checkout of another commit (into which this file is copied)",
-    )
-    parser.add_argument("--sizes", type=parse_sizes, default=PIPELINE_SIZES)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--ports", type=int, default=4)
-    parser.add_argument("--cell-seconds", type=float, default=1.0)
-    parser.add_argument("--put", action="store_true", help="also time Producer.put vs memcpy + xxh3")
-    parser.add_argument("--json", dest="json_path")
-    args = parser.parse_args(argv)
-    if args.size:
-        return _cell_main(args)
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    trees = {"base": os.path.abspath(args.ab), "head": here} if args.ab else {"head": here}
-    report = run_ab(trees, args.sizes, args.rounds, args)
-    if args.json_path:
-        _write_json(args.json_path, report)
+def ab_and_print(
+    base: str | None, sizes: Sequence[int], rounds: int, cell: AbCell, json_path: str | None = None
+) -> int:
+    """`chaos bench --ab TREE`: this tree against `base` (a checkout of another commit with chaos/bench/
+    copied into it), or this tree alone; one JSON summary line per size."""
+    here = str(Path(__file__).resolve().parents[2])
+    trees = {"base": os.path.abspath(base), "head": here} if base else {"head": here}
+    report = run_ab(trees, sizes, rounds, cell, json_path)
+    if json_path:
+        _write_json(json_path, report)
     for row in report["summary"]:
         print(json.dumps(row))
     return 0
 
 
 if __name__ == "__main__":
-    from transport.pipeline_bench import main as _main
+    # The child of `run_ab`, not a command: one AbCell as JSON. Re-imported as `chaos.bench.pipeline`
+    # so spawned children find the process targets under that name.
+    from chaos.bench.pipeline import AbCell as _AbCell
+    from chaos.bench.pipeline import cell_main as _cell_main
 
-    sys.exit(_main())
+    sys.exit(_cell_main(_AbCell(**json.loads(sys.argv[1]))))

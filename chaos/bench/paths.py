@@ -1,6 +1,6 @@
 """Bench rows for issue 13's paths, in one run with raw ucxx: inline payloads and the same-host path.
 
-Kept apart from `transport.bench` (whose rows other work edits) and built from its parts: the raw
+Kept apart from `chaos.bench.core` (whose rows other work edits) and built from its parts: the raw
 ucxx baseline (`bench_raw_mode`, polling, single request/reply), the spawned `ProducerHost`, and the
 same timed-get loop. Every round measures every row once, rounds interleaved, so a ratio compares
 rows measured minutes apart at most; the report keeps each round's numbers and the range over rounds.
@@ -8,12 +8,11 @@ rows measured minutes apart at most; the report keeps each round's numbers and t
 Rows: raw ucxx 4 KiB; `get` 4 KiB over UCX with inline payloads on and off; same-host `get` and
 `borrow` at each size; a plain memcpy of each size into a warm buffer (the local ceiling).
 
-    python -m transport.bench_paths [--rounds 3] [--json FILE]
+    chaos bench --paths [--rounds 3] [--json FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from transport.bench import (
+from chaos.bench.core import (
     BenchConfig,
     KiB,
     MiB,
@@ -306,19 +305,12 @@ def summary(rnd: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.3g}" for k, v in round_ratios(rnd).items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    report = run(args.rounds, json_path=args.json)
+def run_and_print(rounds: int, json_path: Path | None = None) -> int:
+    """`chaos bench --paths`: run, then one line per ratio with its range over rounds and its target."""
+    report = run(rounds, json_path=json_path)
     for k, v in report["ratios"].items():
         target = TARGETS.get(k)
         print(f"{k:32} {v['min']:>12.3f} .. {v['max']:<12.3f} target {target if target else '-'}")
-    if args.json:
-        print(f"wrote {args.json}")
+    if json_path:
+        print(f"wrote {json_path}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

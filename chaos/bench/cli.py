@@ -1,4 +1,4 @@
-"""`chaos bench`: raw ucxx vs the slot transport in one run (the same as `python -m transport.bench`).
+"""`chaos bench`: raw ucxx vs the slot transport in one run (chaos/bench/core.py); the benchmark's one CLI.
 
 Exit codes: 0 every target met (or `--quick`), 1 a target missed, 2 invalid input, 3 harness error.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from transport.bench import (
+from chaos.bench.core import (
     DEFAULT_MODES,
     EXIT_HARNESS_ERROR,
     RAW_MODES,
@@ -99,8 +99,17 @@ def chaos_off_options() -> dict[str, object]:
     "--paths",
     is_flag=True,
     help="Instead: issue 13's rows (batches, inline, same-host get/borrow, memcpy) with raw ucxx, "
-    "--rounds interleaved (transport.bench_paths).",
+    "--rounds interleaved (chaos.bench.paths).",
 )
+@click.option(
+    "--ab",
+    "ab_tree",
+    metavar="TREE",
+    type=click.Path(file_okay=False, exists=True),
+    help="Instead: the pipeline row only, this tree against TREE (a checkout of another commit with "
+    "chaos/bench/ copied into it), --rounds interleaved (chaos.bench.pipeline).",
+)
+@click.option("--put", is_flag=True, help="With --ab: also time Producer.put against memcpy + xxh3.")
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -116,6 +125,8 @@ def bench(
     json_path: Path | None,
     chaos_overhead: bool,
     paths: bool,
+    ab_tree: str | None,
+    put: bool,
 ) -> None:
     """Benchmark the best raw ucxx progress mode against Consumer.get through the full stack.
 
@@ -123,10 +134,15 @@ def bench(
     idle CPU of a server and a consumer; writes every measurement as JSON. Takes a few minutes.
     """
     if paths:
-        from transport.bench_paths import main as paths_main
+        from chaos.bench.paths import run_and_print
 
-        argv = ["--rounds", str(rounds or 2)] + (["--json", str(json_path)] if json_path else [])
-        ctx.exit(paths_main(argv))
+        ctx.exit(run_and_print(rounds or 2, json_path))
+    if ab_tree is not None:
+        from chaos.bench.pipeline import PIPELINE_SIZES, AbCell, ab_and_print
+
+        cell = AbCell(size=0, reps=reps or 2, cell_seconds=cell_seconds or 1.0, ports=ports or 4, put=put)
+        json_out = str(json_path) if json_path else None
+        ctx.exit(ab_and_print(ab_tree, sizes or PIPELINE_SIZES, rounds or 2, cell, json_out))
     try:
         cfg = BenchConfig.make(
             quick=quick,
