@@ -393,7 +393,7 @@ class SlotClient:
             return [_with_port(exc, port)] * len(descs)
         cb = proto.ClientBatch(
             [
-                proto.BatchSlot(d.slot, d.generation, d.nbytes, d.checksum, proto._capability(d.capability))
+                proto.BatchSlot(d.slot, d.generation, d.nbytes, d.checksum, proto.as_capability(d.capability))
                 for d in descs
             ],
             proto.new_token(),
