@@ -138,8 +138,8 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
     """Perform server actions until the machine waits for the client (AwaitCommit) or is over."""
     while True:
         match action:
-            case p.BeginRead(slot, generation, token, legacy):
-                if legacy:
+            case p.BeginRead(slot, generation, token, single_chunk):
+                if single_chunk:
                     code, info = ring.begin_read_legacy(slot, lease=30.0)
                 else:
                     code, info = ring.begin_read(slot, generation, token, lease=30.0)
@@ -147,17 +147,19 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
             case p.SendFrame(_, data):
                 wire.append(data)
                 action = srv.on_sent()
-            case p.SendPayload(slot, nbytes):
-                wire.append(bytes(ring.payload_view(slot, nbytes)))
-                action = srv.on_sent()
-            case p.SendInline(_, data, slot, nbytes):
+            case p.SendStatus(_, data, slot, nbytes, True):
                 wire.append(bytes(p.inline_message(data, ring.payload_view(slot, nbytes))))
+                action = srv.on_sent()
+            case p.SendStatus(_, data, slot, nbytes, False):
+                wire.append(data)
+                if nbytes:
+                    wire.append(bytes(ring.payload_view(slot, nbytes)))
                 action = srv.on_sent()
             case p.Finalise("commit", slot, generation, token):
                 action = srv.on_finalised(ring.commit_read(slot, generation, token))
             case p.Finalise("release", slot, generation, token):
                 action = srv.on_finalised(ring.release_read(slot, generation, token))
-            case p.Finalise("legacy", slot, _, _):
+            case p.Finalise("single-chunk", slot, _, _):
                 action = srv.on_finalised(ring.finalise_legacy(slot))
             case p.Fence(slot, generation, token):
                 ring.release_read(slot, generation, token)
@@ -174,7 +176,7 @@ class Net:
     protocol: p.Protocol = "commit"
 
     def server(self) -> p.ServerRead:
-        return p.ServerRead(KEY, self.log, self.protocol, slots=self.ring.slots)
+        return p.server_read(self.protocol, KEY, self.log, slots=self.ring.slots)  # type: ignore[return-value]
 
     def serve(self, *frames: p.Frame | bytes) -> tuple[p.ServerRead, p.ServerAction, list[bytes]]:
         """A fresh handler receives `frames` (the first is the request); returns what it sent."""
@@ -187,14 +189,14 @@ class Net:
 
     def client(self, slot: int, token: int | None = None, secret: bytes | None = None) -> p.ClientRead:
         m = self.ring.meta[slot]
-        return p.ClientRead(
+        return p.client_read(  # type: ignore[return-value]
+            self.protocol,
             slot,
             m.generation,
             p.new_token() if token is None else token,
             KEY.issue(slot, m.generation, self.protocol) if secret is None else secret,
             m.nbytes,
             m.checksum,
-            self.protocol,
         )
 
 
@@ -932,10 +934,10 @@ def test_legacy_send_failure_does_not_finalise() -> None:
     srv = net.server()
     net.ring.write(2, b"abc")
     action = srv.on_request(p.encode(p.legacy_request(2, KEY.legacy_capability(2))))
-    assert isinstance(action, p.BeginRead) and action.legacy
+    assert isinstance(action, p.BeginRead) and action.single_chunk
     code, info = net.ring.begin_read_legacy(2, 30.0)
     action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
-    assert isinstance(action, p.SendFrame)
+    assert isinstance(action, p.SendStatus)
     assert isinstance(srv.on_error("reset"), p.Close)
     assert net.ring.meta[2].state is SlotState.READING  # left for the lease reclaim, as before
 
@@ -960,7 +962,7 @@ def test_server_events_in_the_wrong_state_raise() -> None:
     with pytest.raises(ProtocolError, match="ReadCode"):
         srv.on_begin_read(9, 1, 0, 0)
     with pytest.raises(ConfigError):
-        p.ServerRead(KEY, p.CommitLog(), "tcp")  # type: ignore[arg-type]
+        p.server_read("tcp", KEY, p.CommitLog())
 
 
 def test_client_events_in_the_wrong_state_raise() -> None:
@@ -985,19 +987,19 @@ def test_client_events_in_the_wrong_state_raise() -> None:
         p.ClientRead(0, 1, 2, b"x", 3, 4)
 
 
-@pytest.mark.parametrize("stage", ["begin_read", "status", "payload", "await_commit", "committed"])
+@pytest.mark.parametrize("stage", ["begin_read", "status", "await_commit", "committed"])
 def test_server_error_at_every_stage_releases_iff_held(stage: str) -> None:
     net = new_net()
     client = net.client(0)
     srv = net.server()
     action = srv.on_request(p.encode(client.request_frame()))
-    steps = {"begin_read": 0, "status": 1, "payload": 2, "await_commit": 3, "committed": 5}[stage]
+    steps = {"begin_read": 0, "status": 1, "await_commit": 2, "committed": 4}[stage]
     for _ in range(steps):
         match action:
             case p.BeginRead(slot, generation, token, _):
                 code, info = net.ring.begin_read(slot, generation, token, 30.0)
                 action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
-            case p.SendFrame() | p.SendPayload():
+            case p.SendFrame() | p.SendStatus():
                 action = srv.on_sent()
             case p.AwaitCommit():
                 action = srv.on_commit(
@@ -1038,7 +1040,7 @@ def test_client_rejects_a_reply_that_is_not_a_status() -> None:
         client.on_status(p.committed(0, 1, 2))
     assert client.state is p.ClientState.FAILED and client.key == "0:1"
     with pytest.raises(ConfigError):
-        p.ClientRead(0, 1, 2, SECRET, 3, 4, "tcp")  # type: ignore[arg-type]
+        p.client_read("tcp", 0, 1, 2, SECRET, 3, 4)
 
 
 def test_client_on_error_keeps_transport_errors() -> None:
@@ -1100,7 +1102,7 @@ def test_no_room_or_too_large_keeps_the_separate_payload() -> None:
         drive(srv, srv.on_error("test over"), net.ring, [])
     client = p.ClientRead(0, 1, 5, SECRET, p.INLINE_MAX + 1, 0)
     assert client.inline_room() == 0, "over INLINE_MAX never asks for room"
-    assert p.ClientRead(0, 1, 5, SECRET, 10, 0, "single-chunk").inline_room() == 0
+    assert p.SingleChunkClientRead(0, 1, 5, SECRET, 10, 0).inline_room() == 0
 
 
 @pytest.mark.parametrize("cut", [1, 600, p.FRAME_SIZE + 1200])

@@ -285,15 +285,15 @@ class SlotClient:
         self, link: Link, desc: SlotDescriptor, port: int, out: np.ndarray | None
     ) -> ReadResult:
         """Drive one `ClientRead`; a lost COMMITTED goes to RESOLVE, never to a blind retry."""
-        legacy = self.protocol == "single-chunk"
-        cr = proto.ClientRead(
+        single_chunk = self.protocol == "single-chunk"
+        cr = proto.client_read(
+            self.protocol,
             desc.slot,
             desc.generation,
-            0 if legacy else proto.new_token(),
+            0 if single_chunk else proto.new_token(),
             desc.capability,
             desc.nbytes,
             desc.checksum,
-            self.protocol,  # type: ignore[arg-type]
         )
         generation = desc.generation
         bound = StepDeadline(self.read_timeout)  # one reusable timer for every step of this attempt
@@ -311,7 +311,7 @@ class SlotClient:
                 msg = np.zeros(proto.FRAME_SIZE + (room + len(proto.TRAILER) if room else 0), dtype=np.uint8)
                 buf = msg[: proto.FRAME_SIZE]
                 status_recv = post_recv(link, msg, Phase.STATUS) if bare else link.recv(msg, Phase.STATUS)
-                if not legacy and not room and desc.nbytes >= PREPOST_MIN_BYTES:
+                if not single_chunk and not room and desc.nbytes >= PREPOST_MIN_BYTES:
                     # Post the payload receive right behind the status one (the descriptor says its
                     # size): a large payload's rendezvous then starts without waiting for us to read
                     # the status. Order holds: a bare link posts both now; on a wrapped link the
@@ -320,8 +320,8 @@ class SlotClient:
                     payload_recv = post_recv(link, payload, Phase.PAYLOAD)
                 await status_recv
                 nbytes = cr.on_status(buf)
-                if legacy:
-                    generation = proto.decode(buf).generation  # the legacy server serves whatever is there
+                if single_chunk:  # the single-chunk server serves whatever generation is there
+                    generation = proto.decode(buf).generation
                 bound.restart()
                 if payload_recv is not None:
                     await payload_recv
@@ -361,7 +361,7 @@ class SlotClient:
             discard(committed)
         if cr.state is proto.ClientState.FAILED:
             assert cr.error is not None
-            if isinstance(cr.error, _CLEAN_REFUSALS) and payload_recv is None and not legacy:
+            if isinstance(cr.error, _CLEAN_REFUSALS) and payload_recv is None and not single_chunk:
                 cr.error.link_clean = True  # type: ignore[attr-defined]  # nothing left posted on it
             raise cr.error
         link.abort()

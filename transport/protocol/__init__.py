@@ -9,15 +9,17 @@ Modules (each imports only those above it)::
     keys       RingKey: per-slot capabilities, issued and checked
     commitlog  CommitLog: which token committed what, for RESOLVE
     states     every machine's states and transition tables (check them against the list below)
-    client     ClientRead, and the client's judging rules (payload_verified, commit_accepted)
-    server     ServerRead and its actions
+    client     ClientRead / SingleChunkClientRead, and the client's judging rules (payload_verified,
+               commit_accepted)
+    server     ServerRead / SingleChunkServerRead and their actions
     batch      ServerBatch / ClientBatch
 
 Everything public is re-exported here, so `from transport.protocol import X` works for every X. To
 patch a function for a test (tests/mutants), patch it on the module that defines it: the machines
 look it up there, never here.
 
-Commit protocol (one read attempt, token = the attempt's fencing token)::
+Commit protocol (one read attempt, token = the attempt's fencing token; the moves of each machine are
+tabled in `states`: SERVER_TRANSITIONS, CLIENT_TRANSITIONS, and the SINGLE_CHUNK_ and BATCH_ ones)::
 
     client REQUEST(slot, gen, token, cap)     -> server ring CAS READY(gen) -> READING(token)
     server STATUS(OK, nbytes, checksum)       -> PAYLOAD (nbytes raw bytes; skipped when nbytes == 0)
@@ -27,20 +29,24 @@ Commit protocol (one read attempt, token = the attempt's fencing token)::
 
 Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
 legacy capability) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
+Its own machine pair (`SingleChunkServerRead`, `SingleChunkClientRead`), chosen by `server_read` /
+`client_read`; LEGACY_REQUEST and the ring's `*_legacy` calls keep their wire and ring names.
 
 Driving the machines (every await bounded by the caller's timeouts)::
 
     # server: one CommitLog per server process; one ServerRead per request received on an endpoint
-    srv = ServerRead(RingKey(ring.secret, ring.ring_id), commit_log, protocol, slots=ring.slots)
+    srv = server_read(protocol, RingKey(ring.secret, ring.ring_id), commit_log, slots=ring.slots)
     action = srv.on_request(buf)              # buf: a fresh zeroed 128-byte buffer received into
     while not isinstance(action, (Done, Close)):
         try:
             match a := action:
-                case BeginRead():             # begin_read_legacy(slot, lease) if action.legacy
+                case BeginRead():             # begin_read_legacy(slot, lease) if a.single_chunk
                     code, info = ring.begin_read(a.slot, a.generation, a.token, lease)
                     action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
+                case SendStatus():  await send(a.data)  # or inline_message(a.data, payload) if a.inline
+                                    if a.nbytes and not a.inline: await send(payload_view(a.slot, a.nbytes))
+                                    action = srv.on_sent()
                 case SendFrame():   await send(a.data);                      action = srv.on_sent()
-                case SendPayload(): await send(ring.payload_view(a.slot, a.nbytes)); action = srv.on_sent()
                 case AwaitCommit(): await recv(buf2 := zeroed 128 bytes);    action = srv.on_commit(buf2)
                 case Finalise():    ok = ring.commit_read | release_read | finalise_legacy (by a.kind)
                                     action = srv.on_finalised(ok)            # no await in between
@@ -54,8 +60,8 @@ Driving the machines (every await bounded by the caller's timeouts)::
     # Done: wait for the next request on this endpoint. Close: close it.
     # finally (cancelled): if srv.holds_slot: ring.release_read(srv.slot, srv.generation, srv.token)
 
-    # client: one ClientRead, with a fresh new_token(), per attempt
-    cr = ClientRead(d.slot, d.generation, new_token(), d.capability, d.nbytes, d.checksum, protocol)
+    # client: one ClientRead (SingleChunkClientRead: token 0), with a fresh new_token(), per attempt
+    cr = client_read(protocol, d.slot, d.generation, new_token(), d.capability, d.nbytes, d.checksum)
     try:
         await send(encode(cr.request_frame()))
         await recv(buf); n = cr.on_status(buf)      # raises the mapped error -> FAILED
@@ -88,7 +94,15 @@ from transport.protocol.batch import (
     ServerBatch,
     fill_inline,
 )
-from transport.protocol.client import ClientRead, as_transport_error, commit_accepted, payload_verified
+from transport.protocol.client import (
+    CLIENT_READS,
+    ClientRead,
+    SingleChunkClientRead,
+    as_transport_error,
+    client_read,
+    commit_accepted,
+    payload_verified,
+)
 from transport.protocol.commitlog import CommitLog
 from transport.protocol.frames import (
     BATCH_ENTRY,
@@ -129,25 +143,39 @@ from transport.protocol.frames import (
 )
 from transport.protocol.keys import RingKey, capability_matches
 from transport.protocol.server import (
+    SERVER_READS,
     AwaitCommit,
     BeginRead,
     Close,
     Done,
     Fence,
     Finalise,
+    FinaliseKind,
     SendFrame,
-    SendInline,
-    SendPayload,
+    SendStatus,
     ServerAction,
     ServerRead,
+    SingleChunkServerRead,
+    server_read,
 )
-from transport.protocol.states import BATCH_TRANSITIONS, BatchState, ClientState, ServerState
+from transport.protocol.states import (
+    BATCH_TRANSITIONS,
+    CLIENT_TRANSITIONS,
+    SERVER_TRANSITIONS,
+    SINGLE_CHUNK_CLIENT_TRANSITIONS,
+    SINGLE_CHUNK_SERVER_TRANSITIONS,
+    BatchState,
+    ClientState,
+    ServerState,
+)
 
 __all__ = [
     "BATCH_ENTRY",
     "BATCH_MAX",
     "BATCH_TRANSITIONS",
     "CAPABILITY_SIZE",
+    "CLIENT_READS",
+    "CLIENT_TRANSITIONS",
     "FLAG_INLINE",
     "FRAME_SIZE",
     "INLINE_BATCH_MAX",
@@ -157,6 +185,10 @@ __all__ = [
     "MESSAGE_SIZE",
     "PROTOCOLS",
     "REQUEST_MAX",
+    "SERVER_READS",
+    "SERVER_TRANSITIONS",
+    "SINGLE_CHUNK_CLIENT_TRANSITIONS",
+    "SINGLE_CHUNK_SERVER_TRANSITIONS",
     "TRAILER",
     "AwaitCommit",
     "AwaitCommitBatch",
@@ -175,6 +207,7 @@ __all__ = [
     "Fence",
     "Finalise",
     "FinaliseBatch",
+    "FinaliseKind",
     "Frame",
     "FrameLike",
     "MsgType",
@@ -183,18 +216,20 @@ __all__ = [
     "RingKey",
     "SendBatchReply",
     "SendFrame",
-    "SendInline",
-    "SendPayload",
     "SendPayloads",
+    "SendStatus",
     "SendStatusBatch",
     "ServerAction",
     "ServerBatch",
     "ServerRead",
     "ServerState",
+    "SingleChunkClientRead",
+    "SingleChunkServerRead",
     "Status",
     "as_capability",
     "as_transport_error",
     "capability_matches",
+    "client_read",
     "clip_message",
     "commit",
     "commit_accepted",
@@ -211,5 +246,6 @@ __all__ = [
     "request",
     "resolve",
     "resolved",
+    "server_read",
     "status",
 ]

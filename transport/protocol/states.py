@@ -15,13 +15,53 @@ class ServerState(StrEnum):
     IDLE = "idle"  # waiting for on_request
     BEGIN_READ = "begin_read"  # BeginRead issued: waiting for on_begin_read
     FENCE = "fence"  # Fence issued: waiting for on_fenced
-    SEND_STATUS = "send_status"  # SendFrame(STATUS) issued: waiting for on_sent
-    SEND_PAYLOAD = "send_payload"  # SendPayload issued: waiting for on_sent
+    SEND_STATUS = "send_status"  # SendStatus (STATUS OK and its payload) issued: waiting for on_sent
     AWAIT_COMMIT = "await_commit"  # waiting for on_commit
-    FINALISE = "finalise"  # Finalise issued: waiting for on_finalised
-    SEND_REPLY = "send_reply"  # COMMITTED / RESOLVED / error STATUS issued: waiting for on_sent
+    COMMITTING = "committing"  # Finalise("commit") issued: waiting for on_finalised
+    RELEASING = "releasing"  # refused while holding the slot: Finalise("release"), then the refusal
+    RELEASING_ON_ERROR = "releasing_on_error"  # an I/O step failed holding the slot: release, then close
+    FINALISE = "finalise"  # single-chunk: Finalise("single-chunk") after the send: on_finalised
+    SEND_REPLY = "send_reply"  # COMMITTED / RESOLVED / a ring refusal issued: on_sent, then DONE
+    SEND_REFUSAL = "send_refusal"  # a refusal that ends the endpoint issued: on_sent, then CLOSED
     DONE = "done"  # read over, the endpoint can serve the next request
     CLOSED = "closed"  # read over, close the endpoint
+
+
+_S = ServerState
+# `error` (a send/recv failed or timed out, or the handler is cancelled) may come in any state: a read
+# holding its slot releases it first (RELEASING_ON_ERROR, unless it is releasing already), then closes.
+_SERVER_ERRORS: Final = {(s, "error"): frozenset({_S.RELEASING_ON_ERROR, _S.CLOSED}) for s in _S}
+
+# Commit protocol, server side: (state, event) -> the states that event may lead to. Anything else is
+# a driver bug (LocalProtocolError). Events are the `on_*` methods without the prefix.
+SERVER_TRANSITIONS: Final[dict[tuple[ServerState, str], frozenset[ServerState]]] = {
+    # REQUEST -> CAS READY(gen) -> READING(token); RESOLVE -> fence; a bad request -> refusal, close
+    (_S.IDLE, "request"): frozenset({_S.BEGIN_READ, _S.FENCE, _S.SEND_REFUSAL}),
+    # OK -> STATUS + PAYLOAD; STALE / NOT_READY / BUSY -> that STATUS; over MAX_PAYLOAD -> release
+    (_S.BEGIN_READ, "begin_read"): frozenset({_S.SEND_STATUS, _S.SEND_REPLY, _S.RELEASING}),
+    (_S.SEND_STATUS, "sent"): frozenset({_S.AWAIT_COMMIT}),
+    # this read's COMMIT -> CAS READING(token) -> FREE; anything else -> release, refusal, close
+    (_S.AWAIT_COMMIT, "commit"): frozenset({_S.COMMITTING, _S.RELEASING}),
+    (_S.COMMITTING, "finalised"): frozenset({_S.SEND_REPLY}),  # COMMITTED(OK) or COMMITTED(ERROR)
+    (_S.RELEASING, "finalised"): frozenset({_S.SEND_REFUSAL}),
+    (_S.RELEASING_ON_ERROR, "finalised"): frozenset({_S.CLOSED}),
+    (_S.FENCE, "fenced"): frozenset({_S.SEND_REPLY}),  # RESOLVED(resolution)
+    (_S.SEND_REPLY, "sent"): frozenset({_S.DONE}),
+    (_S.SEND_REFUSAL, "sent"): frozenset({_S.CLOSED}),
+    **_SERVER_ERRORS,
+}
+
+# Single-chunk, server side: LEGACY_REQUEST -> STATUS + PAYLOAD -> finalise on send completion; it
+# never holds a slot across an await, so an error just closes.
+SINGLE_CHUNK_SERVER_TRANSITIONS: Final[dict[tuple[ServerState, str], frozenset[ServerState]]] = {
+    (_S.IDLE, "request"): frozenset({_S.BEGIN_READ, _S.SEND_REFUSAL}),
+    (_S.BEGIN_READ, "begin_read"): frozenset({_S.SEND_STATUS, _S.SEND_REPLY, _S.SEND_REFUSAL}),
+    (_S.SEND_STATUS, "sent"): frozenset({_S.FINALISE}),
+    (_S.FINALISE, "finalised"): frozenset({_S.DONE}),
+    (_S.SEND_REPLY, "sent"): frozenset({_S.DONE}),
+    (_S.SEND_REFUSAL, "sent"): frozenset({_S.CLOSED}),
+    **{(s, "error"): frozenset({_S.CLOSED}) for s in _S},
+}
 
 
 class ClientState(StrEnum):
@@ -33,6 +73,35 @@ class ClientState(StrEnum):
     DONE = "done"  # the payload is the caller's (committed, or single-chunk received)
     IN_DOUBT = "in_doubt"  # COMMIT sent, outcome unknown: resolve_frame() on another endpoint
     FAILED = "failed"  # definitely not committed; `error` says why (retry if error.retryable)
+
+
+_C = ClientState
+_BEFORE_COMMIT: Final = (_C.IDLE, _C.AWAIT_STATUS, _C.AWAIT_PAYLOAD)
+_AFTER_COMMIT: Final = (_C.AWAIT_COMMITTED, _C.AWAIT_RESOLVED, _C.IN_DOUBT)
+
+# Commit protocol, client side. `error` (an I/O step failed) leaves FAILED before COMMIT was sent,
+# IN_DOUBT after; a refused or garbled reply moves the same way inside the event that received it.
+CLIENT_TRANSITIONS: Final[dict[tuple[ClientState, str], frozenset[ClientState]]] = {
+    (_C.IDLE, "request"): frozenset({_C.AWAIT_STATUS}),  # REQUEST sent
+    (_C.AWAIT_STATUS, "status"): frozenset({_C.AWAIT_PAYLOAD, _C.FAILED}),  # STATUS OK, or refused
+    (_C.AWAIT_PAYLOAD, "inline_payload"): frozenset({_C.AWAIT_PAYLOAD, _C.FAILED}),
+    (_C.AWAIT_PAYLOAD, "payload"): frozenset({_C.AWAIT_COMMITTED, _C.FAILED}),  # checksum ok: COMMIT
+    (_C.AWAIT_COMMITTED, "commit"): frozenset({_C.AWAIT_COMMITTED}),  # the COMMIT again (commit_frame)
+    (_C.AWAIT_COMMITTED, "committed"): frozenset({_C.DONE, _C.FAILED, _C.IN_DOUBT}),  # OK / refused / ?
+    **{(s, "resolve"): frozenset({_C.AWAIT_RESOLVED}) for s in _AFTER_COMMIT},  # RESOLVE elsewhere
+    (_C.AWAIT_RESOLVED, "resolved"): frozenset({_C.DONE, _C.FAILED, _C.IN_DOUBT}),  # by the Resolution
+    **{(s, "error"): frozenset({_C.FAILED}) for s in _BEFORE_COMMIT},
+    **{(s, "error"): frozenset({_C.IN_DOUBT}) for s in _AFTER_COMMIT},
+}
+
+# Single-chunk, client side: LEGACY_REQUEST -> STATUS -> PAYLOAD -> DONE, whatever the checksum says.
+SINGLE_CHUNK_CLIENT_TRANSITIONS: Final[dict[tuple[ClientState, str], frozenset[ClientState]]] = {
+    (_C.IDLE, "request"): frozenset({_C.AWAIT_STATUS}),
+    (_C.AWAIT_STATUS, "status"): frozenset({_C.AWAIT_PAYLOAD, _C.FAILED}),
+    (_C.AWAIT_PAYLOAD, "inline_payload"): frozenset({_C.AWAIT_PAYLOAD, _C.FAILED}),  # a corrupt flag
+    (_C.AWAIT_PAYLOAD, "payload"): frozenset({_C.DONE, _C.FAILED}),
+    **{(s, "error"): frozenset({_C.FAILED}) for s in _BEFORE_COMMIT},
+}
 
 
 class BatchState(StrEnum):
