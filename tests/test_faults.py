@@ -34,7 +34,7 @@ from chaos.faults import (
     make_link_wrapper,
 )
 from chaos.faults.transport import ChaosLinkWrapper
-from transport.link import Phase
+from transport.link import Phase, SteppedLink
 
 FRAME = 128
 PAYLOAD = 1000
@@ -169,7 +169,7 @@ def test_layer_routing() -> None:
 # -- transport faults against a fake Link --------------------------------------------------------
 
 
-class FakeLink:
+class FakeLink(SteppedLink):
     """In-memory server Link: records sends with their time, answers recvs from a script."""
 
     def __init__(self, port: int = PORT, role: str = "server") -> None:

@@ -26,7 +26,7 @@ from transport import ucx
 from transport.deadline import StepDeadline
 from transport.errors import ConfigError
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_send
+from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity
 from transport.ring import ReadCode, SharedRing
 from transport.ucx import init_in_loop
 
@@ -335,7 +335,7 @@ class SlotServer:
                 elif frame.code == proto.Status.BAD_REQUEST and frame.type == proto.MsgType.STATUS:
                     self.stats["bad_requests"] += 1
                 phase = _REPLY_PHASE.get(frame.type, Phase.STATUS)
-                sent = post_send(link, data, phase)
+                sent = link.post_send(data, phase)
                 async with step:
                     await (sent or link.send(data, phase))
                 return srv.on_sent()
@@ -379,7 +379,7 @@ class SlotServer:
         """STATUS OK, then its PAYLOAD (if any). A wrapped link sends one step at a time, as its faults
         expect; on a bare link the payload is posted right behind the status and both are awaited at
         once (a completed send never meant the peer had it, so nothing is lost by not waiting)."""
-        status_sent = post_send(link, data, Phase.STATUS)
+        status_sent = link.post_send(data, Phase.STATUS)
         if status_sent is None:
             async with step:
                 await link.send(data, Phase.STATUS)
@@ -391,7 +391,7 @@ class SlotServer:
                 await status_sent
             return
         view = np.frombuffer(self.ring.payload_view(slot, nbytes), dtype=np.uint8)
-        payload_sent = post_send(link, view, Phase.PAYLOAD)
+        payload_sent = link.post_send(view, Phase.PAYLOAD)
         try:
             async with step:
                 await status_sent
