@@ -176,7 +176,7 @@ class Net:
     protocol: p.Protocol = "commit"
 
     def server(self) -> p.ServerRead:
-        return p.server_read(self.protocol, KEY, self.log, slots=self.ring.slots)  # type: ignore[return-value]
+        return p.server_machine(self.protocol)(KEY, self.log, slots=self.ring.slots)  # type: ignore[return-value]
 
     def serve(self, *frames: p.Frame | bytes) -> tuple[p.ServerRead, p.ServerAction, list[bytes]]:
         """A fresh handler receives `frames` (the first is the request); returns what it sent."""
@@ -189,8 +189,7 @@ class Net:
 
     def client(self, slot: int, token: int | None = None, secret: bytes | None = None) -> p.ClientRead:
         m = self.ring.meta[slot]
-        return p.client_read(  # type: ignore[return-value]
-            self.protocol,
+        return p.client_machine(self.protocol)(  # type: ignore[return-value]
             slot,
             m.generation,
             p.new_token() if token is None else token,
@@ -951,6 +950,70 @@ def test_protocol_mismatch_is_a_bad_request() -> None:
 # -- machine misuse and error paths -------------------------------------------------------------------
 
 
+def _states_of(machine: Any) -> list[Any]:
+    """Every state `machine` moves through from now on (its moves all go through `_move`)."""
+    seen = [machine.state]
+    move = machine._move
+
+    def recording(event: str, to: Any) -> None:
+        move(event, to)
+        seen.append(to)
+
+    machine._move = recording
+    return seen
+
+
+def test_a_committed_read_walks_the_protocol_list_in_both_tables() -> None:
+    """REQUEST -> CAS -> STATUS + PAYLOAD -> COMMIT -> CAS -> COMMITTED, as README.md lists it."""
+    net = new_net()
+    client, srv, wire = net.client(0), net.server(), []
+    client_seen, server_seen = _states_of(client), _states_of(srv)
+    drive(srv, srv.on_request(p.encode(client.request_frame())), net.ring, wire)
+    client.on_status(wire[0])
+    commit = client.on_payload(checksum(wire[1]))
+    action = drive(srv, srv.on_commit(p.encode(commit)), net.ring, wire)
+    client.on_committed(wire[-1])
+    S, C = p.ServerState, p.ClientState
+    assert isinstance(action, p.Done)
+    assert server_seen[:5] == [S.IDLE, S.BEGIN_READ, S.SEND_STATUS, S.AWAIT_COMMIT, S.COMMITTING]
+    assert server_seen[5:] == [S.SEND_REPLY, S.DONE]
+    assert client_seen == [C.IDLE, C.AWAIT_STATUS, C.AWAIT_PAYLOAD, C.AWAIT_COMMITTED, C.DONE]
+
+
+@pytest.mark.parametrize(
+    ("table", "start", "ends"),
+    [
+        (p.SERVER_TRANSITIONS, p.ServerState.IDLE, {p.ServerState.DONE, p.ServerState.CLOSED}),
+        (p.SINGLE_CHUNK_SERVER_TRANSITIONS, p.ServerState.IDLE, {p.ServerState.DONE, p.ServerState.CLOSED}),
+        (p.CLIENT_TRANSITIONS, p.ClientState.IDLE, {p.ClientState.DONE, p.ClientState.FAILED}),
+        (p.SINGLE_CHUNK_CLIENT_TRANSITIONS, p.ClientState.IDLE, {p.ClientState.DONE, p.ClientState.FAILED}),
+    ],
+    ids=["server", "single-chunk-server", "client", "single-chunk-client"],
+)
+def test_every_state_a_table_reaches_moves_on_or_ends(table: Any, start: Any, ends: set[Any]) -> None:
+    """No dead end: a state reached without an error has an event out of it, unless the read is over."""
+    reached, todo = {start}, [start]
+    while todo:
+        state = todo.pop()
+        for (at, event), targets in table.items():
+            if at is state and event != "error":
+                todo.extend(targets - reached)
+                reached |= targets
+    for state in reached - ends:
+        assert any(at is state and event != "error" for at, event in table), state
+    assert ends <= reached
+
+
+def test_a_move_its_table_lacks_is_refused() -> None:
+    srv = p.ServerRead(KEY, p.CommitLog())
+    with pytest.raises(ProtocolError, match="sent -> done not valid in state idle"):
+        srv._move("sent", p.ServerState.DONE)
+    client = p.SingleChunkClientRead(0, 1, 0, SECRET, 3, 4)
+    client.request_frame()
+    with pytest.raises(ProtocolError, match="client read 0:1: status -> done not valid"):
+        client._move("status", p.ClientState.DONE)
+
+
 def test_server_events_in_the_wrong_state_raise() -> None:
     srv = p.ServerRead(KEY, p.CommitLog())
     for call in (srv.on_sent, lambda: srv.on_commit(b""), lambda: srv.on_finalised(True)):
@@ -962,7 +1025,7 @@ def test_server_events_in_the_wrong_state_raise() -> None:
     with pytest.raises(ProtocolError, match="ReadCode"):
         srv.on_begin_read(9, 1, 0, 0)
     with pytest.raises(ConfigError):
-        p.server_read("tcp", KEY, p.CommitLog())
+        p.server_machine("tcp")
 
 
 def test_client_events_in_the_wrong_state_raise() -> None:
@@ -1040,7 +1103,7 @@ def test_client_rejects_a_reply_that_is_not_a_status() -> None:
         client.on_status(p.committed(0, 1, 2))
     assert client.state is p.ClientState.FAILED and client.key == "0:1"
     with pytest.raises(ConfigError):
-        p.client_read("tcp", 0, 1, 2, SECRET, 3, 4)
+        p.client_machine("tcp")
 
 
 def test_client_on_error_keeps_transport_errors() -> None:

@@ -286,8 +286,7 @@ class SlotClient:
     ) -> ReadResult:
         """Drive one `ClientRead`; a lost COMMITTED goes to RESOLVE, never to a blind retry."""
         single_chunk = self.protocol == "single-chunk"
-        cr = proto.client_read(
-            self.protocol,
+        cr = proto.client_machine(self.protocol)(
             desc.slot,
             desc.generation,
             0 if single_chunk else proto.new_token(),

@@ -220,7 +220,7 @@ class SlotServer:
     async def _serve_one(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
-        srv = proto.server_read(self.protocol, self._ring_key, self.commit_log, slots=ring.slots)
+        srv = proto.server_machine(self.protocol)(self._ring_key, self.commit_log, slots=ring.slots)
         try:
             action = await self._drive(srv, srv.on_request(request), self._perform, link, index, step)
         finally:

@@ -29,13 +29,13 @@ tabled in `states`: SERVER_TRANSITIONS, CLIENT_TRANSITIONS, and the SINGLE_CHUNK
 
 Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
 legacy capability) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
-Its own machine pair (`SingleChunkServerRead`, `SingleChunkClientRead`), chosen by `server_read` /
-`client_read`; LEGACY_REQUEST and the ring's `*_legacy` calls keep their wire and ring names.
+Its own machine pair (`SingleChunkServerRead`, `SingleChunkClientRead`), chosen by `server_machine` /
+`client_machine`; LEGACY_REQUEST and the ring's `*_legacy` calls keep their wire and ring names.
 
 Driving the machines (every await bounded by the caller's timeouts)::
 
     # server: one CommitLog per server process; one ServerRead per request received on an endpoint
-    srv = server_read(protocol, RingKey(ring.secret, ring.ring_id), commit_log, slots=ring.slots)
+    srv = server_machine(protocol)(RingKey(ring.secret, ring.ring_id), commit_log, slots=ring.slots)
     action = srv.on_request(buf)              # buf: a fresh zeroed 128-byte buffer received into
     while not isinstance(action, (Done, Close)):
         try:
@@ -61,7 +61,7 @@ Driving the machines (every await bounded by the caller's timeouts)::
     # finally (cancelled): if srv.holds_slot: ring.release_read(srv.slot, srv.generation, srv.token)
 
     # client: one ClientRead (SingleChunkClientRead: token 0), with a fresh new_token(), per attempt
-    cr = client_read(protocol, d.slot, d.generation, new_token(), d.capability, d.nbytes, d.checksum)
+    cr = client_machine(protocol)(d.slot, d.generation, new_token(), d.capability, d.nbytes, d.checksum)
     try:
         await send(encode(cr.request_frame()))
         await recv(buf); n = cr.on_status(buf)      # raises the mapped error -> FAILED
@@ -81,171 +81,21 @@ Driving the machines (every await bounded by the caller's timeouts)::
     raise cr.error                                  # InDoubtError: report it, never retry
 """
 
-from transport.protocol.batch import (
-    AwaitCommitBatch,
-    BatchAction,
-    BatchSlot,
-    BeginBatch,
-    ClientBatch,
-    FinaliseBatch,
-    SendBatchReply,
-    SendPayloads,
-    SendStatusBatch,
-    ServerBatch,
-    fill_inline,
-)
-from transport.protocol.client import (
-    CLIENT_READS,
-    ClientRead,
-    SingleChunkClientRead,
-    as_transport_error,
-    client_read,
-    commit_accepted,
-    payload_verified,
-)
-from transport.protocol.commitlog import CommitLog
-from transport.protocol.frames import (
-    BATCH_ENTRY,
-    BATCH_MAX,
-    CAPABILITY_SIZE,
-    FLAG_INLINE,
-    FRAME_SIZE,
-    INLINE_BATCH_MAX,
-    INLINE_MAX,
-    MAGIC,
-    MAX_PAYLOAD,
-    MESSAGE_SIZE,
-    PROTOCOLS,
-    REQUEST_MAX,
-    TRAILER,
-    BatchEntry,
-    Frame,
-    FrameLike,
-    MsgType,
-    Protocol,
-    Resolution,
-    Status,
-    as_capability,
-    clip_message,
-    commit,
-    committed,
-    decode,
-    decode_batch,
-    encode,
-    encode_batch,
-    inline_message,
-    legacy_request,
-    new_token,
-    request,
-    resolve,
-    resolved,
-    status,
-)
-from transport.protocol.keys import RingKey, capability_matches
-from transport.protocol.server import (
-    SERVER_READS,
-    AwaitCommit,
-    BeginRead,
-    Close,
-    Done,
-    Fence,
-    Finalise,
-    FinaliseKind,
-    SendFrame,
-    SendStatus,
-    ServerAction,
-    ServerRead,
-    SingleChunkServerRead,
-    server_read,
-)
-from transport.protocol.states import (
-    BATCH_TRANSITIONS,
-    CLIENT_TRANSITIONS,
-    SERVER_TRANSITIONS,
-    SINGLE_CHUNK_CLIENT_TRANSITIONS,
-    SINGLE_CHUNK_SERVER_TRANSITIONS,
-    BatchState,
-    ClientState,
-    ServerState,
-)
+from transport.protocol import batch, client, commitlog, frames, keys, server, states
+from transport.protocol.batch import *  # noqa: F403
+from transport.protocol.client import *  # noqa: F403
+from transport.protocol.commitlog import *  # noqa: F403
+from transport.protocol.frames import *  # noqa: F403
+from transport.protocol.keys import *  # noqa: F403
+from transport.protocol.server import *  # noqa: F403
+from transport.protocol.states import *  # noqa: F403
 
 __all__ = [
-    "BATCH_ENTRY",
-    "BATCH_MAX",
-    "BATCH_TRANSITIONS",
-    "CAPABILITY_SIZE",
-    "CLIENT_READS",
-    "CLIENT_TRANSITIONS",
-    "FLAG_INLINE",
-    "FRAME_SIZE",
-    "INLINE_BATCH_MAX",
-    "INLINE_MAX",
-    "MAGIC",
-    "MAX_PAYLOAD",
-    "MESSAGE_SIZE",
-    "PROTOCOLS",
-    "REQUEST_MAX",
-    "SERVER_READS",
-    "SERVER_TRANSITIONS",
-    "SINGLE_CHUNK_CLIENT_TRANSITIONS",
-    "SINGLE_CHUNK_SERVER_TRANSITIONS",
-    "TRAILER",
-    "AwaitCommit",
-    "AwaitCommitBatch",
-    "BatchAction",
-    "BatchEntry",
-    "BatchSlot",
-    "BatchState",
-    "BeginBatch",
-    "BeginRead",
-    "ClientBatch",
-    "ClientRead",
-    "ClientState",
-    "Close",
-    "CommitLog",
-    "Done",
-    "Fence",
-    "Finalise",
-    "FinaliseBatch",
-    "FinaliseKind",
-    "Frame",
-    "FrameLike",
-    "MsgType",
-    "Protocol",
-    "Resolution",
-    "RingKey",
-    "SendBatchReply",
-    "SendFrame",
-    "SendPayloads",
-    "SendStatus",
-    "SendStatusBatch",
-    "ServerAction",
-    "ServerBatch",
-    "ServerRead",
-    "ServerState",
-    "SingleChunkClientRead",
-    "SingleChunkServerRead",
-    "Status",
-    "as_capability",
-    "as_transport_error",
-    "capability_matches",
-    "client_read",
-    "clip_message",
-    "commit",
-    "commit_accepted",
-    "committed",
-    "decode",
-    "decode_batch",
-    "encode",
-    "encode_batch",
-    "fill_inline",
-    "inline_message",
-    "legacy_request",
-    "new_token",
-    "payload_verified",
-    "request",
-    "resolve",
-    "resolved",
-    "server_read",
-    "status",
+    *frames.__all__,
+    *keys.__all__,
+    *commitlog.__all__,
+    *states.__all__,
+    *client.__all__,
+    *server.__all__,
+    *batch.__all__,
 ]

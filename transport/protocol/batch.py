@@ -52,6 +52,20 @@ from transport.protocol.keys import RingKey
 from transport.protocol.server import DONE, Close, Done
 from transport.protocol.states import ANY_STATE_EVENTS, BATCH_TRANSITIONS, BatchState, ClientState
 
+__all__ = [
+    "AwaitCommitBatch",
+    "BatchAction",
+    "BatchSlot",
+    "BeginBatch",
+    "ClientBatch",
+    "FinaliseBatch",
+    "SendBatchReply",
+    "SendPayloads",
+    "SendStatusBatch",
+    "ServerBatch",
+    "fill_inline",
+]
+
 
 def _entry_proof_ok(entry: BatchEntry, key: RingKey) -> bool:
     """The entry's per-slot capability for the (slot, generation) it names, compared in constant time."""

@@ -7,7 +7,7 @@ tests/mutants does, reaches both).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
 from transport.errors import (
@@ -15,7 +15,6 @@ from transport.errors import (
     ConfigError,
     ConnectionLostError,
     InDoubtError,
-    LocalProtocolError,
     NotReadyError,
     ProtocolError,
     ReadTimeoutError,
@@ -29,7 +28,6 @@ from transport.protocol.frames import (
     FLAG_INLINE,
     FRAME_SIZE,
     INLINE_MAX,
-    PROTOCOLS,
     TRAILER,
     U64,
     Frame,
@@ -45,7 +43,23 @@ from transport.protocol.frames import (
     request,
     resolve,
 )
-from transport.protocol.states import CLIENT_TRANSITIONS, SINGLE_CHUNK_CLIENT_TRANSITIONS, ClientState
+from transport.protocol.states import (
+    CLIENT_TRANSITIONS,
+    SINGLE_CHUNK_CLIENT_TRANSITIONS,
+    ClientState,
+    ReadMachine,
+    pick_machine,
+)
+
+__all__ = [
+    "CLIENT_READS",
+    "ClientRead",
+    "SingleChunkClientRead",
+    "as_transport_error",
+    "client_machine",
+    "commit_accepted",
+    "payload_verified",
+]
 
 STATUS_ERRORS: Final[dict[int, type[TransportError]]] = {
     Status.STALE: StaleSlotError,
@@ -82,12 +96,11 @@ def commit_accepted(code: int) -> bool:
     return code == Status.OK
 
 
-class _ClientMachine:
+class _ClientMachine(ReadMachine[ClientState]):
     """What both single-read client machines share: the descriptor's fields, the table-checked moves,
     the STATUS checks, the failure paths. Subclasses name their protocol and their table."""
 
     protocol: Protocol
-    TRANSITIONS: Mapping[tuple[ClientState, str], frozenset[ClientState]]
 
     def __init__(
         self,
@@ -98,6 +111,7 @@ class _ClientMachine:
         expected_nbytes: int,
         expected_checksum: int,
     ) -> None:
+        self._check_token(token)
         self.slot = slot
         self.generation = generation
         self.token = token
@@ -111,20 +125,8 @@ class _ClientMachine:
         self.resolution: Resolution | None = None
         self.error: TransportError | None = None
 
-    @property
-    def key(self) -> str:
-        return f"{self.slot}:{self.generation}"
-
-    def _expect(self, event: str) -> None:
-        if (self.state, event) not in self.TRANSITIONS:
-            raise LocalProtocolError(f"client read {self.key}: event not valid in state {self.state.value}")
-
-    def _move(self, event: str, to: ClientState) -> None:
-        if to not in self.TRANSITIONS.get((self.state, event), ()):
-            raise LocalProtocolError(
-                f"client read {self.key}: {event} -> {to.value} not valid in state {self.state.value}"
-            )
-        self.state = to
+    def _who(self) -> str:
+        return f"client read {self.key}"
 
     def inline_room(self, limit: int = INLINE_MAX) -> int:
         """How many payload bytes to make room for in the STATUS receive (0: a plain 128-byte one)."""
@@ -158,6 +160,9 @@ class _ClientMachine:
         self.inline = bool(frame.flags & FLAG_INLINE)
         self._move("status", ClientState.AWAIT_PAYLOAD)
         return frame.nbytes
+
+    def _check_token(self, token: int) -> None:
+        """Raise ConfigError if this protocol cannot use `token`."""
 
     def _check_status(self, frame: Frame) -> None:
         """Before the code is read: raise (FAILED) if the STATUS cannot be this read's."""
@@ -231,18 +236,9 @@ class ClientRead(_ClientMachine):
     protocol: Protocol = "commit"
     TRANSITIONS = CLIENT_TRANSITIONS
 
-    def __init__(
-        self,
-        slot: int,
-        generation: int,
-        token: int,
-        capability: bytes | str,
-        expected_nbytes: int,
-        expected_checksum: int,
-    ) -> None:
+    def _check_token(self, token: int) -> None:
         if not 0 < token <= U64:
             raise ConfigError(f"token={token!r}: must be a non-zero u64 (see new_token)")
-        super().__init__(slot, generation, token, capability, expected_nbytes, expected_checksum)
 
     # -- frames to send ------------------------------------------------------------------------------
 
@@ -376,17 +372,6 @@ CLIENT_READS: Final[dict[str, type[ClientRead | SingleChunkClientRead]]] = {
 }
 
 
-def client_read(
-    protocol: str,
-    slot: int,
-    generation: int,
-    token: int,
-    capability: bytes | str,
-    expected_nbytes: int,
-    expected_checksum: int,
-) -> ClientRead | SingleChunkClientRead:
-    """The client machine for `protocol` ("commit" or "single-chunk")."""
-    machine = CLIENT_READS.get(protocol)
-    if machine is None:
-        raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    return machine(slot, generation, token, capability, expected_nbytes, expected_checksum)
+def client_machine(protocol: str) -> type[ClientRead | SingleChunkClientRead]:
+    """The client machine class for `protocol` ("commit" or "single-chunk")."""
+    return pick_machine(CLIENT_READS, protocol)

@@ -8,6 +8,10 @@ from typing import Final
 from transport.errors import ConfigError
 from transport.protocol.frames import Resolution
 
+__all__ = [
+    "CommitLog",
+]
+
 # transport.ring.SlotState values, kept here so this module imports neither the ring nor numpy.
 RING_FREE: Final = 0
 RING_READY: Final = 2

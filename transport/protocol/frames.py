@@ -32,6 +32,44 @@ from typing import Final, Literal, NamedTuple, TypeAlias
 
 from transport.errors import ConfigError, LocalProtocolError, ProtocolError
 
+__all__ = [
+    "BATCH_ENTRY",
+    "BATCH_MAX",
+    "CAPABILITY_SIZE",
+    "FLAG_INLINE",
+    "FRAME_SIZE",
+    "INLINE_BATCH_MAX",
+    "INLINE_MAX",
+    "MAGIC",
+    "MAX_PAYLOAD",
+    "MESSAGE_SIZE",
+    "PROTOCOLS",
+    "REQUEST_MAX",
+    "TRAILER",
+    "BatchEntry",
+    "Frame",
+    "FrameLike",
+    "MsgType",
+    "Protocol",
+    "Resolution",
+    "Status",
+    "as_capability",
+    "clip_message",
+    "commit",
+    "committed",
+    "decode",
+    "decode_batch",
+    "encode",
+    "encode_batch",
+    "inline_message",
+    "legacy_request",
+    "new_token",
+    "request",
+    "resolve",
+    "resolved",
+    "status",
+]
+
 FRAME_SIZE: Final = 128
 MAGIC: Final = b"SWv1"
 TRAILER: Final = b"1vWS"

@@ -20,6 +20,11 @@ from typing import Final
 from transport.errors import ConfigError
 from transport.protocol.frames import CAPABILITY_SIZE, Frame, MsgType, as_capability
 
+__all__ = [
+    "RingKey",
+    "capability_matches",
+]
+
 _CAP_MSG = struct.Struct("<B16sIQ")  # tag, ring id, slot, generation
 _TAG_COMMIT: Final = 1
 _TAG_LEGACY: Final = 2

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple, TypeAlias
 
-from transport.errors import ConfigError, LocalProtocolError, ProtocolError
+from transport.errors import LocalProtocolError, ProtocolError
 from transport.protocol.commitlog import RING_FREE, RING_READING, RING_READY, CommitLog
 from transport.protocol.frames import (
     FLAG_INLINE,
     INLINE_MAX,
     MAX_PAYLOAD,
     NO_CAPABILITY,
-    PROTOCOLS,
     Frame,
     FrameLike,
     MsgType,
@@ -31,8 +29,27 @@ from transport.protocol.keys import RingKey
 from transport.protocol.states import (
     SERVER_TRANSITIONS,
     SINGLE_CHUNK_SERVER_TRANSITIONS,
+    ReadMachine,
     ServerState,
+    pick_machine,
 )
+
+__all__ = [
+    "SERVER_READS",
+    "AwaitCommit",
+    "BeginRead",
+    "Close",
+    "Done",
+    "Fence",
+    "Finalise",
+    "FinaliseKind",
+    "SendFrame",
+    "SendStatus",
+    "ServerAction",
+    "ServerRead",
+    "SingleChunkServerRead",
+    "server_machine",
+]
 
 # Actions with fields are NamedTuples (a read builds five; immutable and cheap); the fieldless ones
 # stay dataclasses, because an empty tuple would be falsy.
@@ -114,12 +131,11 @@ DONE: Final = Done()
 _S = ServerState
 
 
-class _ServerMachine:
+class _ServerMachine(ReadMachine[ServerState]):
     """What both single-read server machines share: the request's fields, the table-checked moves,
     the replies. Subclasses name their protocol, the request types they serve and their table."""
 
     protocol: Protocol
-    TRANSITIONS: Mapping[tuple[ServerState, str], frozenset[ServerState]]
     REQUESTS: tuple[MsgType, ...]
 
     def __init__(self, ring_key: RingKey, log: CommitLog, *, slots: int | None = None) -> None:
@@ -141,20 +157,8 @@ class _ServerMachine:
         self._capability = NO_CAPABILITY  # the request's, which its COMMIT must carry too
         self._slots = slots
 
-    @property
-    def key(self) -> str:
-        return f"{self.slot}:{self.generation}"
-
-    def _expect(self, event: str) -> None:
-        if (self.state, event) not in self.TRANSITIONS:
-            raise LocalProtocolError(f"server read: event not valid in state {self.state.value}")
-
-    def _move(self, event: str, to: ServerState) -> None:
-        if to not in self.TRANSITIONS.get((self.state, event), ()):
-            raise LocalProtocolError(
-                f"server read: {event} -> {to.value} not valid in state {self.state.value}"
-            )
-        self.state = to
+    def _who(self) -> str:
+        return "server read"
 
     def on_request(self, msg: FrameLike) -> ServerAction:
         """The first frame received on the endpoint for this attempt (raw buffer or decoded Frame)."""
@@ -410,11 +414,6 @@ SERVER_READS: Final[dict[str, type[ServerRead | SingleChunkServerRead]]] = {
 }
 
 
-def server_read(
-    protocol: str, ring_key: RingKey, log: CommitLog, slots: int | None = None
-) -> ServerRead | SingleChunkServerRead:
-    """The server machine for `protocol` ("commit" or "single-chunk")."""
-    machine = SERVER_READS.get(protocol)
-    if machine is None:
-        raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    return machine(ring_key, log, slots=slots)
+def server_machine(protocol: str) -> type[ServerRead | SingleChunkServerRead]:
+    """The server machine class for `protocol` ("commit" or "single-chunk")."""
+    return pick_machine(SERVER_READS, protocol)

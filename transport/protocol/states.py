@@ -7,8 +7,22 @@ missing from a table is a driver bug (LocalProtocolError / ProtocolError), never
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Final
+from typing import Final, Generic, TypeVar
+
+from transport.errors import ConfigError, LocalProtocolError
+
+__all__ = [
+    "BATCH_TRANSITIONS",
+    "CLIENT_TRANSITIONS",
+    "SERVER_TRANSITIONS",
+    "SINGLE_CHUNK_CLIENT_TRANSITIONS",
+    "SINGLE_CHUNK_SERVER_TRANSITIONS",
+    "BatchState",
+    "ClientState",
+    "ServerState",
+]
 
 
 class ServerState(StrEnum):
@@ -134,3 +148,44 @@ BATCH_TRANSITIONS: Final[dict[tuple[BatchState, str], frozenset[BatchState]]] = 
     (_B.AWAIT_COMMITTED, "committed"): frozenset({_B.DONE}),
 }
 ANY_STATE_EVENTS: Final = frozenset({"error"})
+
+
+_State = TypeVar("_State", ServerState, ClientState)
+_Machine = TypeVar("_Machine")
+
+
+def pick_machine(machines: Mapping[str, _Machine], protocol: str) -> _Machine:
+    """The machine of `machines` for `protocol`; ConfigError names the protocols there are."""
+    machine = machines.get(protocol)
+    if machine is None:
+        raise ConfigError(f"protocol={protocol!r}: expected one of {', '.join(machines)}")
+    return machine
+
+
+class ReadMachine(Generic[_State]):
+    """A single-read machine (server or client) whose every move is checked against its table."""
+
+    state: _State
+    slot: int
+    generation: int
+    TRANSITIONS: Mapping[tuple[_State, str], frozenset[_State]]
+
+    @property
+    def key(self) -> str:
+        return f"{self.slot}:{self.generation}"
+
+    def _who(self) -> str:
+        """How errors name the machine ("server read", "client read 3:7")."""
+        raise NotImplementedError
+
+    def _expect(self, event: str) -> None:
+        """The event must be one the table lists for the current state (else a driver bug)."""
+        if (self.state, event) not in self.TRANSITIONS:
+            raise LocalProtocolError(f"{self._who()}: event not valid in state {self.state.value}")
+
+    def _move(self, event: str, to: _State) -> None:
+        if to not in self.TRANSITIONS.get((self.state, event), ()):
+            raise LocalProtocolError(
+                f"{self._who()}: {event} -> {to.value} not valid in state {self.state.value}"
+            )
+        self.state = to
