@@ -91,7 +91,7 @@ class FakeRing:
         m.state, m.token = SlotState.READING, token
         return 0, replace(m)
 
-    def begin_read_legacy(self, slot: int, lease: float) -> tuple[int, Info]:
+    def begin_read_single_chunk(self, slot: int, lease: float) -> tuple[int, Info]:
         m = self.meta[slot]
         if m.state not in (SlotState.READY, SlotState.READING):
             return 2, replace(m)
@@ -118,7 +118,7 @@ class FakeRing:
         self.meta[slot].state, self.meta[slot].token = SlotState.READY, 0
         return True
 
-    def finalise_legacy(self, slot: int) -> bool:
+    def finalise_single_chunk(self, slot: int) -> bool:
         if self.meta[slot].state is not SlotState.READING:
             return False
         self.meta[slot].state = SlotState.FREE
@@ -140,7 +140,7 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
         match action:
             case p.BeginRead(slot, generation, token, single_chunk):
                 if single_chunk:
-                    code, info = ring.begin_read_legacy(slot, lease=30.0)
+                    code, info = ring.begin_read_single_chunk(slot, lease=30.0)
                 else:
                     code, info = ring.begin_read(slot, generation, token, lease=30.0)
                 action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
@@ -160,7 +160,7 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
             case p.Finalise("release", slot, generation, token):
                 action = srv.on_finalised(ring.release_read(slot, generation, token))
             case p.Finalise("single-chunk", slot, _, _):
-                action = srv.on_finalised(ring.finalise_legacy(slot))
+                action = srv.on_finalised(ring.finalise_single_chunk(slot))
             case p.Fence(slot, generation, token):
                 ring.release_read(slot, generation, token)
                 info = ring.info(slot)
@@ -225,7 +225,7 @@ def fetch_until_commit(net: Net, client: p.ClientRead) -> tuple[p.ServerRead, p.
 
 ALL_FRAMES = [
     p.request(3, 7, 99, KEY.capability(3, 7)),
-    p.legacy_request(5, KEY.legacy_capability(5).hex()),
+    p.single_chunk_request(5, KEY.single_chunk_capability(5).hex()),
     p.status(p.Status.OK, slot=3, generation=7, token=99, nbytes=p.MAX_PAYLOAD, checksum=(1 << 64) - 1),
     p.status(p.Status.ERROR, message="é" * 24),
     p.commit(3, 7, 99, KEY.capability(3, 7)),
@@ -366,9 +366,9 @@ def test_a_capability_opens_one_slot_at_one_generation() -> None:
     assert not KEY.admits(p.request(3, 7, 1, p.RingKey(OTHER_SECRET, RING_ID).capability(3, 7))), (
         "another key"
     )
-    assert not KEY.admits(p.legacy_request(3, cap)), "a commit capability is not a legacy one"
-    legacy = KEY.legacy_capability(3)
-    assert KEY.admits(p.legacy_request(3, legacy)) and not KEY.admits(p.request(3, 0, 1, legacy))
+    assert not KEY.admits(p.single_chunk_request(3, cap)), "a commit capability is not a single-chunk one"
+    any_gen = KEY.single_chunk_capability(3)
+    assert KEY.admits(p.single_chunk_request(3, any_gen)) and not KEY.admits(p.request(3, 0, 1, any_gen))
     assert SECRET.hex() not in repr(KEY) and RING_ID.hex() in repr(KEY)
 
 
@@ -591,7 +591,10 @@ def test_unauthorized_gets_a_status_then_close() -> None:
         (b"\x01" * 50, "wrong size"),
         (p.encode(p.request(0, 1, 2, KEY.capability(0, 1)))[:-4] + b"\0\0\0\0", "truncated"),
         (p.encode(p.commit(0, 1, 2, KEY.capability(0, 1))), "COMMIT not a commit request"),
-        (p.encode(p.legacy_request(0, KEY.legacy_capability(0))), "LEGACY_REQUEST not a commit request"),
+        (
+            p.encode(p.single_chunk_request(0, KEY.single_chunk_capability(0))),
+            "LEGACY_REQUEST not a commit request",
+        ),
         (p.encode(p.request(9, 1, 2, KEY.capability(9, 1))), "slot 9 out of range"),
         (p.encode(p.request(0, 1, 0, KEY.capability(0, 1))), "token 0"),
     ],
@@ -889,10 +892,10 @@ def test_resolved_for_another_read_is_not_trusted() -> None:
     assert client.state is p.ClientState.IN_DOUBT
 
 
-# -- single-chunk (legacy) ----------------------------------------------------------------------------
+# -- single-chunk -------------------------------------------------------------------------------------
 
 
-def test_legacy_single_chunk_flow() -> None:
+def test_single_chunk_single_chunk_flow() -> None:
     net = new_net("single-chunk")
     client = net.client(0, token=0)
     request_frame = client.request_frame()
@@ -906,15 +909,15 @@ def test_legacy_single_chunk_flow() -> None:
     assert nbytes == len(wire[1]) and client.state is p.ClientState.DONE and client.checksum_ok
 
 
-def test_legacy_serves_a_slot_already_being_read() -> None:
+def test_single_chunk_serves_a_slot_already_being_read() -> None:
     net = new_net("single-chunk")
-    net.ring.begin_read_legacy(0, 30.0)  # a first handler is still mid-send
-    _, action, wire = net.serve(p.legacy_request(0, KEY.legacy_capability(0)))
+    net.ring.begin_read_single_chunk(0, 30.0)  # a first handler is still mid-send
+    _, action, wire = net.serve(p.single_chunk_request(0, KEY.single_chunk_capability(0)))
     assert isinstance(action, p.Done) and p.decode(wire[0]).code is p.Status.OK
 
 
-def test_legacy_delivers_whatever_the_slot_holds() -> None:
-    """The ABA loss the commit protocol fixes: the slot was rewritten, the legacy read returns it."""
+def test_single_chunk_delivers_whatever_the_slot_holds() -> None:
+    """The ABA loss the commit protocol fixes: the slot was rewritten, the single-chunk read returns it."""
     net = new_net("single-chunk")
     client = net.client(0, token=0)
     net.ring.write(0, b"a newer payload")
@@ -924,17 +927,17 @@ def test_legacy_delivers_whatever_the_slot_holds() -> None:
     assert client.state is p.ClientState.DONE and client.checksum_ok is False
 
 
-def test_legacy_send_failure_does_not_finalise() -> None:
+def test_single_chunk_send_failure_does_not_finalise() -> None:
     net = new_net("single-chunk")
     srv = net.server()
-    action = srv.on_request(p.encode(p.legacy_request(0, KEY.legacy_capability(0))))
+    action = srv.on_request(p.encode(p.single_chunk_request(0, KEY.single_chunk_capability(0))))
     action = drive(srv, action, net.ring, [])
     assert isinstance(action, p.Done)
     srv = net.server()
     net.ring.write(2, b"abc")
-    action = srv.on_request(p.encode(p.legacy_request(2, KEY.legacy_capability(2))))
+    action = srv.on_request(p.encode(p.single_chunk_request(2, KEY.single_chunk_capability(2))))
     assert isinstance(action, p.BeginRead) and action.single_chunk
-    code, info = net.ring.begin_read_legacy(2, 30.0)
+    code, info = net.ring.begin_read_single_chunk(2, 30.0)
     action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
     assert isinstance(action, p.SendStatus)
     assert isinstance(srv.on_error("reset"), p.Close)

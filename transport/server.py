@@ -312,7 +312,7 @@ class SlotServer:
         match action:
             case proto.BeginRead(slot=slot, generation=generation, token=token, single_chunk=single_chunk):
                 if single_chunk:
-                    code, info = ring.begin_read_legacy(slot, self.lease)
+                    code, info = ring.begin_read_single_chunk(slot, self.lease)
                 else:
                     code, info = ring.begin_read(slot, generation, token, self.lease)
                 if code == ReadCode.OK:
@@ -423,7 +423,7 @@ class SlotServer:
                 self.events.emit("late_finalise", key=key, port=index, token=token)
             return ok
         if kind == "single-chunk":
-            ok = ring.finalise_legacy(slot)
+            ok = ring.finalise_single_chunk(slot)
             if ok:
                 self.stats["committed"] += 1
                 self.events.emit("committed", key=key, port=index, token=0)

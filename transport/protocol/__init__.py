@@ -28,9 +28,10 @@ tabled in `states`: SERVER_TRANSITIONS, CLIENT_TRANSITIONS, and the SINGLE_CHUNK
     COMMITTED lost: client RESOLVE(slot, gen, token) on another endpoint -> RESOLVED(resolution)
 
 Single-chunk (the replaced design, kept so the harness can show what it loses): LEGACY_REQUEST(slot,
-legacy capability) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token, no ack.
-Its own machine pair (`SingleChunkServerRead`, `SingleChunkClientRead`), chosen by `server_machine` /
-`client_machine`; LEGACY_REQUEST and the ring's `*_legacy` calls keep their wire and ring names.
+single-chunk capability) -> STATUS -> PAYLOAD; the server finalises on its own send completion; no token,
+no ack. Its own machine pair (`SingleChunkServerRead`, `SingleChunkClientRead`), chosen by
+`server_machine` / `client_machine`. The message type keeps its wire name LEGACY_REQUEST (it shows in
+error messages); everywhere else in code the design is called single-chunk.
 
 Driving the machines (every await bounded by the caller's timeouts)::
 
@@ -40,7 +41,7 @@ Driving the machines (every await bounded by the caller's timeouts)::
     while not isinstance(action, (Done, Close)):
         try:
             match a := action:
-                case BeginRead():             # begin_read_legacy(slot, lease) if a.single_chunk
+                case BeginRead():             # begin_read_single_chunk(slot, lease) if a.single_chunk
                     code, info = ring.begin_read(a.slot, a.generation, a.token, lease)
                     action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
                 case SendStatus():  await send(a.data)  # or inline_message(a.data, payload) if a.inline
@@ -48,7 +49,7 @@ Driving the machines (every await bounded by the caller's timeouts)::
                                     action = srv.on_sent()
                 case SendFrame():   await send(a.data);                      action = srv.on_sent()
                 case AwaitCommit(): await recv(buf2 := zeroed 128 bytes);    action = srv.on_commit(buf2)
-                case Finalise():    ok = ring.commit_read | release_read | finalise_legacy (by a.kind)
+                case Finalise():    ok = ring.commit_read | release_read | finalise_single_chunk (by a.kind)
                                     action = srv.on_finalised(ok)            # no await in between
                 case Fence():       ring.release_read(a.slot, a.generation, a.token)
                                     info = ring.info(a.slot)                 # no await in between

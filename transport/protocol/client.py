@@ -39,9 +39,9 @@ from transport.protocol.frames import (
     as_capability,
     commit,
     decode,
-    legacy_request,
     request,
     resolve,
+    single_chunk_request,
 )
 from transport.protocol.states import (
     CLIENT_TRANSITIONS,
@@ -358,7 +358,7 @@ class SingleChunkClientRead(_ClientMachine):
         """IDLE -> AWAIT_STATUS: the LEGACY_REQUEST to send (never room for an inline payload)."""
         self._expect("request")
         self._move("request", ClientState.AWAIT_STATUS)
-        return legacy_request(self.slot, self.capability)
+        return single_chunk_request(self.slot, self.capability)
 
     def on_payload(self, checksum: int, nbytes: int | None = None) -> None:
         """AWAIT_PAYLOAD -> DONE: nothing to send back, whatever the checksum says."""

@@ -62,11 +62,11 @@ __all__ = [
     "encode",
     "encode_batch",
     "inline_message",
-    "legacy_request",
     "new_token",
     "request",
     "resolve",
     "resolved",
+    "single_chunk_request",
     "status",
 ]
 
@@ -312,7 +312,7 @@ def inline_message(status_frame: bytes, payload: object) -> bytearray:
     return msg
 
 
-def legacy_request(slot: int, capability: bytes | str) -> Frame:
+def single_chunk_request(slot: int, capability: bytes | str) -> Frame:
     return Frame(MsgType.LEGACY_REQUEST, 0, slot, capability=as_capability(capability))
 
 

@@ -7,7 +7,7 @@ HMAC-SHA256(ring key, tag | ring id | slot | generation) truncated to the frame'
 opens one slot at one generation; the key stays with the producer and the server. REQUEST, COMMIT and
 RESOLVE carry the same capability and the server compares it in constant time. Single-chunk requests
 name no generation (the replaced design's weakness, kept on purpose), so their capability covers a slot
-at every generation: `legacy_capability(slot)`, domain-separated from the commit one by the tag.
+at every generation: `single_chunk_capability(slot)`, domain-separated from the commit one by the tag.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ __all__ = [
 
 _CAP_MSG = struct.Struct("<B16sIQ")  # tag, ring id, slot, generation
 _TAG_COMMIT: Final = 1
-_TAG_LEGACY: Final = 2
+_TAG_SINGLE_CHUNK: Final = 2
 
 
 class RingKey:
     """The ring key and ring id: issues and checks per-slot capabilities. Producer and server only.
 
-    `capability(slot, generation)` opens exactly that read; `legacy_capability(slot)` opens one slot
+    `capability(slot, generation)` opens exactly that read; `single_chunk_capability(slot)` opens one slot
     at any generation (single-chunk names no generation). `repr` never shows the key.
     """
 
@@ -54,9 +54,9 @@ class RingKey:
         """HMAC-SHA256(key, commit tag | ring id | slot | generation)[:16]."""
         return self._mac(_TAG_COMMIT, slot, generation)
 
-    def legacy_capability(self, slot: int) -> bytes:
-        """HMAC-SHA256(key, legacy tag | ring id | slot | 0)[:16]: the slot at every generation."""
-        return self._mac(_TAG_LEGACY, slot, 0)
+    def single_chunk_capability(self, slot: int) -> bytes:
+        """HMAC-SHA256(key, single-chunk tag | ring id | slot | 0)[:16]: the slot at every generation."""
+        return self._mac(_TAG_SINGLE_CHUNK, slot, 0)
 
     def _mac(self, tag: int, slot: int, generation: int) -> bytes:
         try:
@@ -70,15 +70,15 @@ class RingKey:
         return mac.digest()[:CAPABILITY_SIZE]
 
     def issue(self, slot: int, generation: int, protocol: str = "commit") -> bytes:
-        """What a descriptor carries: `capability`, or `legacy_capability` under single-chunk."""
+        """What a descriptor carries: `capability`, or `single_chunk_capability` under single-chunk."""
         if protocol == "single-chunk":
-            return self.legacy_capability(slot)
+            return self.single_chunk_capability(slot)
         return self.capability(slot, generation)
 
     def admits(self, frame: Frame) -> bool:
         """Does the frame carry the capability for the (slot, generation) it names? Constant time."""
         if frame.type is MsgType.LEGACY_REQUEST:
-            expected = self.legacy_capability(frame.slot)
+            expected = self.single_chunk_capability(frame.slot)
         else:
             expected = self.capability(frame.slot, frame.generation)
         return hmac.compare_digest(frame.capability, expected)

@@ -56,7 +56,7 @@ __all__ = [
 
 
 class BeginRead(NamedTuple):
-    """Call `ring.begin_read(slot, generation, token, lease)` (`begin_read_legacy(slot, lease)` if
+    """Call `ring.begin_read(slot, generation, token, lease)` (`begin_read_single_chunk(slot, lease)` if
     `single_chunk`), then `on_begin_read(code, info.generation, info.nbytes, info.checksum)`."""
 
     slot: int
@@ -94,7 +94,7 @@ FinaliseKind: TypeAlias = Literal["commit", "release", "single-chunk"]
 
 class Finalise(NamedTuple):
     """`kind` "commit" -> `ring.commit_read`, "release" -> `ring.release_read` (both with slot,
-    generation, token), "single-chunk" -> `ring.finalise_legacy(slot)`; then `on_finalised(result)`.
+    generation, token), "single-chunk" -> `ring.finalise_single_chunk(slot)`; then `on_finalised(result)`.
     No await between the ring call and `on_finalised` (the commit log must see commits atomically)."""
 
     kind: FinaliseKind
@@ -396,7 +396,7 @@ class SingleChunkServerRead(_ServerMachine):
         return self._finalise("sent", _S.FINALISE, "single-chunk")
 
     def on_finalised(self, ok: bool) -> ServerAction:
-        """The ring's result for finalise_legacy (False: another handler finalised it first)."""
+        """The ring's result for finalise_single_chunk (False: another handler finalised it first)."""
         self._expect("finalised")
         self.committed = bool(ok)
         self._move("finalised", _S.DONE)
