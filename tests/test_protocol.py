@@ -1375,4 +1375,5 @@ def test_batch_transitions_outside_the_table_are_driver_bugs() -> None:
     cb = p.ClientBatch(_batch_slots(net, [0]), p.new_token())
     with pytest.raises(ProtocolError):
         cb.on_payloads({})
-    assert (p.BatchState.IDLE, "request") in p.BATCH_TRANSITIONS
+    assert (p.BatchState.IDLE, "request") in p.SERVER_BATCH_TRANSITIONS
+    assert (p.BatchState.IDLE, "request") not in p.CLIENT_BATCH_TRANSITIONS  # one table per machine

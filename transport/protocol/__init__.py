@@ -19,7 +19,7 @@ patch a function for a test (tests/mutants), patch it on the module that defines
 look it up there, never here.
 
 Commit protocol (one read attempt, token = the attempt's fencing token; the moves of each machine are
-tabled in `states`: SERVER_TRANSITIONS, CLIENT_TRANSITIONS, and the SINGLE_CHUNK_ and BATCH_ ones)::
+tabled in `states`: SERVER_TRANSITIONS, CLIENT_TRANSITIONS, their SINGLE_CHUNK_ and _BATCH_ twins)::
 
     client REQUEST(slot, gen, token, cap)     -> server ring CAS READY(gen) -> READING(token)
     server STATUS(OK, nbytes, checksum)       -> PAYLOAD (nbytes raw bytes; skipped when nbytes == 0)

@@ -16,7 +16,7 @@ and RESOLVEd on its own, and one bad slot never fails its neighbours::
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple, TypeAlias
 
 from transport.errors import (
@@ -50,7 +50,13 @@ from transport.protocol.frames import (
 )
 from transport.protocol.keys import RingKey
 from transport.protocol.server import DONE, Close, Done
-from transport.protocol.states import ANY_STATE_EVENTS, BATCH_TRANSITIONS, BatchState, ClientState
+from transport.protocol.states import (
+    ANY_STATE_EVENTS,
+    CLIENT_BATCH_TRANSITIONS,
+    SERVER_BATCH_TRANSITIONS,
+    BatchState,
+    ClientState,
+)
 
 __all__ = [
     "AwaitCommitBatch",
@@ -78,9 +84,10 @@ def _entry_proof_ok(entry: BatchEntry, key: RingKey) -> bool:
 
 class _BatchMachine:
     state: BatchState = BatchState.IDLE
+    TRANSITIONS: Mapping[tuple[BatchState, str], frozenset[BatchState]]
 
     def _move(self, event: str, to: BatchState) -> None:
-        if event not in ANY_STATE_EVENTS and to not in BATCH_TRANSITIONS.get((self.state, event), ()):
+        if event not in ANY_STATE_EVENTS and to not in self.TRANSITIONS.get((self.state, event), ()):
             raise ProtocolError(f"batch: {event} -> {to.value} not valid in state {self.state.value}")
         self.state = to
 
@@ -148,7 +155,10 @@ def fill_inline(action: SendStatusBatch, view_of: Callable[[int, int], object]) 
 
 class ServerBatch(_BatchMachine):
     """Server side of one batched read. `held` maps entry index -> slot held (READING by `token`):
-    the driver's `finally` releases whatever is still in it after cancellation."""
+    the driver's `finally` releases whatever is still in it after cancellation. Moves:
+    `SERVER_BATCH_TRANSITIONS`."""
+
+    TRANSITIONS = SERVER_BATCH_TRANSITIONS
 
     def __init__(self, ring_key: RingKey, log: CommitLog, slots: int | None = None) -> None:
         self._ring_key = ring_key
@@ -330,7 +340,10 @@ class ClientBatch(_BatchMachine):
     Per slot `errors[i]` ends as None (committed: the payload is the caller's) or a TransportError:
     retryable when the slot did not commit, an InDoubtError when COMMIT_BATCH asked to commit it and
     no answer came (RESOLVE it with `resolve_read(i)` on another endpoint, never read it again).
+    Moves: `CLIENT_BATCH_TRANSITIONS`.
     """
+
+    TRANSITIONS = CLIENT_BATCH_TRANSITIONS
 
     def __init__(self, slots: list[BatchSlot], token: int, inline_max: int = INLINE_MAX) -> None:
         if not 0 < len(slots) <= BATCH_MAX:

@@ -14,8 +14,9 @@ from typing import Final, Generic, TypeVar
 from transport.errors import ConfigError, LocalProtocolError
 
 __all__ = [
-    "BATCH_TRANSITIONS",
+    "CLIENT_BATCH_TRANSITIONS",
     "CLIENT_TRANSITIONS",
+    "SERVER_BATCH_TRANSITIONS",
     "SERVER_TRANSITIONS",
     "SINGLE_CHUNK_CLIENT_TRANSITIONS",
     "SINGLE_CHUNK_SERVER_TRANSITIONS",
@@ -131,19 +132,24 @@ class BatchState(StrEnum):
     CLOSED = "closed"
 
 
-# (state, event) -> the states that event may lead to; anything else is a driver bug (ProtocolError).
 _B = BatchState
-BATCH_TRANSITIONS: Final[dict[tuple[BatchState, str], frozenset[BatchState]]] = {
-    (_B.IDLE, "request"): frozenset({_B.BEGIN, _B.SEND_REPLY}),
-    (_B.BEGIN, "begun"): frozenset({_B.SEND_STATUS}),
-    (_B.SEND_STATUS, "sent"): frozenset({_B.PAYLOADS, _B.AWAIT_COMMIT, _B.DONE}),
+# Batched reads, server side (see transport/protocol/batch.py for the exchange): (state, event) -> the
+# states that event may lead to; anything else is a driver bug (ProtocolError). `error` may come in any
+# state (ANY_STATE_EVENTS): held slots are released (FINALISE), then the endpoint closes.
+SERVER_BATCH_TRANSITIONS: Final[dict[tuple[BatchState, str], frozenset[BatchState]]] = {
+    (_B.IDLE, "request"): frozenset({_B.BEGIN, _B.SEND_REPLY}),  # REQUEST_BATCH, or a refusal
+    (_B.BEGIN, "begun"): frozenset({_B.SEND_STATUS}),  # per slot CAS READY(gen) -> READING(token)
+    (_B.SEND_STATUS, "sent"): frozenset({_B.PAYLOADS, _B.AWAIT_COMMIT, _B.DONE}),  # DONE: none held
     (_B.PAYLOADS, "sent"): frozenset({_B.AWAIT_COMMIT}),
-    (_B.AWAIT_COMMIT, "commit"): frozenset({_B.FINALISE}),
-    (_B.FINALISE, "finalised"): frozenset({_B.SEND_REPLY, _B.CLOSED}),
+    (_B.AWAIT_COMMIT, "commit"): frozenset({_B.FINALISE}),  # per slot commit or release
+    (_B.FINALISE, "finalised"): frozenset({_B.SEND_REPLY, _B.CLOSED}),  # COMMITTED_BATCH, or error over
     (_B.SEND_REPLY, "sent"): frozenset({_B.DONE, _B.CLOSED}),
-    # client side
+}
+
+# Batched reads, client side; `error` moves to DONE from any state, every slot judged on its own.
+CLIENT_BATCH_TRANSITIONS: Final[dict[tuple[BatchState, str], frozenset[BatchState]]] = {
     (_B.IDLE, "send_request"): frozenset({_B.SEND_STATUS}),
-    (_B.SEND_STATUS, "status"): frozenset({_B.PAYLOADS, _B.DONE}),
+    (_B.SEND_STATUS, "status"): frozenset({_B.PAYLOADS, _B.DONE}),  # DONE: every slot refused
     (_B.PAYLOADS, "payloads"): frozenset({_B.AWAIT_COMMITTED, _B.DONE}),
     (_B.AWAIT_COMMITTED, "committed"): frozenset({_B.DONE}),
 }
