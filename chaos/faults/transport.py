@@ -404,7 +404,7 @@ class ClientChaosLink(_FaultLink):
     """A client `Link` that misbehaves on the consumer's own side (see the module docstring).
 
     It posts nothing ahead (`SteppedLink`), so the client steps every transfer through it
-    (receives start as tasks, in the order they are posted: `transport.link.post_recv`). One link
+    (receives start as tasks, in the order they are posted: `transport.link.start_recv`). One link
     carries one exchange at a time (the client's pool checks it out), so the current attempt is the
     one every step of that exchange sees.
     """
