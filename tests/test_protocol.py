@@ -1329,8 +1329,11 @@ def test_error_before_commit_releases_every_held_slot() -> None:
     srv, wire = p.ServerBatch(KEY, net.log, slots=net.ring.slots), []
     action = drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
     assert isinstance(action, p.AwaitCommitBatch) and len(srv.held) == 2
-    action = drive_batch(srv, srv.on_error("reset"), net.ring, [])
-    assert isinstance(action, p.Close) and not srv.held
+    release = srv.on_error("reset")
+    assert isinstance(release, p.FinaliseBatch) and srv.state is p.BatchState.RELEASING_ON_ERROR
+    action = drive_batch(srv, release, net.ring, [])
+    assert isinstance(action, p.Close) and action.reason == "reset" and not srv.held
+    assert srv.state is p.BatchState.CLOSED
     assert net.ring.meta[0].state is SlotState.READY and net.ring.meta[2].state is SlotState.READY
 
 

@@ -173,7 +173,6 @@ class ServerBatch(_BatchMachine):
         self._items: tuple[tuple[Literal["commit", "release"], int, int, int], ...] = ()
         self._answered: list[bool] = []
         self._payloads: tuple[tuple[int, int], ...] = ()
-        self._after: Done | Close = DONE
 
     def on_request(self, msg: FrameLike) -> BatchAction:
         try:
@@ -244,8 +243,11 @@ class ServerBatch(_BatchMachine):
         if self.state is BatchState.PAYLOADS:
             self._move("sent", BatchState.AWAIT_COMMIT)
             return AwaitCommitBatch(self._commit_size())
-        self._move("sent", BatchState.DONE if isinstance(self._after, Done) else BatchState.CLOSED)
-        return self._after
+        if self.state is BatchState.SEND_REFUSAL:
+            self._move("sent", BatchState.CLOSED)
+            return Close(self.reason)
+        self._move("sent", BatchState.DONE)
+        return DONE
 
     def _commit_size(self) -> int:
         return FRAME_SIZE + len(self.held) * BATCH_ENTRY + len(TRAILER)
@@ -276,18 +278,18 @@ class ServerBatch(_BatchMachine):
             items.append(("release", e.slot, e.generation, self.token))
             answered.append(False)
         self._items, self._answered = tuple(items), answered
-        self._after = DONE
         self._move("commit", BatchState.FINALISE)
         return FinaliseBatch(self._items)
 
     def on_finalised(self, results: list[bool]) -> BatchAction:
         """The ring's result per FinaliseBatch item (False: the token no longer held that slot)."""
-        if self.state is not BatchState.FINALISE or len(results) != len(self._items):
+        finalising = (BatchState.FINALISE, BatchState.RELEASING_ON_ERROR)
+        if self.state not in finalising or len(results) != len(self._items):
             raise ProtocolError(f"batch: on_finalised not valid in state {self.state.value}")
         self.held.clear()
-        if isinstance(self._after, Close):  # releases after an error: nothing to answer
+        if self.state is BatchState.RELEASING_ON_ERROR:  # nothing to answer
             self._move("finalised", BatchState.CLOSED)
-            return self._after
+            return Close(self.reason)
         answers: list[BatchEntry] = []
         for (kind, slot, generation, _), ok, answered in zip(
             self._items, results, self._answered, strict=True
@@ -307,20 +309,19 @@ class ServerBatch(_BatchMachine):
     def on_error(self, reason: str) -> BatchAction:
         """A send/recv failed or timed out: release every held slot, then close."""
         self.reason = reason
-        self._after = Close(reason)
-        if self.held and self.state is not BatchState.FINALISE:
+        finalising = self.state in (BatchState.FINALISE, BatchState.RELEASING_ON_ERROR)
+        if self.held and not finalising:
             self._items = tuple(("release", e.slot, e.generation, self.token) for e in self.held.values())
             self._answered = [False] * len(self._items)
-            self._move("error", BatchState.FINALISE)
+            self._move("error", BatchState.RELEASING_ON_ERROR)
             return FinaliseBatch(self._items)
         self.held.clear()
         self._move("error", BatchState.CLOSED)
-        return self._after
+        return Close(reason)
 
     def _refuse(self, code: Status, message: str) -> BatchAction:
         self.reason = message
-        self._after = Close(message)
-        self._move("request", BatchState.SEND_REPLY)
+        self._move("request", BatchState.SEND_REFUSAL)
         return SendBatchReply(encode(status(code, message=message)))
 
 

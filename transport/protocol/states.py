@@ -125,8 +125,10 @@ class BatchState(StrEnum):
     SEND_STATUS = "send_status"  # server: SendStatusBatch issued / client: waiting for it
     PAYLOADS = "payloads"  # server: SendPayloads issued / client: receiving them
     AWAIT_COMMIT = "await_commit"  # server: waiting for COMMIT_BATCH
-    FINALISE = "finalise"  # server: FinaliseBatch issued
-    SEND_REPLY = "send_reply"  # server: COMMITTED_BATCH (or a refusal) issued
+    FINALISE = "finalise"  # server: FinaliseBatch (commit or release per slot) issued
+    RELEASING_ON_ERROR = "releasing_on_error"  # server: an I/O step failed, FinaliseBatch releases all
+    SEND_REPLY = "send_reply"  # server: COMMITTED_BATCH issued
+    SEND_REFUSAL = "send_refusal"  # server: a refusal STATUS issued, then the endpoint closes
     AWAIT_COMMITTED = "await_committed"  # client: COMMIT_BATCH sent
     DONE = "done"
     CLOSED = "closed"
@@ -135,15 +137,17 @@ class BatchState(StrEnum):
 _B = BatchState
 # Batched reads, server side (see transport/protocol/batch.py for the exchange): (state, event) -> the
 # states that event may lead to; anything else is a driver bug (ProtocolError). `error` may come in any
-# state (ANY_STATE_EVENTS): held slots are released (FINALISE), then the endpoint closes.
+# state (ANY_STATE_EVENTS): held slots are released (RELEASING_ON_ERROR), then the endpoint closes.
 SERVER_BATCH_TRANSITIONS: Final[dict[tuple[BatchState, str], frozenset[BatchState]]] = {
-    (_B.IDLE, "request"): frozenset({_B.BEGIN, _B.SEND_REPLY}),  # REQUEST_BATCH, or a refusal
+    (_B.IDLE, "request"): frozenset({_B.BEGIN, _B.SEND_REFUSAL}),  # REQUEST_BATCH, or a refusal
     (_B.BEGIN, "begun"): frozenset({_B.SEND_STATUS}),  # per slot CAS READY(gen) -> READING(token)
     (_B.SEND_STATUS, "sent"): frozenset({_B.PAYLOADS, _B.AWAIT_COMMIT, _B.DONE}),  # DONE: none held
     (_B.PAYLOADS, "sent"): frozenset({_B.AWAIT_COMMIT}),
     (_B.AWAIT_COMMIT, "commit"): frozenset({_B.FINALISE}),  # per slot commit or release
-    (_B.FINALISE, "finalised"): frozenset({_B.SEND_REPLY, _B.CLOSED}),  # COMMITTED_BATCH, or error over
-    (_B.SEND_REPLY, "sent"): frozenset({_B.DONE, _B.CLOSED}),
+    (_B.FINALISE, "finalised"): frozenset({_B.SEND_REPLY}),  # COMMITTED_BATCH
+    (_B.RELEASING_ON_ERROR, "finalised"): frozenset({_B.CLOSED}),
+    (_B.SEND_REPLY, "sent"): frozenset({_B.DONE}),
+    (_B.SEND_REFUSAL, "sent"): frozenset({_B.CLOSED}),
 }
 
 # Batched reads, client side; `error` moves to DONE from any state, every slot judged on its own.
