@@ -10,14 +10,14 @@ import os
 import random
 from typing import Any
 
-from transport.link import Link, Phase
+from transport.link import Link, Phase, SteppedLink
 
 
 class EndpointKilled(ConnectionError):
     pass
 
 
-class KillingLink:
+class KillingLink(SteppedLink):
     def __init__(self, inner: Link, rng: random.Random, probability: float, fired_path: str) -> None:
         self.inner = inner
         self.port = inner.port

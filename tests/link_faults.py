@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from transport.link import Link, Phase
+from transport.link import Link, Phase, SteppedLink
 
 
 def _record(path: str, line: str) -> None:
@@ -16,7 +16,7 @@ def _record(path: str, line: str) -> None:
         os.close(fd)
 
 
-class DropCommitted:
+class DropCommitted(SteppedLink):
     """Swallows the first `count` COMMITTED replies and aborts the endpoint, like a lost message."""
 
     def __init__(self, inner: Link, state: dict[str, int], fired_path: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from live_server import HOST, LiveServer, live_server, run
 
 from transport.client import SlotClient
-from transport.link import Link, Phase
+from transport.link import Link, Phase, SteppedLink
 from transport.packer import fetch_batch
 from transport.ring import SlotState
 
@@ -69,7 +69,7 @@ def test_a_worker_bug_cancels_its_siblings_and_propagates(batch_size: int) -> No
     assert settled < SLOTS, "every slot was read: the siblings kept running"
 
 
-class SlowClose:
+class SlowClose(SteppedLink):
     """A real link whose close hangs for `delay` seconds first (a peer that never answers)."""
 
     def __init__(self, inner: Link, delay: float, cancel_itself: bool = False) -> None:

@@ -423,8 +423,8 @@ def test_served_generation_must_be_the_requested_one() -> None:
     assert (a["key"], a["note"]) == ("1:2", "requested 1:2, the ring served 1:3")
     assert [e["type"] for e in a["events"]] == ["published", "served", "failed"]
     # single-chunk requests name no generation: nothing to compare
-    legacy = _served(ok_history(), 0.5, "1:3", token=0, requested=0, protocol="single-chunk")
-    assert check(legacy.events, spec()).passed
+    single_chunk = _served(ok_history(), 0.5, "1:3", token=0, requested=0, protocol="single-chunk")
+    assert check(single_chunk.events, spec()).passed
     # events written before the server recorded `requested` are not judged
     old = ok_history().add(0.5, "server", "served", key="1:3", port=0, token=1, protocol="commit")
     assert check(old.events, spec()).passed
@@ -443,7 +443,7 @@ def test_commit_by_a_token_that_no_longer_holds_the_slot_fails_fencing() -> None
     assert v.anomalies["fencing"][0]["note"] == "committed for token 10 while token 20 held the slot"
 
 
-def test_fencing_accepts_the_holders_commit_and_legacy_reads() -> None:
+def test_fencing_accepts_the_holders_commit_and_single_chunk_reads() -> None:
     h = H().publish(0.0, "0:1").publish(0.0, "1:1")
     _served(h, 0.1, "0:1", token=10)
     _served(h, 0.5, "0:1", token=20)

@@ -89,7 +89,7 @@ def test_exactly_once_with_endpoint_kills(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_single_chunk_shows_what_it_loses(tmp_path: Path) -> None:
-    """The legacy protocol under the same faults loses, duplicates or corrupts slots."""
+    """The single-chunk protocol under the same faults loses, duplicates or corrupts slots."""
     count = 600
     out = _run(tmp_path, "single-chunk", kill_probability=0.05, count=count)
     assert out["fired"], "the fault must fire"
@@ -100,4 +100,4 @@ def test_single_chunk_shows_what_it_loses(tmp_path: Path) -> None:
     seqs = collections.Counter(r[1] for r in delivered)
     missing = count - len({r[1] for r in delivered if r[3] and r[4]})
     anomalies = len(wrong) + missing + sum(n - 1 for n in seqs.values())
-    assert anomalies > 0, f"legacy protocol survived: {len(failed)} failures, {len(wrong)} wrong"
+    assert anomalies > 0, f"single-chunk protocol survived: {len(failed)} failures, {len(wrong)} wrong"

@@ -34,7 +34,7 @@ from chaos.faults import (
     make_link_wrapper,
 )
 from chaos.faults.transport import ChaosLinkWrapper
-from transport.link import Phase
+from transport.link import Phase, SteppedLink
 
 FRAME = 128
 PAYLOAD = 1000
@@ -169,7 +169,7 @@ def test_layer_routing() -> None:
 # -- transport faults against a fake Link --------------------------------------------------------
 
 
-class FakeLink:
+class FakeLink(SteppedLink):
     """In-memory server Link: records sends with their time, answers recvs from a script."""
 
     def __init__(self, port: int = PORT, role: str = "server") -> None:
@@ -210,7 +210,7 @@ async def serve_commit(link: Any, payload: int = PAYLOAD) -> None:
     await link.send(np.zeros(FRAME, np.uint8), Phase.COMMITTED)
 
 
-async def serve_legacy(link: Any) -> None:
+async def serve_single_chunk(link: Any) -> None:
     await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
     await link.send(bytes(FRAME), Phase.STATUS)
     await link.send(np.zeros(PAYLOAD, np.uint8), Phase.PAYLOAD)
@@ -295,7 +295,7 @@ async def test_fault_free_attempts_post_through_and_faulty_ones_go_step_by_step(
 
 async def test_reset_at_commit_never_fires_in_single_chunk() -> None:
     wrapper, fake, events = wrapped(FaultSpec(index=0, kind="reset", phase="commit"))
-    await serve_legacy(wrapper(fake))
+    await serve_single_chunk(wrapper(fake))
     assert not fake.aborted and events.of("fault") == []
 
 
@@ -399,9 +399,9 @@ async def test_evict_closes_after_a_served_commit_read() -> None:
 async def test_evict_after_single_chunk_payload() -> None:
     wrapper, fake, events = wrapped(FaultSpec(index=0, kind="evict"))
     link = wrapper(fake)
-    await serve_legacy(link)
+    await serve_single_chunk(link)
     with pytest.raises(ConnectionResetError):
-        await serve_legacy(link)
+        await serve_single_chunk(link)
     assert fake.closed and len(events.of("fault")) == 1
 
 

@@ -91,7 +91,7 @@ class FakeRing:
         m.state, m.token = SlotState.READING, token
         return 0, replace(m)
 
-    def begin_read_legacy(self, slot: int, lease: float) -> tuple[int, Info]:
+    def begin_read_single_chunk(self, slot: int, lease: float) -> tuple[int, Info]:
         m = self.meta[slot]
         if m.state not in (SlotState.READY, SlotState.READING):
             return 2, replace(m)
@@ -118,7 +118,7 @@ class FakeRing:
         self.meta[slot].state, self.meta[slot].token = SlotState.READY, 0
         return True
 
-    def finalise_legacy(self, slot: int) -> bool:
+    def finalise_single_chunk(self, slot: int) -> bool:
         if self.meta[slot].state is not SlotState.READING:
             return False
         self.meta[slot].state = SlotState.FREE
@@ -138,27 +138,29 @@ def drive(srv: p.ServerRead, action: p.ServerAction, ring: FakeRing, wire: list[
     """Perform server actions until the machine waits for the client (AwaitCommit) or is over."""
     while True:
         match action:
-            case p.BeginRead(slot, generation, token, legacy):
-                if legacy:
-                    code, info = ring.begin_read_legacy(slot, lease=30.0)
+            case p.BeginRead(slot, generation, token, single_chunk):
+                if single_chunk:
+                    code, info = ring.begin_read_single_chunk(slot, lease=30.0)
                 else:
                     code, info = ring.begin_read(slot, generation, token, lease=30.0)
                 action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
             case p.SendFrame(_, data):
                 wire.append(data)
                 action = srv.on_sent()
-            case p.SendPayload(slot, nbytes):
-                wire.append(bytes(ring.payload_view(slot, nbytes)))
-                action = srv.on_sent()
-            case p.SendInline(_, data, slot, nbytes):
+            case p.SendStatus(_, data, slot, nbytes, True):
                 wire.append(bytes(p.inline_message(data, ring.payload_view(slot, nbytes))))
+                action = srv.on_sent()
+            case p.SendStatus(_, data, slot, nbytes, False):
+                wire.append(data)
+                if nbytes:
+                    wire.append(bytes(ring.payload_view(slot, nbytes)))
                 action = srv.on_sent()
             case p.Finalise("commit", slot, generation, token):
                 action = srv.on_finalised(ring.commit_read(slot, generation, token))
             case p.Finalise("release", slot, generation, token):
                 action = srv.on_finalised(ring.release_read(slot, generation, token))
-            case p.Finalise("legacy", slot, _, _):
-                action = srv.on_finalised(ring.finalise_legacy(slot))
+            case p.Finalise("single-chunk", slot, _, _):
+                action = srv.on_finalised(ring.finalise_single_chunk(slot))
             case p.Fence(slot, generation, token):
                 ring.release_read(slot, generation, token)
                 info = ring.info(slot)
@@ -174,7 +176,7 @@ class Net:
     protocol: p.Protocol = "commit"
 
     def server(self) -> p.ServerRead:
-        return p.ServerRead(KEY, self.log, self.protocol, slots=self.ring.slots)
+        return p.server_machine(self.protocol)(KEY, self.log, slots=self.ring.slots)  # type: ignore[return-value]
 
     def serve(self, *frames: p.Frame | bytes) -> tuple[p.ServerRead, p.ServerAction, list[bytes]]:
         """A fresh handler receives `frames` (the first is the request); returns what it sent."""
@@ -187,14 +189,13 @@ class Net:
 
     def client(self, slot: int, token: int | None = None, secret: bytes | None = None) -> p.ClientRead:
         m = self.ring.meta[slot]
-        return p.ClientRead(
+        return p.client_machine(self.protocol)(  # type: ignore[return-value]
             slot,
             m.generation,
             p.new_token() if token is None else token,
             KEY.issue(slot, m.generation, self.protocol) if secret is None else secret,
             m.nbytes,
             m.checksum,
-            self.protocol,
         )
 
 
@@ -224,7 +225,7 @@ def fetch_until_commit(net: Net, client: p.ClientRead) -> tuple[p.ServerRead, p.
 
 ALL_FRAMES = [
     p.request(3, 7, 99, KEY.capability(3, 7)),
-    p.legacy_request(5, KEY.legacy_capability(5).hex()),
+    p.single_chunk_request(5, KEY.single_chunk_capability(5).hex()),
     p.status(p.Status.OK, slot=3, generation=7, token=99, nbytes=p.MAX_PAYLOAD, checksum=(1 << 64) - 1),
     p.status(p.Status.ERROR, message="é" * 24),
     p.commit(3, 7, 99, KEY.capability(3, 7)),
@@ -365,9 +366,9 @@ def test_a_capability_opens_one_slot_at_one_generation() -> None:
     assert not KEY.admits(p.request(3, 7, 1, p.RingKey(OTHER_SECRET, RING_ID).capability(3, 7))), (
         "another key"
     )
-    assert not KEY.admits(p.legacy_request(3, cap)), "a commit capability is not a legacy one"
-    legacy = KEY.legacy_capability(3)
-    assert KEY.admits(p.legacy_request(3, legacy)) and not KEY.admits(p.request(3, 0, 1, legacy))
+    assert not KEY.admits(p.single_chunk_request(3, cap)), "a commit capability is not a single-chunk one"
+    any_gen = KEY.single_chunk_capability(3)
+    assert KEY.admits(p.single_chunk_request(3, any_gen)) and not KEY.admits(p.request(3, 0, 1, any_gen))
     assert SECRET.hex() not in repr(KEY) and RING_ID.hex() in repr(KEY)
 
 
@@ -590,7 +591,10 @@ def test_unauthorized_gets_a_status_then_close() -> None:
         (b"\x01" * 50, "wrong size"),
         (p.encode(p.request(0, 1, 2, KEY.capability(0, 1)))[:-4] + b"\0\0\0\0", "truncated"),
         (p.encode(p.commit(0, 1, 2, KEY.capability(0, 1))), "COMMIT not a commit request"),
-        (p.encode(p.legacy_request(0, KEY.legacy_capability(0))), "LEGACY_REQUEST not a commit request"),
+        (
+            p.encode(p.single_chunk_request(0, KEY.single_chunk_capability(0))),
+            "LEGACY_REQUEST not a commit request",
+        ),
         (p.encode(p.request(9, 1, 2, KEY.capability(9, 1))), "slot 9 out of range"),
         (p.encode(p.request(0, 1, 0, KEY.capability(0, 1))), "token 0"),
     ],
@@ -888,10 +892,10 @@ def test_resolved_for_another_read_is_not_trusted() -> None:
     assert client.state is p.ClientState.IN_DOUBT
 
 
-# -- single-chunk (legacy) ----------------------------------------------------------------------------
+# -- single-chunk -------------------------------------------------------------------------------------
 
 
-def test_legacy_single_chunk_flow() -> None:
+def test_single_chunk_single_chunk_flow() -> None:
     net = new_net("single-chunk")
     client = net.client(0, token=0)
     request_frame = client.request_frame()
@@ -905,15 +909,15 @@ def test_legacy_single_chunk_flow() -> None:
     assert nbytes == len(wire[1]) and client.state is p.ClientState.DONE and client.checksum_ok
 
 
-def test_legacy_serves_a_slot_already_being_read() -> None:
+def test_single_chunk_serves_a_slot_already_being_read() -> None:
     net = new_net("single-chunk")
-    net.ring.begin_read_legacy(0, 30.0)  # a first handler is still mid-send
-    _, action, wire = net.serve(p.legacy_request(0, KEY.legacy_capability(0)))
+    net.ring.begin_read_single_chunk(0, 30.0)  # a first handler is still mid-send
+    _, action, wire = net.serve(p.single_chunk_request(0, KEY.single_chunk_capability(0)))
     assert isinstance(action, p.Done) and p.decode(wire[0]).code is p.Status.OK
 
 
-def test_legacy_delivers_whatever_the_slot_holds() -> None:
-    """The ABA loss the commit protocol fixes: the slot was rewritten, the legacy read returns it."""
+def test_single_chunk_delivers_whatever_the_slot_holds() -> None:
+    """The ABA loss the commit protocol fixes: the slot was rewritten, the single-chunk read returns it."""
     net = new_net("single-chunk")
     client = net.client(0, token=0)
     net.ring.write(0, b"a newer payload")
@@ -923,19 +927,19 @@ def test_legacy_delivers_whatever_the_slot_holds() -> None:
     assert client.state is p.ClientState.DONE and client.checksum_ok is False
 
 
-def test_legacy_send_failure_does_not_finalise() -> None:
+def test_single_chunk_send_failure_does_not_finalise() -> None:
     net = new_net("single-chunk")
     srv = net.server()
-    action = srv.on_request(p.encode(p.legacy_request(0, KEY.legacy_capability(0))))
+    action = srv.on_request(p.encode(p.single_chunk_request(0, KEY.single_chunk_capability(0))))
     action = drive(srv, action, net.ring, [])
     assert isinstance(action, p.Done)
     srv = net.server()
     net.ring.write(2, b"abc")
-    action = srv.on_request(p.encode(p.legacy_request(2, KEY.legacy_capability(2))))
-    assert isinstance(action, p.BeginRead) and action.legacy
-    code, info = net.ring.begin_read_legacy(2, 30.0)
+    action = srv.on_request(p.encode(p.single_chunk_request(2, KEY.single_chunk_capability(2))))
+    assert isinstance(action, p.BeginRead) and action.single_chunk
+    code, info = net.ring.begin_read_single_chunk(2, 30.0)
     action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
-    assert isinstance(action, p.SendFrame)
+    assert isinstance(action, p.SendStatus)
     assert isinstance(srv.on_error("reset"), p.Close)
     assert net.ring.meta[2].state is SlotState.READING  # left for the lease reclaim, as before
 
@@ -949,6 +953,70 @@ def test_protocol_mismatch_is_a_bad_request() -> None:
 # -- machine misuse and error paths -------------------------------------------------------------------
 
 
+def _states_of(machine: Any) -> list[Any]:
+    """Every state `machine` moves through from now on (its moves all go through `_move`)."""
+    seen = [machine.state]
+    move = machine._move
+
+    def recording(event: str, to: Any) -> None:
+        move(event, to)
+        seen.append(to)
+
+    machine._move = recording
+    return seen
+
+
+def test_a_committed_read_walks_the_protocol_list_in_both_tables() -> None:
+    """REQUEST -> CAS -> STATUS + PAYLOAD -> COMMIT -> CAS -> COMMITTED, as README.md lists it."""
+    net = new_net()
+    client, srv, wire = net.client(0), net.server(), []
+    client_seen, server_seen = _states_of(client), _states_of(srv)
+    drive(srv, srv.on_request(p.encode(client.request_frame())), net.ring, wire)
+    client.on_status(wire[0])
+    commit = client.on_payload(checksum(wire[1]))
+    action = drive(srv, srv.on_commit(p.encode(commit)), net.ring, wire)
+    client.on_committed(wire[-1])
+    S, C = p.ServerState, p.ClientState
+    assert isinstance(action, p.Done)
+    assert server_seen[:5] == [S.IDLE, S.BEGIN_READ, S.SEND_STATUS, S.AWAIT_COMMIT, S.COMMITTING]
+    assert server_seen[5:] == [S.SEND_REPLY, S.DONE]
+    assert client_seen == [C.IDLE, C.AWAIT_STATUS, C.AWAIT_PAYLOAD, C.AWAIT_COMMITTED, C.DONE]
+
+
+@pytest.mark.parametrize(
+    ("table", "start", "ends"),
+    [
+        (p.SERVER_TRANSITIONS, p.ServerState.IDLE, {p.ServerState.DONE, p.ServerState.CLOSED}),
+        (p.SINGLE_CHUNK_SERVER_TRANSITIONS, p.ServerState.IDLE, {p.ServerState.DONE, p.ServerState.CLOSED}),
+        (p.CLIENT_TRANSITIONS, p.ClientState.IDLE, {p.ClientState.DONE, p.ClientState.FAILED}),
+        (p.SINGLE_CHUNK_CLIENT_TRANSITIONS, p.ClientState.IDLE, {p.ClientState.DONE, p.ClientState.FAILED}),
+    ],
+    ids=["server", "single-chunk-server", "client", "single-chunk-client"],
+)
+def test_every_state_a_table_reaches_moves_on_or_ends(table: Any, start: Any, ends: set[Any]) -> None:
+    """No dead end: a state reached without an error has an event out of it, unless the read is over."""
+    reached, todo = {start}, [start]
+    while todo:
+        state = todo.pop()
+        for (at, event), targets in table.items():
+            if at is state and event != "error":
+                todo.extend(targets - reached)
+                reached |= targets
+    for state in reached - ends:
+        assert any(at is state and event != "error" for at, event in table), state
+    assert ends <= reached
+
+
+def test_a_move_its_table_lacks_is_refused() -> None:
+    srv = p.ServerRead(KEY, p.CommitLog())
+    with pytest.raises(ProtocolError, match="sent -> done not valid in state idle"):
+        srv._move("sent", p.ServerState.DONE)
+    client = p.SingleChunkClientRead(0, 1, 0, SECRET, 3, 4)
+    client.request_frame()
+    with pytest.raises(ProtocolError, match="client read 0:1: status -> done not valid"):
+        client._move("status", p.ClientState.DONE)
+
+
 def test_server_events_in_the_wrong_state_raise() -> None:
     srv = p.ServerRead(KEY, p.CommitLog())
     for call in (srv.on_sent, lambda: srv.on_commit(b""), lambda: srv.on_finalised(True)):
@@ -960,7 +1028,7 @@ def test_server_events_in_the_wrong_state_raise() -> None:
     with pytest.raises(ProtocolError, match="ReadCode"):
         srv.on_begin_read(9, 1, 0, 0)
     with pytest.raises(ConfigError):
-        p.ServerRead(KEY, p.CommitLog(), "tcp")  # type: ignore[arg-type]
+        p.server_machine("tcp")
 
 
 def test_client_events_in_the_wrong_state_raise() -> None:
@@ -985,19 +1053,19 @@ def test_client_events_in_the_wrong_state_raise() -> None:
         p.ClientRead(0, 1, 2, b"x", 3, 4)
 
 
-@pytest.mark.parametrize("stage", ["begin_read", "status", "payload", "await_commit", "committed"])
+@pytest.mark.parametrize("stage", ["begin_read", "status", "await_commit", "committed"])
 def test_server_error_at_every_stage_releases_iff_held(stage: str) -> None:
     net = new_net()
     client = net.client(0)
     srv = net.server()
     action = srv.on_request(p.encode(client.request_frame()))
-    steps = {"begin_read": 0, "status": 1, "payload": 2, "await_commit": 3, "committed": 5}[stage]
+    steps = {"begin_read": 0, "status": 1, "await_commit": 2, "committed": 4}[stage]
     for _ in range(steps):
         match action:
             case p.BeginRead(slot, generation, token, _):
                 code, info = net.ring.begin_read(slot, generation, token, 30.0)
                 action = srv.on_begin_read(code, info.generation, info.nbytes, info.checksum)
-            case p.SendFrame() | p.SendPayload():
+            case p.SendFrame() | p.SendStatus():
                 action = srv.on_sent()
             case p.AwaitCommit():
                 action = srv.on_commit(
@@ -1038,7 +1106,7 @@ def test_client_rejects_a_reply_that_is_not_a_status() -> None:
         client.on_status(p.committed(0, 1, 2))
     assert client.state is p.ClientState.FAILED and client.key == "0:1"
     with pytest.raises(ConfigError):
-        p.ClientRead(0, 1, 2, SECRET, 3, 4, "tcp")  # type: ignore[arg-type]
+        p.client_machine("tcp")
 
 
 def test_client_on_error_keeps_transport_errors() -> None:
@@ -1100,7 +1168,7 @@ def test_no_room_or_too_large_keeps_the_separate_payload() -> None:
         drive(srv, srv.on_error("test over"), net.ring, [])
     client = p.ClientRead(0, 1, 5, SECRET, p.INLINE_MAX + 1, 0)
     assert client.inline_room() == 0, "over INLINE_MAX never asks for room"
-    assert p.ClientRead(0, 1, 5, SECRET, 10, 0, "single-chunk").inline_room() == 0
+    assert p.SingleChunkClientRead(0, 1, 5, SECRET, 10, 0).inline_room() == 0
 
 
 @pytest.mark.parametrize("cut", [1, 600, p.FRAME_SIZE + 1200])
@@ -1261,8 +1329,11 @@ def test_error_before_commit_releases_every_held_slot() -> None:
     srv, wire = p.ServerBatch(KEY, net.log, slots=net.ring.slots), []
     action = drive_batch(srv, srv.on_request(bytes(cb.request_message())), net.ring, wire)
     assert isinstance(action, p.AwaitCommitBatch) and len(srv.held) == 2
-    action = drive_batch(srv, srv.on_error("reset"), net.ring, [])
-    assert isinstance(action, p.Close) and not srv.held
+    release = srv.on_error("reset")
+    assert isinstance(release, p.FinaliseBatch) and srv.state is p.BatchState.RELEASING_ON_ERROR
+    action = drive_batch(srv, release, net.ring, [])
+    assert isinstance(action, p.Close) and action.reason == "reset" and not srv.held
+    assert srv.state is p.BatchState.CLOSED
     assert net.ring.meta[0].state is SlotState.READY and net.ring.meta[2].state is SlotState.READY
 
 
@@ -1307,4 +1378,5 @@ def test_batch_transitions_outside_the_table_are_driver_bugs() -> None:
     cb = p.ClientBatch(_batch_slots(net, [0]), p.new_token())
     with pytest.raises(ProtocolError):
         cb.on_payloads({})
-    assert (p.BatchState.IDLE, "request") in p.BATCH_TRANSITIONS
+    assert (p.BatchState.IDLE, "request") in p.SERVER_BATCH_TRANSITIONS
+    assert (p.BatchState.IDLE, "request") not in p.CLIENT_BATCH_TRANSITIONS  # one table per machine

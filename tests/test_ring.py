@@ -401,14 +401,14 @@ def test_begin_read_writing_slot(make_ring: Callable[..., SharedRing]) -> None:
     assert ring.begin_read(slot, gen, 1, 10)[0] is ReadCode.OK
 
 
-@pytest.mark.parametrize("method", ["begin_read", "begin_read_legacy", "commit_read", "release_read"])
+@pytest.mark.parametrize("method", ["begin_read", "begin_read_single_chunk", "commit_read", "release_read"])
 @pytest.mark.parametrize("slot", [-1, 4])
 def test_slot_out_of_range(make_ring: Callable[..., SharedRing], method: str, slot: int) -> None:
     ring = make_ring(4)
-    args = {"begin_read": (slot, 1, 1, 1.0), "begin_read_legacy": (slot, 1.0)}.get(method, (slot, 1, 1))
+    args = {"begin_read": (slot, 1, 1, 1.0), "begin_read_single_chunk": (slot, 1.0)}.get(method, (slot, 1, 1))
     with pytest.raises(ConfigError, match="out of range"):
         getattr(ring, method)(*args)
-    for other in (ring.info, ring.finalise_legacy):
+    for other in (ring.info, ring.finalise_single_chunk):
         with pytest.raises(ConfigError):
             other(slot)
 
@@ -454,19 +454,19 @@ def test_late_finalise_is_counted_logged_noop(
     assert ring.stats()["late_finalise"] == 3
 
 
-def test_legacy_serves_reading_slot_again(make_ring: Callable[..., SharedRing]) -> None:
+def test_single_chunk_serves_reading_slot_again(make_ring: Callable[..., SharedRing]) -> None:
     ring = make_ring()
     w = ring.write(b"x")
-    assert ring.begin_read_legacy(w.slot, 10)[0] is ReadCode.OK
-    code, info = ring.begin_read_legacy(w.slot, 10)
+    assert ring.begin_read_single_chunk(w.slot, 10)[0] is ReadCode.OK
+    code, info = ring.begin_read_single_chunk(w.slot, 10)
     assert code is ReadCode.OK and info.state is SlotState.READING
-    assert ring.finalise_legacy(w.slot)
+    assert ring.finalise_single_chunk(w.slot)
     assert ring.info(w.slot).state is SlotState.FREE
-    assert not ring.finalise_legacy(w.slot)  # the second handler's finalise
+    assert not ring.finalise_single_chunk(w.slot)  # the second handler's finalise
     assert ring.stats()["late_finalise"] == 1
-    assert ring.begin_read_legacy(w.slot, 10)[0] is ReadCode.NOT_READY
+    assert ring.begin_read_single_chunk(w.slot, 10)[0] is ReadCode.NOT_READY
     slot, _, _ = ring._reserve(0)
-    assert ring.begin_read_legacy(slot, 10)[0] is ReadCode.NOT_READY
+    assert ring.begin_read_single_chunk(slot, 10)[0] is ReadCode.NOT_READY
 
 
 def test_ready_count(make_ring: Callable[..., SharedRing]) -> None:

@@ -133,7 +133,7 @@ def test_a_descriptor_opens_its_own_slot_and_generation_only() -> None:
 
 
 def test_single_chunk_descriptors_do_not_carry_the_ring_key() -> None:
-    """The legacy protocol names no generation, so its capability opens one slot at any generation;
+    """The single-chunk protocol names no generation, so its capability opens one slot at any generation;
     it still opens no other slot and is not the ring key."""
     with Producer(slots=4, slot_bytes=1024, ports=1, protocol="single-chunk") as p:
         c = Consumer(read_timeout=2.0, max_attempts=2, protocol="single-chunk")

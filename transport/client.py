@@ -35,7 +35,7 @@ from transport.errors import (
     TruncatedError,
 )
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_recv
+from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, start_recv
 from transport.local import LocalReader
 from transport.ring import SharedRing
 from transport.ucx import init_in_loop
@@ -286,22 +286,20 @@ class SlotClient:
         self, link: Link, desc: SlotDescriptor, port: int, out: np.ndarray | None
     ) -> ReadResult:
         """Drive one `ClientRead`; a lost COMMITTED goes to RESOLVE, never to a blind retry."""
-        legacy = self.protocol == "single-chunk"
-        cr = proto.ClientRead(
+        single_chunk = self.protocol == "single-chunk"
+        cr = proto.client_machine(self.protocol)(
             desc.slot,
             desc.generation,
-            0 if legacy else proto.new_token(),
+            0 if single_chunk else proto.new_token(),
             desc.capability,
             desc.nbytes,
             desc.checksum,
-            self.protocol,  # type: ignore[arg-type]
         )
         generation = desc.generation
         bound = StepDeadline(self.read_timeout)  # one reusable timer for every step of this attempt
         payload: np.ndarray | None = None
         payload_recv: asyncio.Future[None] | None = None
         committed: asyncio.Future[None] | None = None
-        bare = hasattr(link, "post_recv")  # a bare UcxLink: receives can be posted ahead, in order
         try:
             # One block bounds the whole exchange; `restart()` gives each step its own read_timeout.
             async with bound:
@@ -311,18 +309,19 @@ class SlotClient:
                 # With room, the STATUS receive also takes a small payload (and its closing trailer).
                 msg = np.zeros(proto.FRAME_SIZE + (room + len(proto.TRAILER) if room else 0), dtype=np.uint8)
                 buf = msg[: proto.FRAME_SIZE]
-                status_recv = post_recv(link, msg, Phase.STATUS) if bare else link.recv(msg, Phase.STATUS)
-                if not legacy and not room and desc.nbytes >= PREPOST_MIN_BYTES:
+                # A link that posts ahead starts it now; a stepped one when it is awaited below.
+                status_recv = link.post_recv(msg, Phase.STATUS) or link.recv(msg, Phase.STATUS)
+                if not single_chunk and not room and desc.nbytes >= PREPOST_MIN_BYTES:
                     # Post the payload receive right behind the status one (the descriptor says its
                     # size): a large payload's rendezvous then starts without waiting for us to read
                     # the status. Order holds: a bare link posts both now; on a wrapped link the
                     # status receive starts when awaited below and this task a loop step later.
                     payload = self._buffer(desc.nbytes, out)
-                    payload_recv = post_recv(link, payload, Phase.PAYLOAD)
+                    payload_recv = start_recv(link, payload, Phase.PAYLOAD)
                 await status_recv
                 nbytes = cr.on_status(buf)
-                if legacy:
-                    generation = proto.decode(buf).generation  # the legacy server serves whatever is there
+                if single_chunk:  # the single-chunk server serves whatever generation is there
+                    generation = proto.decode(buf).generation
                 bound.restart()
                 if payload_recv is not None:
                     await payload_recv
@@ -340,8 +339,7 @@ class SlotClient:
                 if commit is None:
                     return ReadResult(payload, port, generation, token=cr.token)
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
-                if bare:
-                    committed = post_recv(link, buf, Phase.COMMITTED)  # posted before COMMIT is answered
+                committed = link.post_recv(buf, Phase.COMMITTED)  # posted before COMMIT is answered
                 bound.restart()
                 await link.send(proto.encode(commit), Phase.COMMIT)
                 bound.restart()
@@ -362,7 +360,7 @@ class SlotClient:
             discard(committed)
         if cr.state is proto.ClientState.FAILED:
             assert cr.error is not None
-            if isinstance(cr.error, _CLEAN_REFUSALS) and payload_recv is None and not legacy:
+            if isinstance(cr.error, _CLEAN_REFUSALS) and payload_recv is None and not single_chunk:
                 cr.error.link_clean = True  # type: ignore[attr-defined]  # nothing left posted on it
             raise cr.error
         link.abort()
@@ -394,7 +392,7 @@ class SlotClient:
             return [_with_port(exc, port)] * len(descs)
         cb = proto.ClientBatch(
             [
-                proto.BatchSlot(d.slot, d.generation, d.nbytes, d.checksum, proto._capability(d.capability))
+                proto.BatchSlot(d.slot, d.generation, d.nbytes, d.checksum, proto.as_capability(d.capability))
                 for d in descs
             ],
             proto.new_token(),
@@ -449,7 +447,7 @@ class SlotClient:
         try:
             async with bound:
                 status = np.zeros(cb.status_size(), dtype=np.uint8)
-                status_recv = post_recv(link, status, Phase.STATUS)
+                status_recv = start_recv(link, status, Phase.STATUS)
                 await link.send(cb.request_message(), Phase.REQUEST)
                 bound.restart()
                 await status_recv
@@ -473,7 +471,7 @@ class SlotClient:
                     checksums[i] = checksum(payloads[i])
                 commit = cb.on_payloads(checksums)
                 reply = np.zeros(cb.committed_size(), dtype=np.uint8)
-                committed = post_recv(link, reply, Phase.COMMITTED)
+                committed = start_recv(link, reply, Phase.COMMITTED)
                 try:
                     bound.restart()
                     await link.send(commit, Phase.COMMIT)

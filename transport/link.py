@@ -27,12 +27,22 @@ class Phase(StrEnum):
 
 
 class Link(Protocol):
+    """What server and client talk through. Posting ahead is part of the contract: `post_send` /
+    `post_recv` start a transfer now and return a future to await later (transfers posted on one link
+    are matched in the order they were posted), or return None when this link goes step by step (a
+    fault wrapper: its faults act inside `send`/`recv`), and the caller then uses `send`/`recv`. A
+    wrapper passes the posts through to its inner link when it may, or inherits `SteppedLink`."""
+
     port: int
     role: str
 
     async def send(self, buf: Any, phase: Phase) -> None: ...
 
     async def recv(self, buf: Any, phase: Phase) -> None: ...
+
+    def post_send(self, buf: Any, phase: Phase) -> asyncio.Future[None] | None: ...
+
+    def post_recv(self, buf: Any, phase: Phase) -> asyncio.Future[None] | None: ...
 
     async def close(self) -> None: ...
 
@@ -45,22 +55,24 @@ class Link(Protocol):
 LinkWrapper = Callable[[Link], Link]
 
 
-def post_recv(link: Link, buf: Any, phase: Phase) -> asyncio.Future[None]:
+class SteppedLink:
+    """Base of a link wrapper that posts nothing ahead: every transfer goes through its `send`/`recv`,
+    one step at a time, so the faults it adds there act on every message."""
+
+    def post_send(self, buf: Any, phase: Phase) -> asyncio.Future[None] | None:
+        return None
+
+    def post_recv(self, buf: Any, phase: Phase) -> asyncio.Future[None] | None:
+        return None
+
+
+def start_recv(link: Link, buf: Any, phase: Phase) -> asyncio.Future[None]:
     """Start a receive now, so receives are matched in the order they were started; await it later.
 
-    A bare `UcxLink` posts straight to UCX; any other link (a fault wrapper) runs its `recv` as a task,
-    which starts in creation order.
+    A link that posts ahead (a bare `UcxLink`) posts straight to UCX; a stepped one runs its `recv`
+    as a task, which starts in creation order.
     """
-    post = getattr(link, "post_recv", None)
-    if post is not None:
-        return post(buf, phase)  # type: ignore[no-any-return]
-    return asyncio.ensure_future(link.recv(buf, phase))
-
-
-def post_send(link: Link, buf: Any, phase: Phase) -> asyncio.Future[None] | None:
-    """Post a send now on a bare `UcxLink` (None for other links: they send step by step)."""
-    post = getattr(link, "post_send", None)
-    return post(buf, phase) if post is not None else None  # type: ignore[no-any-return]
+    return link.post_recv(buf, phase) or asyncio.ensure_future(link.recv(buf, phase))
 
 
 def discard(future: asyncio.Future[None] | None) -> None:

@@ -694,7 +694,7 @@ class SharedRing:
         finally:
             self._exit(slot)
 
-    def begin_read_legacy(self, slot: int, lease: float) -> tuple[ReadCode, SlotInfo]:
+    def begin_read_single_chunk(self, slot: int, lease: float) -> tuple[ReadCode, SlotInfo]:
         """Single-chunk protocol, kept faithful to the design it replaces: no generation, and a slot
         already READING is served again."""
         self._check(slot)
@@ -759,7 +759,7 @@ class SharedRing:
         finally:
             self._exit(slot)
 
-    def finalise_legacy(self, slot: int) -> bool:
+    def finalise_single_chunk(self, slot: int) -> bool:
         """Single-chunk: READING -> FREE on send completion, no token check (the bug it demonstrates)."""
         self._check(slot)
         self._enter(slot)

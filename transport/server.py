@@ -26,7 +26,7 @@ from transport import ucx
 from transport.deadline import StepDeadline
 from transport.errors import ConfigError
 from transport.events import EventSink, NullSink
-from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity, post_send
+from transport.link import Link, LinkWrapper, Phase, UcxLink, discard, identity
 from transport.ring import ReadCode, SharedRing
 from transport.ucx import init_in_loop
 
@@ -220,7 +220,7 @@ class SlotServer:
     async def _serve_one(self, link: Link, request: np.ndarray, index: int, step: StepDeadline) -> bool:
         """Drive one `ServerRead` from the request to Done (True: keep the endpoint) or Close."""
         ring = self.ring
-        srv = proto.ServerRead(self._ring_key, self.commit_log, self.protocol, slots=ring.slots)
+        srv = proto.server_machine(self.protocol)(self._ring_key, self.commit_log, slots=ring.slots)
         try:
             action = await self._drive(srv, srv.on_request(request), self._perform, link, index, step)
         finally:
@@ -304,16 +304,16 @@ class SlotServer:
     async def _perform(
         self,
         link: Link,
-        srv: proto.ServerRead,
+        srv: proto.ServerRead | proto.SingleChunkServerRead,
         action: proto.ServerAction,
         index: int,
         step: StepDeadline,
     ) -> proto.ServerAction:
         ring = self.ring
         match action:
-            case proto.BeginRead(slot=slot, generation=generation, token=token, legacy=legacy):
-                if legacy:
-                    code, info = ring.begin_read_legacy(slot, self.lease)
+            case proto.BeginRead(slot=slot, generation=generation, token=token, single_chunk=single_chunk):
+                if single_chunk:
+                    code, info = ring.begin_read_single_chunk(slot, self.lease)
                 else:
                     code, info = ring.begin_read(slot, generation, token, self.lease)
                 if code == ReadCode.OK:
@@ -336,35 +336,17 @@ class SlotServer:
                 elif frame.code == proto.Status.BAD_REQUEST and frame.type == proto.MsgType.STATUS:
                     self.stats["bad_requests"] += 1
                 phase = _REPLY_PHASE.get(frame.type, Phase.STATUS)
-                status_sent = post_send(link, data, phase)
-                if status_sent is None:  # a wrapped link: one step at a time, as its faults expect
-                    async with step:
-                        await link.send(data, phase)
-                    return srv.on_sent()
-                # A bare link: post the payload right behind the status and wait for both at once
-                # (a completed send never meant the peer had it, so nothing is lost by not waiting).
-                after = srv.on_sent()
-                if not isinstance(after, proto.SendPayload):
-                    async with step:
-                        await status_sent
-                    return after
-                view = np.frombuffer(ring.payload_view(after.slot, after.nbytes), dtype=np.uint8)
-                payload_sent = post_send(link, view, Phase.PAYLOAD)
-                try:
-                    async with step:
-                        await status_sent
-                        await (payload_sent or link.send(view, Phase.PAYLOAD))
-                finally:
-                    del view
-                    discard(payload_sent)
+                sent = link.post_send(data, phase)
+                async with step:
+                    await (sent or link.send(data, phase))
                 return srv.on_sent()
-            case proto.SendInline(data=data, slot=slot, nbytes=nbytes):
+            case proto.SendStatus(data=data, slot=slot, nbytes=nbytes, inline=True):
                 msg = proto.inline_message(data, ring.payload_view(slot, nbytes))
                 async with step:
                     await link.send(msg, Phase.INLINE)
                 return srv.on_sent()
-            case proto.SendPayload(slot=slot, nbytes=nbytes):
-                await self._send_payload(link, slot, nbytes, step)
+            case proto.SendStatus(data=data, slot=slot, nbytes=nbytes):
+                await self._send_status(link, data, slot, nbytes, step)
                 return srv.on_sent()
             case proto.AwaitCommit():
                 buf = np.zeros(proto.FRAME_SIZE, dtype=np.uint8)
@@ -394,6 +376,31 @@ class SlotServer:
                 return next_action
         raise AssertionError(f"unhandled server action {action!r}")
 
+    async def _send_status(self, link: Link, data: bytes, slot: int, nbytes: int, step: StepDeadline) -> None:
+        """STATUS OK, then its PAYLOAD (if any). A wrapped link sends one step at a time, as its faults
+        expect; on a bare link the payload is posted right behind the status and both are awaited at
+        once (a completed send never meant the peer had it, so nothing is lost by not waiting)."""
+        status_sent = link.post_send(data, Phase.STATUS)
+        if status_sent is None:
+            async with step:
+                await link.send(data, Phase.STATUS)
+            if nbytes:
+                await self._send_payload(link, slot, nbytes, step)
+            return
+        if not nbytes:
+            async with step:
+                await status_sent
+            return
+        view = np.frombuffer(self.ring.payload_view(slot, nbytes), dtype=np.uint8)
+        payload_sent = link.post_send(view, Phase.PAYLOAD)
+        try:
+            async with step:
+                await status_sent
+                await (payload_sent or link.send(view, Phase.PAYLOAD))
+        finally:
+            del view
+            discard(payload_sent)
+
     async def _send_payload(self, link: Link, slot: int, nbytes: int, step: StepDeadline) -> None:
         """One PAYLOAD straight from the ring's memory (no copy), bounded by the step timeout."""
         view = np.frombuffer(self.ring.payload_view(slot, nbytes), dtype=np.uint8)
@@ -416,8 +423,8 @@ class SlotServer:
                 self.stats["late_finalise"] += 1
                 self.events.emit("late_finalise", key=key, port=index, token=token)
             return ok
-        if kind == "legacy":
-            ok = ring.finalise_legacy(slot)
+        if kind == "single-chunk":
+            ok = ring.finalise_single_chunk(slot)
             if ok:
                 self.stats["committed"] += 1
                 self.events.emit("committed", key=key, port=index, token=0)

@@ -66,7 +66,7 @@ import numpy as np
 from chaos.faults.base import SIDES, Clock, FaultSpec, HealSwitch, Trigger
 from transport import protocol as proto
 from transport.events import EventSink
-from transport.link import Link, Phase
+from transport.link import Link, Phase, SteppedLink
 
 HOLD_STEP_S = 0.05  # a held reply notices a heal within this
 
@@ -242,7 +242,7 @@ def wrong_size(buf: Any) -> np.ndarray:
     return np.zeros(data.nbytes + 1, dtype=np.uint8)
 
 
-class _FaultLink:
+class _FaultLink(SteppedLink):
     """What a server and a client fault link share: delegation to the wrapped link, and the faults
     drawn for the exchange in progress (none once the run healed)."""
 
@@ -318,10 +318,11 @@ class ChaosLink(_FaultLink):
         What keeps chaos at probability 0 as cheap as the plain transport, which posts ahead.
         """
         attempt = self._attempt
-        inner_post = getattr(self.inner, "post_send", None)
-        if attempt is None or attempt.pending or inner_post is None:
+        if attempt is None or attempt.pending:
             return None
-        future: asyncio.Future[None] = inner_post(buf, phase)
+        future = self.inner.post_send(buf, phase)  # None: the inner link goes step by step too
+        if future is None:
+            return None
         if phase == Phase.PAYLOAD:
             attempt.sent_payload = True
         elif phase == Phase.COMMITTED:
@@ -402,8 +403,8 @@ class _ClientAttempt(_Drawn):
 class ClientChaosLink(_FaultLink):
     """A client `Link` that misbehaves on the consumer's own side (see the module docstring).
 
-    It defines neither `post_recv` nor `post_send`, so the client steps every transfer through it
-    (receives start as tasks, in the order they are posted: `transport.link.post_recv`). One link
+    It posts nothing ahead (`SteppedLink`), so the client steps every transfer through it
+    (receives start as tasks, in the order they are posted: `transport.link.start_recv`). One link
     carries one exchange at a time (the client's pool checks it out), so the current attempt is the
     one every step of that exchange sees.
     """

@@ -175,14 +175,14 @@ def checksum_skipped() -> None:
     payload (truncate) is then committed and delivered: `corrupted`. The rule is shared by the
     single-read and the batch client, so the mutant acts on whichever path the consumers take.
     """
-    from transport import protocol
+    from transport.protocol import client  # the module the single and the batch client look it up in
 
     def payload_verified(expected_checksum: int, checksum: int) -> bool:
         if not original(expected_checksum, checksum):
             ran()
         return True  # mutant: whatever arrived is fine
 
-    original = patch(protocol, "payload_verified", payload_verified)
+    original = patch(client, "payload_verified", payload_verified)
 
 
 def _resolve_always(answer: str) -> None:
@@ -227,14 +227,14 @@ def refused_commit_taken_as_success() -> None:
     `uncommitted_delivery` (and `duplicated`). `commit_accepted` is the one rule both the single
     and the batch client judge COMMITTED answers by.
     """
-    from transport import protocol
+    from transport.protocol import client  # the module the single and the batch client look it up in
 
     def commit_accepted(code: int) -> bool:
         if not original(code):
             ran()
         return True  # mutant: an answer arrived, so it committed
 
-    original = patch(protocol, "commit_accepted", commit_accepted)
+    original = patch(client, "commit_accepted", commit_accepted)
 
 
 # -- server -----------------------------------------------------------------------------------------
