@@ -1,4 +1,4 @@
-"""What every fault shares: a plain spec, a heal switch and seeded, reproducible firing decisions.
+"""What every fault shares: a view of its scenario model, a heal switch, seeded firing decisions.
 
 Modelled on Toxiproxy's toxics: each fault kind is a small type behind one interface, and *when* a
 fault fires is decided here, once, the same way for every layer. A decision comes from a
@@ -15,132 +15,99 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
+from pydantic import TypeAdapter
+
+from chaos.scenario.model import Fault
 from transport.link import Phase
 
-TRANSPORT_KINDS = frozenset({"reset", "truncate", "corrupt", "timeout", "stall", "evict", "drop_commit"})
-PROCESS_KINDS = frozenset({"kill", "pause", "restart"})
-CONTROL_KINDS = frozenset({"duplicate_descriptor", "delay_descriptor"})
-# built by chaos.proxy and chaos.hosts, listed here only for routing
-KERNEL_KINDS = frozenset({"partition", "loss", "reject", "bandwidth", "flap"})
-NETWORK_KINDS = frozenset({"toxic", "down"}) | KERNEL_KINDS
-
-RESET_PHASES = frozenset(
-    {Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.COMMITTED, Phase.RESOLVE}
-)
-TRUNCATE_PHASES = frozenset({Phase.STATUS, Phase.PAYLOAD})
-# Client-side faults act on the consumer's own link (chaos.faults.transport.ClientChaosLink): only the
-# kinds a client can do to itself. A client cannot truncate or corrupt what the server sends, evict its
-# own endpoint or drop a reply the server never sent; those stay server-side.
-CLIENT_KINDS = frozenset({"reset", "timeout", "stall"})
-CLIENT_RESET_PHASES = frozenset({Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.RESOLVE})
-# A client-side stall pauses the client before one of its own sends.
-CLIENT_STALL_PHASES = frozenset({Phase.REQUEST, Phase.COMMIT, Phase.RESOLVE})
 SIDES = ("server", "client")
+FAULTS: TypeAdapter[Fault] = TypeAdapter(Fault)
 
 Clock = Callable[[], float]
 
 
-def layer_of(kind: str) -> str:
-    """`transport`, `network`, `process` or `control`: which module runs a fault of this kind."""
-    for layer, kinds in (
-        ("transport", TRANSPORT_KINDS),
-        ("network", NETWORK_KINDS),
-        ("process", PROCESS_KINDS),
-        ("control", CONTROL_KINDS),
-    ):
-        if kind in kinds:
-            return layer
-    raise ValueError(f"unknown fault kind {kind!r}")
-
-
-@dataclass
+@dataclass(frozen=True)
 class FaultSpec:
-    """One configured fault, already parsed (seconds, real port numbers).
+    """One configured fault as the fault layers read it: its position and its scenario model.
 
-    `index` is the fault's position in the scenario (what `fault` events report). `ports` are real
-    port numbers, None = every port (indexes into the server's port list instead for a transport
-    wrapper built with `ports_by_index=True`). `window` is `(start_s, end_s)` and `at_s` a one-shot
-    time, both relative to the run start; at most one is set, neither = the whole fault phase.
-    `probability` is per request (transport), per descriptor (control) or per tick (process).
-    Kind fields: `phase` (reset: where; truncate and corrupt: `status` or `payload`, default `payload`;
-    a client-side stall: before which send), `delay_s` (timeout, stall, delay_descriptor),
-    `duration_s` (pause), `target` (process faults). `side` says whose link a transport fault acts
-    on: `server` (default) or `client` (the consumer's own link; reset, timeout and stall only).
+    A view, not a copy: every field and rule of a kind lives in its pydantic class
+    (`chaos/scenario/model.py`), so nothing here can accept what a scenario refuses. The properties
+    give the fields under the names the layers use (seconds, `Phase`, tuples); `index` is the fault's
+    position in the scenario (what `fault` events report). `ports` are port indexes into the server's
+    port list, None = every port. `window` is `(start_s, end_s)` and `at_s` a one-shot time, both
+    relative to the start of the fault phase; at most one is set, neither = the whole fault phase.
+    The derived fields are cached (a transport fault asks for them on every request it draws for):
+    the model is not changed once the scenario validated it.
     """
 
     index: int
-    kind: str
-    ports: list[int] | None = None
-    probability: float = 1.0
-    window: tuple[float, float] | None = None
-    at_s: float | None = None
-    phase: str | None = None
-    delay_s: float | None = None
-    duration_s: float | None = None
-    target: str | None = None
-    side: str = "server"
+    fault: Fault
 
-    def __post_init__(self) -> None:
-        where = f"fault {self.index} ({self.kind})"
-        layer = layer_of(self.kind)
-        if layer == "network":
-            raise ValueError(f"{where}: network faults are run by chaos.proxy, not chaos.faults")
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"{where}: probability {self.probability} not in [0, 1]")
-        if self.window is not None:
-            start, end = self.window
-            if not 0 <= start < end:
-                raise ValueError(f"{where}: window {self.window} needs 0 <= start < end")
-            self.window = (float(start), float(end))
-        if self.window is not None and self.at_s is not None:
-            raise ValueError(f"{where}: give either window or at, not both")
-        if self.at_s is not None and self.at_s < 0:
-            raise ValueError(f"{where}: at {self.at_s} is negative")
-        for name in ("delay_s", "duration_s"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{where}: {name} {value} is negative")
-        if self.side not in SIDES:
-            raise ValueError(f"{where}: side must be server or client, got {self.side!r}")
-        if self.side == "client" and self.kind not in CLIENT_KINDS:
-            raise ValueError(f"{where}: side client applies only to {sorted(CLIENT_KINDS)}")
-        if self.side == "client" and self.kind in ("reset", "stall"):
-            phases = CLIENT_RESET_PHASES if self.kind == "reset" else CLIENT_STALL_PHASES
-            if self.phase is None or self.phase not in phases:
-                raise ValueError(
-                    f"{where}: a client-side {self.kind} needs phase in {sorted(phases)}, got {self.phase!r}"
-                )
-            self.phase = Phase(self.phase)
-        elif self.kind == "reset":
-            if self.phase is None or self.phase not in RESET_PHASES:
-                raise ValueError(f"{where}: phase must be one of {sorted(RESET_PHASES)}, got {self.phase!r}")
-            self.phase = Phase(self.phase)
-        elif self.kind in ("truncate", "corrupt"):
-            self.phase = Phase(self.phase or Phase.PAYLOAD)
-            if self.phase not in TRUNCATE_PHASES:
-                raise ValueError(f"{where}: phase must be status or payload, got {self.phase!r}")
-        elif self.phase is not None:
-            raise ValueError(f"{where}: phase only applies to reset, truncate and corrupt")
-        if layer == "process" and not self.target:
-            raise ValueError(f"{where}: a process fault needs a target")
-        if layer != "process" and self.target is not None:
-            raise ValueError(f"{where}: target only applies to process faults")
-        if layer != "transport" and self.ports is not None:
-            raise ValueError(f"{where}: ports only apply to transport faults")
-        if self.kind == "delay_descriptor" and self.delay_s is None:
-            raise ValueError(f"{where}: delay_descriptor needs a delay")
+    @classmethod
+    def parse(cls, index: int, **fields: Any) -> FaultSpec:
+        """A spec from a scenario's fault fields (`kind`, `phase`, `delay`, `window: {start, end}`, ...),
+        validated by the model; raises `ValueError` (pydantic's `ValidationError`) like a scenario would."""
+        return cls(index, FAULTS.validate_python(fields))
+
+    @property
+    def kind(self) -> str:
+        return self.fault.kind
 
     @property
     def layer(self) -> str:
-        return layer_of(self.kind)
+        return type(self.fault).layer
 
-    @property
+    @cached_property
+    def side(self) -> str:
+        return str(getattr(self.fault, "side", "server"))
+
+    @cached_property
+    def ports(self) -> tuple[int, ...] | None:
+        ports = getattr(self.fault, "ports", None)
+        return None if ports is None else tuple(ports)
+
+    @cached_property
+    def probability(self) -> float:
+        """Per request (transport), per descriptor (control) or per tick (process); 1 for the rest."""
+        return float(getattr(self.fault, "probability", 1.0))
+
+    @cached_property
+    def window(self) -> tuple[float, float] | None:
+        window = getattr(self.fault, "window", None)
+        return None if window is None else (window.start, window.end)
+
+    @cached_property
+    def at_s(self) -> float | None:
+        return getattr(self.fault, "at", None)
+
+    @cached_property
+    def phase(self) -> Phase | None:
+        """Where a reset acts, which message a truncate or corrupt changes, what a client stall holds."""
+        phase = getattr(self.fault, "phase", None)
+        return None if phase is None else Phase(phase)
+
+    @cached_property
+    def delay_s(self) -> float | None:
+        return getattr(self.fault, "delay", None)
+
+    @cached_property
+    def duration_s(self) -> float | None:
+        return getattr(self.fault, "duration", None)
+
+    @cached_property
+    def target(self) -> str | None:
+        return getattr(self.fault, "target", None)
+
+    @cached_property
     def one_shot(self) -> bool:
         return self.at_s is not None
 
     def applies_to_port(self, port: int) -> bool:
-        return self.ports is None or port in self.ports
+        ports = self.ports
+        return ports is None or port in ports
 
     def in_time(self, elapsed: float) -> bool:
         """Inside the window, at or past the one-shot time, or always when neither is set."""
@@ -149,6 +116,13 @@ class FaultSpec:
         if self.window is not None:
             return self.window[0] <= elapsed < self.window[1]
         return True
+
+    def span(self, duration: float) -> tuple[float, float]:
+        """When a scheduled (network) fault is on, in seconds of a fault phase of `duration`: its window,
+        from `at` to the end, or the whole phase; the same times `in_time` answers for."""
+        if self.window is not None:
+            return self.window
+        return (self.at_s if self.at_s is not None else 0.0), duration
 
 
 class HealSwitch:
