@@ -30,12 +30,10 @@ from chaos.faults import (
     SpawnedProcess,
     Trigger,
     derive_seed,
-    kinds_of,
-    layer_of,
     make_link_wrapper,
 )
 from chaos.faults.transport import CLIENT_KINDS, SERVER_KINDS, ChaosLinkWrapper
-from chaos.scenario.model import FAULT_KINDS
+from chaos.scenario.model import FAULT_KINDS, kinds_of, layer_of
 from transport.link import Phase
 
 FRAME = 128

@@ -9,7 +9,6 @@ from chaos.faults.base import FaultSpec, HealSwitch, Trigger, derive_rng, derive
 from chaos.faults.control import ControlFaults, Handout
 from chaos.faults.process import ProcessFaults, ProcessHandle, SpawnedProcess
 from chaos.faults.transport import ChaosLink, ChaosLinkWrapper, InjectedFaultError, make_link_wrapper
-from chaos.scenario.model import kinds_of, layer_of
 
 __all__ = [
     "ChaosLink",
@@ -25,7 +24,5 @@ __all__ = [
     "Trigger",
     "derive_rng",
     "derive_seed",
-    "kinds_of",
-    "layer_of",
     "make_link_wrapper",
 ]

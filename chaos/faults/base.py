@@ -15,16 +15,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter
-
-from chaos.scenario.model import Fault
 from transport.link import Phase
 
+if TYPE_CHECKING:  # at run time only `parse` needs the model: every role imports this module
+    from pydantic import TypeAdapter
+
+    from chaos.scenario.model import Fault
+
 SIDES = ("server", "client")
-FAULTS: TypeAdapter[Fault] = TypeAdapter(Fault)
 
 Clock = Callable[[], float]
 
@@ -50,7 +51,7 @@ class FaultSpec:
     def parse(cls, index: int, **fields: Any) -> FaultSpec:
         """A spec from a scenario's fault fields (`kind`, `phase`, `delay`, `window: {start, end}`, ...),
         validated by the model; raises `ValueError` (pydantic's `ValidationError`) like a scenario would."""
-        return cls(index, FAULTS.validate_python(fields))
+        return cls(index, _fault_adapter().validate_python(fields))
 
     @property
     def kind(self) -> str:
@@ -123,6 +124,17 @@ class FaultSpec:
         if self.window is not None:
             return self.window
         return (self.at_s if self.at_s is not None else 0.0), duration
+
+
+@cache
+def _fault_adapter() -> TypeAdapter[Fault]:
+    """The scenario's `Fault` union as a validator, built on first use (pydantic is the harness's
+    dependency: a role process that never parses a fault does not load it)."""
+    from pydantic import TypeAdapter
+
+    from chaos.scenario.model import Fault
+
+    return TypeAdapter(Fault)
 
 
 class HealSwitch:

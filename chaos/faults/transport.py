@@ -71,7 +71,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from chaos.faults.base import SIDES, Clock, FaultSpec, HealSwitch, Trigger
-from chaos.scenario.model import TIMEOUT_DELAY_FACTOR
 from transport import protocol as proto
 from transport.events import EventSink
 from transport.link import Link, Phase
@@ -354,6 +353,10 @@ class ChaosLinkWrapper:
         self.events = events
         self.run_start = run_start
         self.port_index = dict(port_index or {})
+        from chaos.scenario.model import (
+            TIMEOUT_DELAY_FACTOR,  # here: importing chaos.faults loads no pydantic
+        )
+
         self.default_delay_s = TIMEOUT_DELAY_FACTOR * read_timeout
         self.stream = stream
         self.clock = clock
