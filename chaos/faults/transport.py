@@ -92,7 +92,7 @@ class Hook(Enum):
     AFTER_RECV = "after_recv"  # the message is in: abort or hold before the caller sees it
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """One request's exchange on one link: the faults drawn for it, each acting at most once, and how
     far it got (what `evict` and `drop_commit` ask)."""
@@ -131,16 +131,20 @@ class TransportFault:
 
     Nothing here decides whether it fires (the wrapper's draw did), and a kind holds no state of its
     own (the `Exchange` does), so one instance per configured fault serves every link and request.
+    Where it acts is `hook` of `step` (None: the fault's own `phase`); a kind with a further condition
+    overrides `acts`.
     """
 
     kind: ClassVar[str]
+    hook: ClassVar[Hook]
+    step: ClassVar[Phase | None] = None
 
     def __init__(self, spec: FaultSpec) -> None:
         self.spec = spec
 
     def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
         """Whether this drawn fault acts at `hook` of the message step `step`."""
-        return False
+        return hook == self.hook and step == (self.step or self.spec.phase)
 
     async def act(self, link: _FaultLink, step: Phase, buf: Any) -> Any:
         """Do it (after its `fault` event): raise, hold, or return the bytes to send instead of `buf`."""
@@ -153,11 +157,11 @@ class TransportFault:
     @property
     def payload_step(self) -> bool:
         """Whether it acts on a PAYLOAD, so a later PAYLOAD of the same batch draws it again."""
-        return self.spec.phase == Phase.PAYLOAD
+        return (self.step or self.spec.phase) == Phase.PAYLOAD
 
 
 class Reset(TransportFault):
-    """Server: abort the endpoint at `phase`, just after the REQUEST arrived, before receiving a COMMIT
+    """Server: abort the endpoint at `phase`: just after the REQUEST arrived, before receiving a COMMIT,
     or before sending the message of that step."""
 
     kind = "reset"
@@ -185,58 +189,42 @@ class Hold(TransportFault):
 class Timeout(Hold):
     """Server: hold the STATUS past the client's read timeout, then send it."""
 
-    kind = "timeout"
-
-    def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.BEFORE_SEND and step == Phase.STATUS
+    kind, hook, step = "timeout", Hook.BEFORE_SEND, Phase.STATUS
 
 
 class Stall(Hold):
     """Server: send the STATUS, hold the PAYLOAD, then send it."""
 
-    kind = "stall"
-
-    def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.BEFORE_SEND and step == Phase.PAYLOAD
-
-    @property
-    def payload_step(self) -> bool:
-        return True
+    kind, hook, step = "stall", Hook.BEFORE_SEND, Phase.PAYLOAD
 
 
 class DropCommit(TransportFault):
-    """Server: swallow the COMMITTED reply to a COMMIT (recorded already) and abort the endpoint."""
+    """Server: swallow the COMMITTED reply to a COMMIT (recorded already) and abort the endpoint; a
+    RESOLVED reply (no COMMIT before it) is spared."""
 
-    kind = "drop_commit"
+    kind, hook, step = "drop_commit", Hook.BEFORE_SEND, Phase.COMMITTED
 
     def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.BEFORE_SEND and step == Phase.COMMITTED and exchange.saw_commit
+        return super().acts(hook, step, exchange) and exchange.saw_commit
 
     async def act(self, link: _FaultLink, step: Phase, buf: Any) -> Any:
         link.abort()
         raise InjectedFaultError(f"chaos fault {self.spec.index}: COMMITTED dropped on port {link.port}")
 
 
-class Reshape(TransportFault):
-    """Base of the kinds that change the bytes of the `phase` message (status or payload)."""
+class Truncate(TransportFault):
+    """Server: send half of the `phase` message (UCX delivers a wrong-size message)."""
 
-    def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.RESHAPE and step == self.spec.phase
-
-
-class Truncate(Reshape):
-    """Server: send half of the message (UCX delivers a wrong-size message)."""
-
-    kind = "truncate"
+    kind, hook = "truncate", Hook.RESHAPE
 
     async def act(self, link: _FaultLink, step: Phase, buf: Any) -> Any:
         return wrong_size(buf)
 
 
-class Corrupt(Reshape):
-    """Server: send the message with bytes flipped, same length (only a checksum can tell)."""
+class Corrupt(TransportFault):
+    """Server: send the `phase` message with bytes flipped, same length (only a checksum can tell)."""
 
-    kind = "corrupt"
+    kind, hook = "corrupt", Hook.RESHAPE
 
     async def act(self, link: _FaultLink, step: Phase, buf: Any) -> Any:
         return flipped(buf)
@@ -245,10 +233,10 @@ class Corrupt(Reshape):
 class Evict(TransportFault):
     """Server: close the endpoint after a fully served read, when the next request is awaited."""
 
-    kind = "evict"
+    kind, hook, step = "evict", Hook.BEFORE_RECV, Phase.REQUEST
 
     def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.BEFORE_RECV and step == Phase.REQUEST and exchange.served
+        return super().acts(hook, step, exchange) and exchange.served
 
     async def act(self, link: _FaultLink, step: Phase, buf: Any) -> Any:
         try:
@@ -262,8 +250,8 @@ class ClientReset(TransportFault):
     """Client: abort its own endpoint before sending at `phase` (request, commit, resolve), right after
     the REQUEST went out (`status`: its reply is never seen) or before receiving the `payload`."""
 
-    kind = "reset"
-    _HOOKS: ClassVar[dict[Phase, tuple[Hook, Phase]]] = {
+    kind, hook = "reset", Hook.BEFORE_SEND
+    _ELSEWHERE: ClassVar[dict[Phase, tuple[Hook, Phase]]] = {
         Phase.STATUS: (Hook.AFTER_SEND, Phase.REQUEST),
         Phase.PAYLOAD: (Hook.BEFORE_RECV, Phase.PAYLOAD),
     }
@@ -271,7 +259,7 @@ class ClientReset(TransportFault):
     def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
         phase = self.spec.phase
         assert phase is not None
-        return (hook, step) == self._HOOKS.get(phase, (Hook.BEFORE_SEND, phase))
+        return (hook, step) == self._ELSEWHERE.get(phase, (self.hook, phase))
 
     def event_phase(self, step: Phase) -> Phase:
         """Its own phase: a reset at `status` acts once the REQUEST is out, but names the reply it loses."""
@@ -289,19 +277,13 @@ class ClientReset(TransportFault):
 class ClientTimeout(Hold):
     """Client: the STATUS arrived, but the client's receive of it is held past its own read timeout."""
 
-    kind = "timeout"
-
-    def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.AFTER_RECV and step == Phase.STATUS
+    kind, hook, step = "timeout", Hook.AFTER_RECV, Phase.STATUS
 
 
 class ClientStall(Hold):
     """Client: hold the client before it sends at `phase` (request, commit or resolve)."""
 
-    kind = "stall"
-
-    def acts(self, hook: Hook, step: Phase, exchange: Exchange) -> bool:
-        return hook == Hook.BEFORE_SEND and step == self.spec.phase
+    kind, hook = "stall", Hook.BEFORE_SEND
 
 
 # Each side's kinds in the order they are offered a hook: on the server a reset comes before a hold and
@@ -475,6 +457,11 @@ class _FaultLink:
     def abort(self) -> None:
         self.inner.abort()
 
+    def _drawn(self, exchange: Exchange | None = None) -> bool:
+        """Whether the exchange (the current one by default) has a drawn fault left to act."""
+        exchange = exchange or self._exchange
+        return exchange is not None and bool(exchange.pending)
+
     def _take(
         self, kind: str, hook: Hook, step: Phase, exchange: Exchange | None = None
     ) -> TransportFault | None:
@@ -492,10 +479,25 @@ class _FaultLink:
 
     async def _hook(self, hook: Hook, step: Phase, buf: Any = None, exchange: Exchange | None = None) -> Any:
         """Offer `hook` of `step` to each kind in turn: the first drawn fault of a kind that is due acts."""
+        if not self._drawn(exchange):  # the common case, kept cheap: nothing was drawn
+            return buf
         for kind in self.kinds:
             fault = self._take(kind, hook, step, exchange)
             if fault is not None:
                 buf = await self._fire(fault, step, buf)
+        return buf
+
+    async def _reshape(self, buf: Any, steps: tuple[Phase, ...]) -> Any:
+        """The bytes that leave: each reshaping kind acts once per message, at the first step that names
+        it (an inline status truncated for its status is not truncated again for its payload)."""
+        if not self._drawn():
+            return buf
+        for kind in self.kinds:
+            for step in steps:
+                fault = self._take(kind, Hook.RESHAPE, step)
+                if fault is not None:
+                    buf = await self._fire(fault, step, buf)
+                    break
         return buf
 
 
@@ -510,17 +512,21 @@ class ChaosLink(_FaultLink):
     kinds = tuple(SERVER_KINDS)
 
     async def recv(self, buf: Any, phase: Phase) -> None:
+        # Each hook is offered only if something was drawn: at probability 0 a read then costs no
+        # extra coroutine here (its sends are posted straight through, see `post_send`).
         if phase == Phase.REQUEST:
             previous, self._exchange = self._exchange, None
-            if previous is not None:
+            if self._drawn(previous):
                 await self._hook(Hook.BEFORE_RECV, phase, exchange=previous)  # evict after a served read
             await self.inner.recv(buf, phase)
             self._exchange = Exchange(self.chaos.draw(self.port))
-            await self._hook(Hook.AFTER_RECV, phase)
+            if self._drawn():
+                await self._hook(Hook.AFTER_RECV, phase)
             return
         if phase == Phase.COMMIT and self._exchange is not None:
             self._exchange.saw_commit = True
-        await self._hook(Hook.BEFORE_RECV, phase)
+        if self._drawn():
+            await self._hook(Hook.BEFORE_RECV, phase)
         await self.inner.recv(buf, phase)
 
     def _redraws(self, phase: Phase) -> bool:
@@ -555,12 +561,7 @@ class ChaosLink(_FaultLink):
         steps = _steps(phase)
         for step in steps:  # aborts and holds, step by step (an inline status: status first)
             await self._hook(Hook.BEFORE_SEND, step)
-        for kind in self.kinds:  # bytes changed once per kind: the first step that names it
-            for step in steps:
-                fault = self._take(kind, Hook.RESHAPE, step)
-                if fault is not None:
-                    buf = await self._fire(fault, step, buf)
-                    break
+        buf = await self._reshape(buf, steps)
         await self.inner.send(buf, phase)
         if exchange is not None:
             exchange.sent(phase)
