@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -169,6 +170,15 @@ def test_spec_is_a_view_of_the_model() -> None:
     )
     assert spec.window == (1.0, 3.0) and spec.ports == (0, 2) and spec.probability == 1.0
     assert spec.span(10.0) == (1.0, 3.0) and FaultSpec.parse(0, kind="evict", at=4).span(10.0) == (4.0, 10.0)
+
+
+def test_spec_travels_without_its_model_and_is_made_only_from_one() -> None:
+    """A server or consumer unpickles its wrapper's specs without loading pydantic."""
+    spec = FaultSpec.parse(1, kind="stall", delay=0.5, side="client", phase="commit")
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy == spec and copy.fault is None and spec.fault is not None
+    with pytest.raises(TypeError, match="scenario model"):
+        FaultSpec(1, "stall", "transport", "server", None, 1.0, None, None, None, 0.5, None, None)
 
 
 def test_layer_routing_reads_the_model() -> None:

@@ -14,8 +14,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache, cached_property
+from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from transport.link import Phase
@@ -32,83 +32,76 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One configured fault as the fault layers read it: its position and its scenario model.
+    """One configured fault as the fault layers read it: its position and its fields, derived from its model.
 
-    A view, not a copy: every field and rule of a kind lives in its pydantic class
-    (`chaos/scenario/model.py`), so nothing here can accept what a scenario refuses. The properties
-    give the fields under the names the layers use (seconds, `Phase`, tuples); `index` is the fault's
-    position in the scenario (what `fault` events report). `ports` are port indexes into the server's
-    port list, None = every port. `window` is `(start_s, end_s)` and `at_s` a one-shot time, both
-    relative to the start of the fault phase; at most one is set, neither = the whole fault phase.
-    The derived fields are cached (a transport fault asks for them on every request it draws for):
-    the model is not changed once the scenario validated it.
+    A view, not a second definition: a spec is made only from a validated scenario model (`of`, or
+    `parse` for a fault's YAML fields), so nothing here can accept what a scenario refuses, and every
+    field and rule of a kind lives in its pydantic class (`chaos/scenario/model.py`). The fields are
+    the model's in the layers' units: `index` is the fault's position in the scenario (what `fault`
+    events report); `ports` are port indexes into the server's port list, None = every port; `window`
+    is `(start_s, end_s)` and `at_s` a one-shot time, both relative to the start of the fault phase
+    (at most one is set, neither = the whole fault phase); `phase` is a `Phase`. `fault` is the model
+    itself, for what only one layer reads (a toxic, a host link); it stays in this process: a pickled
+    spec (a server's or consumer's wrapper arguments) carries the derived fields only, so a role
+    process needs no pydantic to read it.
     """
 
     index: int
-    fault: Fault
+    kind: str
+    layer: str
+    side: str
+    ports: tuple[int, ...] | None
+    probability: float
+    window: tuple[float, float] | None
+    at_s: float | None
+    phase: Phase | None
+    delay_s: float | None
+    duration_s: float | None
+    target: str | None
+    fault: Fault | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fault is None:  # unpickling does not come here
+            raise TypeError("a FaultSpec is made from its scenario model: FaultSpec.of or FaultSpec.parse")
+
+    @classmethod
+    def of(cls, index: int, fault: Fault) -> FaultSpec:
+        """The view of scenario fault number `index`."""
+        ports = getattr(fault, "ports", None)
+        window = getattr(fault, "window", None)
+        phase = getattr(fault, "phase", None)
+        return cls(
+            index=index,
+            kind=fault.kind,
+            layer=type(fault).layer,
+            side=getattr(fault, "side", "server"),
+            ports=None if ports is None else tuple(ports),
+            probability=getattr(fault, "probability", 1.0),  # per request, descriptor or tick
+            window=None if window is None else (window.start, window.end),
+            at_s=getattr(fault, "at", None),
+            phase=None if phase is None else Phase(phase),
+            delay_s=getattr(fault, "delay", None),
+            duration_s=getattr(fault, "duration", None),
+            target=getattr(fault, "target", None),
+            fault=fault,
+        )
 
     @classmethod
     def parse(cls, index: int, **fields: Any) -> FaultSpec:
         """A spec from a scenario's fault fields (`kind`, `phase`, `delay`, `window: {start, end}`, ...),
         validated by the model; raises `ValueError` (pydantic's `ValidationError`) like a scenario would."""
-        return cls(index, _fault_adapter().validate_python(fields))
+        return cls.of(index, _fault_adapter().validate_python(fields))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its model (see the class docstring)."""
+        return {**self.__dict__, "fault": None}
 
     @property
-    def kind(self) -> str:
-        return self.fault.kind
-
-    @property
-    def layer(self) -> str:
-        return type(self.fault).layer
-
-    @cached_property
-    def side(self) -> str:
-        return str(getattr(self.fault, "side", "server"))
-
-    @cached_property
-    def ports(self) -> tuple[int, ...] | None:
-        ports = getattr(self.fault, "ports", None)
-        return None if ports is None else tuple(ports)
-
-    @cached_property
-    def probability(self) -> float:
-        """Per request (transport), per descriptor (control) or per tick (process); 1 for the rest."""
-        return float(getattr(self.fault, "probability", 1.0))
-
-    @cached_property
-    def window(self) -> tuple[float, float] | None:
-        window = getattr(self.fault, "window", None)
-        return None if window is None else (window.start, window.end)
-
-    @cached_property
-    def at_s(self) -> float | None:
-        return getattr(self.fault, "at", None)
-
-    @cached_property
-    def phase(self) -> Phase | None:
-        """Where a reset acts, which message a truncate or corrupt changes, what a client stall holds."""
-        phase = getattr(self.fault, "phase", None)
-        return None if phase is None else Phase(phase)
-
-    @cached_property
-    def delay_s(self) -> float | None:
-        return getattr(self.fault, "delay", None)
-
-    @cached_property
-    def duration_s(self) -> float | None:
-        return getattr(self.fault, "duration", None)
-
-    @cached_property
-    def target(self) -> str | None:
-        return getattr(self.fault, "target", None)
-
-    @cached_property
     def one_shot(self) -> bool:
         return self.at_s is not None
 
     def applies_to_port(self, port: int) -> bool:
-        ports = self.ports
-        return ports is None or port in ports
+        return self.ports is None or port in self.ports
 
     def in_time(self, elapsed: float) -> bool:
         """Inside the window, at or past the one-shot time, or always when neither is set."""

@@ -163,7 +163,7 @@ def fault_specs(scenario: Scenario, seed: int) -> list[FaultSpec]:
         if target is not None:
             target = resolve_target(target, scenario.consumers.count, seed)
             fault = fault.model_copy(update={"target": target})
-        specs.append(FaultSpec(index, fault))
+        specs.append(FaultSpec.of(index, fault))
     return specs
 
 
