@@ -8,6 +8,7 @@ spawned consumer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pickle
 import subprocess
@@ -176,9 +177,13 @@ def test_spec_travels_without_its_model_and_is_made_only_from_one() -> None:
     """A server or consumer unpickles its wrapper's specs without loading pydantic."""
     spec = FaultSpec.parse(1, kind="stall", delay=0.5, side="client", phase="commit")
     copy = pickle.loads(pickle.dumps(spec))
-    assert copy == spec and copy.fault is None and spec.fault is not None
+    assert copy == spec and copy.fault is None and spec.fault is not None and copy.layer == "transport"
+    assert set(dataclasses.asdict(spec)) == {  # the keys the bench's JSON has always had
+        *("index", "kind", "ports", "probability", "window", "at_s", "phase"),
+        *("delay_s", "duration_s", "target", "side"),
+    }
     with pytest.raises(TypeError, match="scenario model"):
-        FaultSpec(1, "stall", "transport", "server", None, 1.0, None, None, None, 0.5, None, None)
+        FaultSpec(1, "stall", None, 1.0, None, None, None, 0.5, None, None, "server")
 
 
 def test_layer_routing_reads_the_model() -> None:

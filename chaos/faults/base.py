@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +48,6 @@ class FaultSpec:
 
     index: int
     kind: str
-    layer: str
-    side: str
     ports: tuple[int, ...] | None
     probability: float
     window: tuple[float, float] | None
@@ -58,11 +56,18 @@ class FaultSpec:
     delay_s: float | None
     duration_s: float | None
     target: str | None
-    fault: Fault | None = field(default=None, compare=False, repr=False)
+    side: str
+    model: InitVar[Fault | None] = None
+    # `layer` and `fault` are attributes, not fields: `asdict` (the bench's JSON) keeps its keys.
+    if TYPE_CHECKING:
+        layer: str
+        fault: Fault | None
 
-    def __post_init__(self) -> None:
-        if self.fault is None:  # unpickling does not come here
+    def __post_init__(self, model: Fault | None) -> None:
+        if model is None:  # unpickling does not come here
             raise TypeError("a FaultSpec is made from its scenario model: FaultSpec.of or FaultSpec.parse")
+        object.__setattr__(self, "fault", model)
+        object.__setattr__(self, "layer", type(model).layer)
 
     @classmethod
     def of(cls, index: int, fault: Fault) -> FaultSpec:
@@ -73,8 +78,6 @@ class FaultSpec:
         return cls(
             index=index,
             kind=fault.kind,
-            layer=type(fault).layer,
-            side=getattr(fault, "side", "server"),
             ports=None if ports is None else tuple(ports),
             probability=getattr(fault, "probability", 1.0),  # per request, descriptor or tick
             window=None if window is None else (window.start, window.end),
@@ -83,7 +86,8 @@ class FaultSpec:
             delay_s=getattr(fault, "delay", None),
             duration_s=getattr(fault, "duration", None),
             target=getattr(fault, "target", None),
-            fault=fault,
+            side=getattr(fault, "side", "server"),
+            model=fault,
         )
 
     @classmethod
