@@ -130,8 +130,6 @@ ABANDON_DELIVERIES_PER_PORT = 10
 ABANDON_GRACE_S = 1.0
 COVERAGE_KINDS = frozenset({"ineffective", "faults_fired", "faults_quarantined", "vacuous"})
 LIVENESS_KINDS = frozenset({"throughput", "recovery", "p99_latency"})
-# Fault kinds whose firing is an event in time (a signal), not a per-request decision.
-PROCESS_KINDS = frozenset({"kill", "pause", "restart"})
 CONSUMER_EXITS = frozenset({"killed", "restarted"})
 SHOWN_KEYS = 5  # keys named in one failure string
 
@@ -728,7 +726,7 @@ def _recovery(sc: _Scan, spec: CheckSpec, history: Sequence[Event]) -> list[dict
             basis, end_s = "window_end", float(f.window[1])
         elif f.at_s is not None:
             basis, end_s = ("fired", fires[0]) if fires else ("at", float(f.at_s))
-        elif f.kind in PROCESS_KINDS and fires:
+        elif f.layer == "process" and fires:  # a process fault's firing is a signal, an event in time
             basis, end_s = "fired", fires[-1]
         else:
             basis, end_s = "heal", float(phase_end)

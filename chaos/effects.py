@@ -76,6 +76,7 @@ class FaultView:
 
     index: int
     kind: str
+    layer: str = ""  # the kind's layer, as the scenario model defines it (`chaos.scenario.model.layer_of`)
     ports: tuple[int, ...] | None = None
     target: str | None = None
     window: tuple[float, float] | None = None

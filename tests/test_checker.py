@@ -352,7 +352,10 @@ def test_examples_are_bounded_and_in_history_order() -> None:
 
 
 def test_fault_on_one_of_two_listed_ports_is_not_covered() -> None:
-    faults = [FaultRef(0, "reset", ports=(0, 1)), FaultRef(1, "kill", target="server", at_s=0.2)]
+    faults = [
+        FaultRef(0, "reset", ports=(0, 1)),
+        FaultRef(1, "kill", layer="process", target="server", at_s=0.2),
+    ]
     h = ok_history().fault(0.1, 0, "reset", port=0).fault(0.15, 0, "reset", port=0)
     h.fault(0.2, 1, "kill", target="server")
     v = check(h.events, spec(faults=faults, faults_fired="all"))
@@ -482,9 +485,11 @@ def test_real_port_numbers_map_to_indexes() -> None:
 def test_recovery_times() -> None:
     faults = [
         FaultRef(0, "toxic", ports=(1,), window=(2.0, 4.0)),
-        FaultRef(1, "kill", target="server", at_s=5.0),
+        FaultRef(1, "kill", layer="process", target="server", at_s=5.0),
         FaultRef(2, "reset"),  # always on: recovery counted from the heal
-        FaultRef(3, "pause", target="producer"),  # probabilistic process fault: from its last firing
+        FaultRef(
+            3, "pause", layer="process", target="producer"
+        ),  # probabilistic process fault: from its last firing
     ]
     h = H()
     for i, t in enumerate([1.0, 3.0, 4.5, 7.5, 8.0, 9.5, 10.6]):
@@ -504,7 +509,7 @@ def test_recovery_times() -> None:
 
 
 def test_no_delivery_after_fault_fails_recovery_only_if_something_was_pending() -> None:
-    faults = [FaultRef(0, "kill", target="producer", at_s=5.0)]
+    faults = [FaultRef(0, "kill", layer="process", target="producer", at_s=5.0)]
     h = ok_history().fault(5.0, 0, "kill", target="producer")
     v = check(h.events, spec(faults=faults, max_recovery_s=1.0))
     assert v.passed and v.recovery[0]["recovery_s"] is None and not v.recovery[0]["pending"]
@@ -514,7 +519,7 @@ def test_no_delivery_after_fault_fails_recovery_only_if_something_was_pending() 
         .publish(8.0, "41:1")
         .fail(9.0, "41:1", "exhausted")
     )
-    faults = [FaultRef(0, "kill", target="server", at_s=7.0)]
+    faults = [FaultRef(0, "kill", layer="process", target="server", at_s=7.0)]
     v = check(h.events, spec(faults=faults, max_recovery_s=1.0, lost=1))
     assert v.recovery[0]["pending"] and v.recovery[0]["recovery_s"] is None
     assert v.failures == ["recovery: fault 0 (kill) no delivery after 7.00s"]

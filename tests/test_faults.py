@@ -8,7 +8,9 @@ spawned consumer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -30,10 +32,10 @@ from chaos.faults import (
     ProcessFaults,
     Trigger,
     derive_seed,
-    layer_of,
     make_link_wrapper,
 )
-from chaos.faults.transport import ChaosLinkWrapper
+from chaos.faults.transport import CLIENT_KINDS, SERVER_KINDS, ChaosLinkWrapper
+from chaos.scenario.model import FAULT_KINDS, kinds_of, layer_of
 from transport.link import Phase, SteppedLink
 
 FRAME = 128
@@ -71,7 +73,7 @@ def decisions(spec: FaultSpec, seed: int, times: list[float], run_start: float =
 
 
 def test_same_seed_same_decisions_other_seed_other_decisions() -> None:
-    spec = FaultSpec(index=0, kind="reset", phase="payload", probability=0.5)
+    spec = FaultSpec.parse(0, kind="reset", phase="payload", probability=0.5)
     times = [float(i) for i in range(300)]
     first = decisions(spec, 42, times)
     assert first == decisions(spec, 42, times)
@@ -80,7 +82,7 @@ def test_same_seed_same_decisions_other_seed_other_decisions() -> None:
 
 
 def test_streams_are_independent_per_fault_port_and_role() -> None:
-    spec = FaultSpec(index=0, kind="reset", phase="payload", probability=0.5)
+    spec = FaultSpec.parse(0, kind="reset", phase="payload", probability=0.5)
     seqs = [
         [Trigger(spec, 7, port, role, 0.0).decide(1.0) for _ in range(64)]
         for port, role in ((1, "server"), (2, "server"), (1, "server#2"))
@@ -106,18 +108,18 @@ def test_derived_seed_does_not_depend_on_hash_randomisation() -> None:
 
 def test_probability_zero_and_one() -> None:
     times = [float(i) for i in range(50)]
-    assert not any(decisions(FaultSpec(index=0, kind="evict", probability=0.0), 1, times))
-    assert all(decisions(FaultSpec(index=0, kind="evict", probability=1.0), 1, times))
+    assert not any(decisions(FaultSpec.parse(0, kind="evict", probability=0.0), 1, times))
+    assert all(decisions(FaultSpec.parse(0, kind="evict", probability=1.0), 1, times))
 
 
 def test_window_bounds_decisions_relative_to_run_start() -> None:
-    spec = FaultSpec(index=0, kind="evict", window=(5.0, 8.0))
+    spec = FaultSpec.parse(0, kind="evict", window={"start": 5.0, "end": 8.0})
     got = decisions(spec, 1, [104.9, 105.0, 107.9, 108.0, 120.0], run_start=100.0)
     assert got == [False, True, True, False, False]
 
 
 def test_one_shot_fires_once_at_or_after_at() -> None:
-    spec = FaultSpec(index=0, kind="kill", target="server", at_s=10.0)
+    spec = FaultSpec.parse(0, kind="kill", target="server", at=10.0)
     got = decisions(spec, 1, [9.0, 9.99, 10.5, 11.0, 50.0])
     assert got == [False, False, True, False, False]
 
@@ -125,11 +127,11 @@ def test_one_shot_fires_once_at_or_after_at() -> None:
 def test_heal_switch_turns_everything_off() -> None:
     clock = Clock(0.0)
     switch = HealSwitch(heal_at=5.0, clock=clock)
-    trigger = Trigger(FaultSpec(index=0, kind="evict"), 1, PORT, "server", 0.0, switch)
+    trigger = Trigger(FaultSpec.parse(0, kind="evict"), 1, PORT, "server", 0.0, switch)
     assert trigger.decide(4.9)
     assert not trigger.decide(5.0)  # healed by time
     manual = HealSwitch()
-    trigger = Trigger(FaultSpec(index=1, kind="evict"), 1, PORT, "server", 0.0, manual)
+    trigger = Trigger(FaultSpec.parse(1, kind="evict"), 1, PORT, "server", 0.0, manual)
     assert trigger.decide(1.0)
     manual.heal()
     assert not trigger.active(1.0) and not trigger.decide(1.0)
@@ -140,30 +142,67 @@ def test_heal_switch_turns_everything_off() -> None:
     [
         ({"kind": "reset"}, "phase"),
         ({"kind": "reset", "phase": "bogus"}, "phase"),
-        ({"kind": "truncate", "phase": "commit"}, "status or payload"),
-        ({"kind": "stall", "probability": 1.5}, "probability"),
-        ({"kind": "stall", "window": (3.0, 2.0)}, "window"),
-        ({"kind": "stall", "window": (1.0, 2.0), "at_s": 1.0}, "either"),
+        ({"kind": "reset", "phase": "committed"}, "phase"),  # the scenario refuses it, so does a spec
+        ({"kind": "truncate", "phase": "commit"}, "phase"),
+        ({"kind": "stall", "delay": 1.0, "probability": 1.5}, "probability"),
+        ({"kind": "stall", "delay": 1.0, "window": {"start": 3.0, "end": 2.0}}, "after start"),
+        ({"kind": "stall", "delay": 1.0, "window": {"start": 1.0, "end": 2.0}, "at": 1.0}, "either"),
         ({"kind": "kill"}, "target"),
-        ({"kind": "stall", "target": "server"}, "target"),
+        ({"kind": "stall", "delay": 1.0, "target": "server"}, "target"),
         ({"kind": "kill", "target": "server", "ports": [1]}, "ports"),
         ({"kind": "delay_descriptor"}, "delay"),
-        ({"kind": "toxic"}, "chaos.proxy"),
-        ({"kind": "nonsense"}, "unknown"),
+        ({"kind": "nonsense"}, "nonsense"),
     ],
 )
-def test_spec_validation(fields: dict[str, Any], message: str) -> None:
+def test_spec_validation_is_the_scenario_models(fields: dict[str, Any], message: str) -> None:
+    """A spec is validated by the fault's scenario model and nothing else, so they cannot drift."""
     with pytest.raises(ValueError, match=message):
-        FaultSpec(index=0, **fields)
+        FaultSpec.parse(0, **fields)
 
 
-def test_layer_routing() -> None:
-    assert [layer_of(k) for k in ("stall", "toxic", "pause", "delay_descriptor")] == [
+def test_spec_is_a_view_of_the_model() -> None:
+    spec = FaultSpec.parse(2, kind="reset", phase="payload", window={"start": 1, "end": 3}, ports=[0, 2])
+    assert (spec.index, spec.kind, spec.layer, spec.side, spec.phase) == (
+        2,
+        "reset",
         "transport",
+        "server",
+        "payload",
+    )
+    assert spec.window == (1.0, 3.0) and spec.ports == (0, 2) and spec.probability == 1.0
+    assert spec.span(10.0) == (1.0, 3.0) and FaultSpec.parse(0, kind="evict", at=4).span(10.0) == (4.0, 10.0)
+
+
+def test_spec_travels_without_its_model_and_is_made_only_from_one() -> None:
+    """A server or consumer unpickles its wrapper's specs without loading pydantic."""
+    spec = FaultSpec.parse(1, kind="stall", delay=0.5, side="client", phase="commit")
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy == spec and copy.fault is None and spec.fault is not None and copy.layer == "transport"
+    assert set(dataclasses.asdict(spec)) == {  # the keys the bench's JSON has always had
+        *("index", "kind", "ports", "probability", "window", "at_s", "phase"),
+        *("delay_s", "duration_s", "target", "side"),
+    }
+    with pytest.raises(TypeError, match="scenario model"):
+        FaultSpec(1, "stall", None, 1.0, None, None, None, 0.5, None, None, "server")
+
+
+def test_layer_routing_reads_the_model() -> None:
+    assert [layer_of(k) for k in ("stall", "toxic", "partition", "pause", "delay_descriptor")] == [
+        "transport",
+        "network",
         "network",
         "process",
         "control",
     ]
+    assert kinds_of("process") == {"kill", "pause", "restart"}
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        layer_of("nonsense")
+
+
+def test_every_transport_kind_acts_on_each_side_it_may_fire_on() -> None:
+    """Each kind the model accepts on a side has its class there (and no class for a kind it refuses)."""
+    assert set(SERVER_KINDS) == kinds_of("transport")
+    assert set(CLIENT_KINDS) == {k for k in kinds_of("transport") if FAULT_KINDS[k].client_side}
 
 
 # -- transport faults against a fake Link --------------------------------------------------------
@@ -233,10 +272,10 @@ def sent_phases(fake: FakeLink) -> list[str]:
 
 
 def test_client_links_and_empty_fault_lists_are_left_alone() -> None:
-    wrapper, _, _ = wrapped(FaultSpec(index=0, kind="evict"))
+    wrapper, _, _ = wrapped(FaultSpec.parse(0, kind="evict"))
     client = FakeLink(role="client")
     assert wrapper(client) is client
-    plain, fake, _ = wrapped(FaultSpec(index=0, kind="kill", target="server"))
+    plain, fake, _ = wrapped(FaultSpec.parse(0, kind="kill", target="server"))
     assert plain(fake) is fake
 
 
@@ -247,11 +286,10 @@ def test_client_links_and_empty_fault_lists_are_left_alone() -> None:
         ("status", []),
         ("payload", ["status"]),
         ("commit", ["status", "payload"]),
-        ("committed", ["status", "payload"]),
     ],
 )
 async def test_reset_aborts_at_its_phase(phase: str, before: list[str]) -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=3, kind="reset", phase=phase))
+    wrapper, fake, events = wrapped(FaultSpec.parse(3, kind="reset", phase=phase))
     link = wrapper(fake)
     with pytest.raises(InjectedFaultError, match=f"reset at {phase}"):
         await serve_commit(link)
@@ -274,7 +312,7 @@ class PostingFakeLink(FakeLink):
 
 
 async def test_fault_free_attempts_post_through_and_faulty_ones_go_step_by_step() -> None:
-    quiet = FaultSpec(index=0, kind="reset", phase="status", probability=0.0)
+    quiet = FaultSpec.parse(0, kind="reset", phase="status", probability=0.0)
     wrapper, _, events = wrapped(quiet)
     fake = PostingFakeLink()
     link = wrapper(fake)
@@ -283,7 +321,7 @@ async def test_fault_free_attempts_post_through_and_faulty_ones_go_step_by_step(
     assert posted is not None and posted.done()  # chaos at probability 0 costs no step-by-step send
     assert sent_phases(fake) == ["status"] and events.of("fault") == []
 
-    wrapper, _, events = wrapped(FaultSpec(index=0, kind="reset", phase="status"))
+    wrapper, _, events = wrapped(FaultSpec.parse(0, kind="reset", phase="status"))
     fake = PostingFakeLink()
     link = wrapper(fake)
     await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
@@ -294,14 +332,14 @@ async def test_fault_free_attempts_post_through_and_faulty_ones_go_step_by_step(
 
 
 async def test_reset_at_commit_never_fires_in_single_chunk() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="reset", phase="commit"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="reset", phase="commit"))
     await serve_single_chunk(wrapper(fake))
     assert not fake.aborted and events.of("fault") == []
 
 
 @pytest.mark.parametrize("phase", ["status", "payload"])
 async def test_truncate_sends_a_short_message(phase: str) -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=1, kind="truncate", phase=phase))
+    wrapper, fake, events = wrapped(FaultSpec.parse(1, kind="truncate", phase=phase))
     await serve_commit(wrapper(fake))
     sizes = {str(p): n for p, n, _ in fake.sent}
     full = {"status": FRAME, "payload": PAYLOAD, "committed": FRAME}
@@ -311,7 +349,7 @@ async def test_truncate_sends_a_short_message(phase: str) -> None:
 
 @pytest.mark.parametrize("phase", ["status", "payload"])
 async def test_corrupt_flips_bytes_and_keeps_the_length(phase: str) -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=1, kind="corrupt", phase=phase))
+    wrapper, fake, events = wrapped(FaultSpec.parse(1, kind="corrupt", phase=phase))
     link = wrapper(fake)
     seen: dict[str, np.ndarray] = {}
 
@@ -331,7 +369,7 @@ async def test_corrupt_flips_bytes_and_keeps_the_length(phase: str) -> None:
 
 
 async def test_reset_at_resolve_aborts_before_the_resolved_reply() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="reset", phase="resolve"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="reset", phase="resolve"))
     link = wrapper(fake)
     await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
     with pytest.raises(ConnectionResetError):
@@ -340,7 +378,7 @@ async def test_reset_at_resolve_aborts_before_the_resolved_reply() -> None:
 
 
 async def test_truncate_default_phase_is_payload_and_bytes_buffers_work() -> None:
-    wrapper, fake, _ = wrapped(FaultSpec(index=1, kind="truncate"))
+    wrapper, fake, _ = wrapped(FaultSpec.parse(1, kind="truncate"))
     link = wrapper(fake)
     await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
     await link.send(bytes(FRAME), Phase.STATUS)
@@ -349,7 +387,7 @@ async def test_truncate_default_phase_is_payload_and_bytes_buffers_work() -> Non
 
 
 async def test_timeout_holds_the_status() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="timeout", delay_s=0.3))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="timeout", delay=0.3))
     start = time.monotonic()
     await serve_commit(wrapper(fake))
     status_at = fake.sent[0][2] - start
@@ -358,12 +396,12 @@ async def test_timeout_holds_the_status() -> None:
 
 
 async def test_timeout_default_delay_is_past_the_read_timeout() -> None:
-    wrapper, _, _ = wrapped(FaultSpec(index=0, kind="timeout"), read_timeout=0.2)
+    wrapper, _, _ = wrapped(FaultSpec.parse(0, kind="timeout"), read_timeout=0.2)
     assert wrapper.delay_for(wrapper.faults[0]) > 0.2
 
 
 async def test_stall_sends_status_then_holds_payload() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="stall", delay_s=0.3))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="stall", delay=0.3))
     start = time.monotonic()
     await serve_commit(wrapper(fake))
     (_, _, status_at), (_, _, payload_at) = fake.sent[0], fake.sent[1]
@@ -373,7 +411,7 @@ async def test_stall_sends_status_then_holds_payload() -> None:
 
 async def test_heal_cuts_a_hold_short_and_disarms_drawn_faults() -> None:
     wrapper, fake, events = wrapped(
-        FaultSpec(index=0, kind="stall", delay_s=30.0), FaultSpec(index=1, kind="drop_commit")
+        FaultSpec.parse(0, kind="stall", delay=30.0), FaultSpec.parse(1, kind="drop_commit")
     )
     task = asyncio.create_task(serve_commit(wrapper(fake)))
     await asyncio.sleep(0.1)
@@ -384,7 +422,7 @@ async def test_heal_cuts_a_hold_short_and_disarms_drawn_faults() -> None:
 
 
 async def test_evict_closes_after_a_served_commit_read() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=4, kind="evict"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(4, kind="evict"))
     link = wrapper(fake)
     await serve_commit(link)
     assert not fake.closed and events.of("fault") == []
@@ -397,7 +435,7 @@ async def test_evict_closes_after_a_served_commit_read() -> None:
 
 
 async def test_evict_after_single_chunk_payload() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="evict"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="evict"))
     link = wrapper(fake)
     await serve_single_chunk(link)
     with pytest.raises(ConnectionResetError):
@@ -406,7 +444,7 @@ async def test_evict_after_single_chunk_payload() -> None:
 
 
 async def test_evict_not_after_an_unserved_request() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="evict"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="evict"))
     link = wrapper(fake)
     await serve_resolve(link)  # a RESOLVE (no COMMIT) is not a served read
     await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
@@ -416,7 +454,7 @@ async def test_evict_not_after_an_unserved_request() -> None:
 
 
 async def test_drop_commit_swallows_committed_and_aborts() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=5, kind="drop_commit"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(5, kind="drop_commit"))
     with pytest.raises(ConnectionResetError, match="COMMITTED dropped"):
         await serve_commit(wrapper(fake))
     assert sent_phases(fake) == ["status", "payload"] and fake.received[-1] == Phase.COMMIT
@@ -427,13 +465,13 @@ async def test_drop_commit_swallows_committed_and_aborts() -> None:
 
 
 async def test_drop_commit_leaves_resolve_answers_alone() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=5, kind="drop_commit"))
+    wrapper, fake, events = wrapped(FaultSpec.parse(5, kind="drop_commit"))
     await serve_resolve(wrapper(fake))
     assert sent_phases(fake) == ["committed"] and events.of("fault") == []
 
 
 async def test_one_event_per_firing_over_many_requests_and_ports_filter() -> None:
-    wrapper, fake, events = wrapped(FaultSpec(index=0, kind="truncate", ports=[PORT]))
+    wrapper, fake, events = wrapped(FaultSpec.parse(0, kind="truncate", ports=[2]))  # PORT is index 2
     link = wrapper(fake)
     for _ in range(5):
         await serve_commit(link)
@@ -445,7 +483,7 @@ async def test_one_event_per_firing_over_many_requests_and_ports_filter() -> Non
 
 async def test_transport_decisions_reproduce_per_port() -> None:
     async def pattern(seed: int) -> list[int]:
-        wrapper, fake, _ = wrapped(FaultSpec(index=0, kind="truncate", probability=0.5), seed=seed)
+        wrapper, fake, _ = wrapped(FaultSpec.parse(0, kind="truncate", probability=0.5), seed=seed)
         link = wrapper(fake)
         for _ in range(40):
             await serve_commit(link)
@@ -459,7 +497,7 @@ async def test_transport_decisions_reproduce_per_port() -> None:
 
 async def test_one_shot_transport_fault_fires_once_per_port() -> None:
     events = Events()
-    wrapper = make_link_wrapper([FaultSpec(index=0, kind="truncate", at_s=0.0)], 1, events, time.time())
+    wrapper = make_link_wrapper([FaultSpec.parse(0, kind="truncate", at=0.0)], 1, events, time.time())
     a, b = FakeLink(PORT), FakeLink(PORT + 1)
     for link in (wrapper(a), wrapper(b)):
         for _ in range(3):
@@ -504,7 +542,7 @@ def process_faults(spec: FaultSpec, handle: SpawnedProcess, clock: Clock, **kw: 
 def test_kill_sends_sigkill(sleeper: SpawnedProcess) -> None:
     clock = Clock()
     pid = sleeper.pid
-    with process_faults(FaultSpec(index=2, kind="kill", target="server"), sleeper, clock) as faults:
+    with process_faults(FaultSpec.parse(2, kind="kill", target="server"), sleeper, clock) as faults:
         assert faults.tick() == [2]
         assert status(pid) in ("gone", psutil.STATUS_ZOMBIE)
         assert faults.tick() == []  # nothing left to kill
@@ -520,7 +558,7 @@ def test_kill_sends_sigkill(sleeper: SpawnedProcess) -> None:
 
 def test_pause_stops_then_continues_after_duration(sleeper: SpawnedProcess) -> None:
     clock = Clock()
-    spec = FaultSpec(index=0, kind="pause", target="server", duration_s=2.0, at_s=0.0)
+    spec = FaultSpec.parse(0, kind="pause", target="server", duration=2.0, at=0.0)
     with process_faults(spec, sleeper, clock) as faults:
         assert wait_for(lambda: status(sleeper.pid) == psutil.STATUS_SLEEPING)
         assert faults.tick() == [0]
@@ -536,7 +574,7 @@ def test_pause_stops_then_continues_after_duration(sleeper: SpawnedProcess) -> N
 
 def test_pause_is_bounded_and_heal_continues(sleeper: SpawnedProcess) -> None:
     clock = Clock()
-    spec = FaultSpec(index=0, kind="pause", target="server", duration_s=3600.0)
+    spec = FaultSpec.parse(0, kind="pause", target="server", duration=3600.0)
     with process_faults(spec, sleeper, clock, max_pause_s=5.0) as faults:
         faults.tick()
         assert wait_for(lambda: status(sleeper.pid) == psutil.STATUS_STOPPED)
@@ -548,7 +586,7 @@ def test_pause_is_bounded_and_heal_continues(sleeper: SpawnedProcess) -> None:
 
 def test_close_continues_a_paused_process(sleeper: SpawnedProcess) -> None:
     clock = Clock()
-    faults = process_faults(FaultSpec(index=0, kind="pause", target="server", duration_s=60), sleeper, clock)
+    faults = process_faults(FaultSpec.parse(0, kind="pause", target="server", duration=60), sleeper, clock)
     faults.tick()
     assert wait_for(lambda: status(sleeper.pid) == psutil.STATUS_STOPPED)
     faults.close()
@@ -558,7 +596,7 @@ def test_close_continues_a_paused_process(sleeper: SpawnedProcess) -> None:
 def test_restart_kills_and_starts_again(sleeper: SpawnedProcess) -> None:
     clock = Clock()
     old = sleeper.pid
-    with process_faults(FaultSpec(index=1, kind="restart", target="server"), sleeper, clock) as faults:
+    with process_faults(FaultSpec.parse(1, kind="restart", target="server"), sleeper, clock) as faults:
         assert faults.tick() == [1]
     assert sleeper.pid != old and sleeper.starts == 2
     assert status(old) == "gone"  # reaped by the handle's restart
@@ -571,23 +609,23 @@ def test_restart_kills_and_starts_again(sleeper: SpawnedProcess) -> None:
 
 def test_window_and_at_gate_process_faults(sleeper: SpawnedProcess) -> None:
     clock = Clock()
-    spec = FaultSpec(index=0, kind="pause", target="server", window=(5.0, 6.0), duration_s=0.0)
+    spec = FaultSpec.parse(0, kind="pause", target="server", window={"start": 5.0, "end": 6.0}, duration=0.01)
     with process_faults(spec, sleeper, clock) as faults:
         assert faults.tick(clock.now + 4.0) == []
         assert faults.tick(clock.now + 5.5) == [0]
-        assert faults.tick(clock.now + 5.6) == [0]  # resumed (duration 0) and paused again
+        assert faults.tick(clock.now + 5.6) == [0]  # resumed (after 10 ms) and paused again
         assert faults.tick(clock.now + 6.0) == []
 
 
 def test_unknown_target_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown targets"):
-        ProcessFaults([FaultSpec(index=0, kind="kill", target="nobody")], {}, 1, Events(), 0.0)
+        ProcessFaults([FaultSpec.parse(0, kind="kill", target="consumer-3")], {}, 1, Events(), 0.0)
 
 
 def test_timer_thread_fires_at_its_time(sleeper: SpawnedProcess) -> None:
     pid = sleeper.pid
     faults = ProcessFaults(
-        [FaultSpec(index=0, kind="kill", target="server", at_s=0.3)],
+        [FaultSpec.parse(0, kind="kill", target="server", at=0.3)],
         {"server": sleeper},
         1,
         Events(),
@@ -603,7 +641,7 @@ def test_timer_thread_fires_at_its_time(sleeper: SpawnedProcess) -> None:
 
 async def test_async_runner_stops_and_continues(sleeper: SpawnedProcess) -> None:
     faults = ProcessFaults(
-        [FaultSpec(index=0, kind="pause", target="server", duration_s=60)],
+        [FaultSpec.parse(0, kind="pause", target="server", duration=60)],
         {"server": sleeper},
         1,
         Events(),
@@ -626,8 +664,8 @@ def desc(slot: int, generation: int = 1) -> dict[str, Any]:
 
 def test_control_decisions_are_seeded() -> None:
     specs = [
-        FaultSpec(index=0, kind="duplicate_descriptor", probability=0.3),
-        FaultSpec(index=1, kind="delay_descriptor", probability=0.3, delay_s=2.0),
+        FaultSpec.parse(0, kind="duplicate_descriptor", probability=0.3),
+        FaultSpec.parse(1, kind="delay_descriptor", probability=0.3, delay=2.0),
     ]
 
     def run(seed: int) -> list[tuple[float, ...]]:
@@ -641,7 +679,7 @@ def test_control_decisions_are_seeded() -> None:
 
 def test_control_events_and_heal() -> None:
     events = Events()
-    control = ControlFaults([FaultSpec(index=7, kind="duplicate_descriptor")], 1, events, 0.0)
+    control = ControlFaults([FaultSpec.parse(7, kind="duplicate_descriptor")], 1, events, 0.0)
     assert control.decide("3:1", now=1.0).copies == 2
     assert events.of("fault") == [
         {
@@ -664,7 +702,7 @@ def queue_with(*specs: FaultSpec, clock: Clock, **kw: Any) -> DescriptorQueue:
 
 def test_duplicate_hands_one_descriptor_to_two_consumers() -> None:
     clock = Clock()
-    queue = queue_with(FaultSpec(index=0, kind="duplicate_descriptor"), clock=clock, twin_grace=5.0)
+    queue = queue_with(FaultSpec.parse(0, kind="duplicate_descriptor"), clock=clock, twin_grace=5.0)
     queue.publish(desc(1))
     a = queue.claim("a", 10)
     assert [d.duplicate for d in a] == [False]
@@ -676,7 +714,7 @@ def test_duplicate_hands_one_descriptor_to_two_consumers() -> None:
 
 def test_a_lone_consumer_gets_the_twin_after_the_grace() -> None:
     clock = Clock()
-    queue = queue_with(FaultSpec(index=0, kind="duplicate_descriptor"), clock=clock, twin_grace=1.0)
+    queue = queue_with(FaultSpec.parse(0, kind="duplicate_descriptor"), clock=clock, twin_grace=1.0)
     queue.publish(desc(1))
     assert len(queue.claim("a", 10)) == 1 and queue.claim("a", 10) == []
     clock.now += 1.0
@@ -685,7 +723,7 @@ def test_a_lone_consumer_gets_the_twin_after_the_grace() -> None:
 
 def test_delay_holds_the_descriptor() -> None:
     clock = Clock()
-    queue = queue_with(FaultSpec(index=0, kind="delay_descriptor", delay_s=3.0), clock=clock)
+    queue = queue_with(FaultSpec.parse(0, kind="delay_descriptor", delay=3.0), clock=clock)
     queue.publish(desc(1))
     assert queue.claim("a", 10) == []
     clock.now += 2.9
@@ -696,7 +734,7 @@ def test_delay_holds_the_descriptor() -> None:
 
 def test_heal_releases_held_descriptors() -> None:
     clock = Clock()
-    queue = queue_with(FaultSpec(index=0, kind="delay_descriptor", delay_s=60.0), clock=clock)
+    queue = queue_with(FaultSpec.parse(0, kind="delay_descriptor", delay=60.0), clock=clock)
     queue.publish(desc(1))
     queue.heal()
     assert len(queue.claim("a", 10)) == 1
@@ -799,11 +837,11 @@ def test_unclaim_puts_an_undelivered_handout_back_first() -> None:
     assert queue.snapshot().redelivered == 0
 
 
-async def test_ports_by_index_after_bind_ports_and_streams_keyed_by_index() -> None:
+async def test_ports_are_indexes_after_bind_ports_and_streams_keyed_by_index() -> None:
     def build(ports: list[int]) -> tuple[ChaosLinkWrapper, Events]:
         events = Events()
-        spec = FaultSpec(index=0, kind="truncate", ports=[1], probability=0.5)
-        wrapper = make_link_wrapper([spec], 3, events, time.time() - 1, ports_by_index=True)
+        spec = FaultSpec.parse(0, kind="truncate", ports=[1], probability=0.5)
+        wrapper = make_link_wrapper([spec], 3, events, time.time() - 1)
         wrapper.bind_ports(ports)
         return wrapper, events
 
@@ -846,7 +884,7 @@ async def serve_batch(link: Any, payloads: int) -> None:
 async def test_payload_faults_draw_again_for_every_payload_of_a_batch() -> None:
     """A truncate at 30% per payload hits single slots of a 16-payload batch (not all or none), and
     a later slot of the batch can be the one cut (e.g. the third)."""
-    wrapper, fake, events = wrapped(FaultSpec(index=1, kind="truncate", probability=0.3), seed=3)
+    wrapper, fake, events = wrapped(FaultSpec.parse(1, kind="truncate", probability=0.3), seed=3)
     link = wrapper(fake)
     cut_positions: list[int] = []
     for _ in range(20):
@@ -861,7 +899,7 @@ async def test_payload_faults_draw_again_for_every_payload_of_a_batch() -> None:
 
 async def test_inline_status_meets_both_status_and_payload_faults() -> None:
     wrapper, fake, events = wrapped(
-        FaultSpec(index=0, kind="timeout", delay_s=0.05), FaultSpec(index=1, kind="truncate", phase="payload")
+        FaultSpec.parse(0, kind="timeout", delay=0.05), FaultSpec.parse(1, kind="truncate", phase="payload")
     )
     link = wrapper(fake)
     await link.recv(np.zeros(FRAME, np.uint8), Phase.REQUEST)
@@ -906,8 +944,8 @@ async def client_resolve(link: Any) -> None:
 
 
 def test_each_side_wraps_only_its_own_links_with_its_own_faults() -> None:
-    client_reset = FaultSpec(index=0, kind="reset", phase="commit", side="client")
-    server_reset = FaultSpec(index=1, kind="reset", phase="commit")
+    client_reset = FaultSpec.parse(0, kind="reset", phase="commit", side="client")
+    server_reset = FaultSpec.parse(1, kind="reset", phase="commit")
     server, _, _ = wrapped(client_reset, server_reset)
     assert server.faults == [server_reset]
     client, _ = client_wrapped(client_reset, server_reset)
@@ -922,17 +960,17 @@ def test_each_side_wraps_only_its_own_links_with_its_own_faults() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"kind": "truncate", "side": "client"}, "side client applies only"),
-        ({"kind": "evict", "side": "client"}, "side client applies only"),
-        ({"kind": "stall", "side": "client"}, "needs phase"),
-        ({"kind": "stall", "side": "client", "phase": "payload"}, "needs phase"),
-        ({"kind": "reset", "side": "client", "phase": "committed"}, "needs phase"),
-        ({"kind": "reset", "side": "peer", "phase": "commit"}, "server or client"),
+        ({"kind": "truncate", "side": "client"}, "side client applies to"),
+        ({"kind": "evict", "side": "client"}, "side client applies to"),
+        ({"kind": "stall", "delay": 1.0, "side": "client"}, "needs phase"),
+        ({"kind": "stall", "delay": 1.0, "side": "client", "phase": "payload"}, "phase"),
+        ({"kind": "reset", "side": "client", "phase": "committed"}, "phase"),
+        ({"kind": "reset", "side": "peer", "phase": "commit"}, "server.*client"),
     ],
 )
 def test_client_side_spec_validation(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        FaultSpec(index=0, **fields)
+        FaultSpec.parse(0, **fields)
 
 
 @pytest.mark.parametrize(
@@ -948,7 +986,7 @@ def test_client_side_spec_validation(fields: dict[str, Any], message: str) -> No
 async def test_client_reset_aborts_its_own_endpoint_at_its_phase(
     phase: str, sent: list[str], received: list[str], run: Any
 ) -> None:
-    wrapper, events = client_wrapped(FaultSpec(index=3, kind="reset", phase=phase, side="client"))
+    wrapper, events = client_wrapped(FaultSpec.parse(3, kind="reset", phase=phase, side="client"))
     fake = FakeLink(role="client")
     link = wrapper(fake)
     with pytest.raises(InjectedFaultError, match=f"client reset at {phase}"):
@@ -970,7 +1008,7 @@ async def test_client_reset_aborts_its_own_endpoint_at_its_phase(
 
 async def test_client_reset_at_request_never_fires_on_a_resolve() -> None:
     """One decision per request; a drawn fault whose step the exchange never reaches does not fire."""
-    wrapper, events = client_wrapped(FaultSpec(index=0, kind="reset", phase="request", side="client"))
+    wrapper, events = client_wrapped(FaultSpec.parse(0, kind="reset", phase="request", side="client"))
     fake = FakeLink(role="client")
     await client_resolve(wrapper(fake))
     assert not fake.aborted and events.of("fault") == []
@@ -978,7 +1016,7 @@ async def test_client_reset_at_request_never_fires_on_a_resolve() -> None:
 
 async def test_client_timeout_holds_the_received_status_past_the_clients_bound() -> None:
     """The status arrived (the server answered in time); the client's own bound still fires."""
-    wrapper, events = client_wrapped(FaultSpec(index=0, kind="timeout", delay_s=5.0, side="client"))
+    wrapper, events = client_wrapped(FaultSpec.parse(0, kind="timeout", delay=5.0, side="client"))
     fake = FakeLink(role="client")
     started = time.monotonic()
     with pytest.raises(TimeoutError):
@@ -991,15 +1029,13 @@ async def test_client_timeout_holds_the_received_status_past_the_clients_bound()
 
 
 async def test_client_timeout_default_delay_is_past_the_read_timeout() -> None:
-    wrapper, _ = client_wrapped(FaultSpec(index=0, kind="timeout", side="client"), read_timeout=0.2)
+    wrapper, _ = client_wrapped(FaultSpec.parse(0, kind="timeout", side="client"), read_timeout=0.2)
     assert wrapper.delay_for(wrapper.faults[0]) > 0.2
 
 
 @pytest.mark.parametrize("phase", ["request", "commit"])
 async def test_client_stall_holds_the_send_at_its_phase(phase: str) -> None:
-    wrapper, events = client_wrapped(
-        FaultSpec(index=0, kind="stall", delay_s=0.3, phase=phase, side="client")
-    )
+    wrapper, events = client_wrapped(FaultSpec.parse(0, kind="stall", delay=0.3, phase=phase, side="client"))
     fake = FakeLink(role="client")
     started = time.monotonic()
     await client_read(wrapper(fake))
@@ -1010,7 +1046,7 @@ async def test_client_stall_holds_the_send_at_its_phase(phase: str) -> None:
 
 async def test_client_stall_at_resolve_holds_the_resolve() -> None:
     wrapper, events = client_wrapped(
-        FaultSpec(index=0, kind="stall", delay_s=0.3, phase="resolve", side="client")
+        FaultSpec.parse(0, kind="stall", delay=0.3, phase="resolve", side="client")
     )
     fake = FakeLink(role="client")
     started = time.monotonic()
@@ -1022,7 +1058,7 @@ async def test_client_stall_at_resolve_holds_the_resolve() -> None:
 
 async def test_client_heal_cuts_a_stall_short() -> None:
     wrapper, events = client_wrapped(
-        FaultSpec(index=0, kind="stall", delay_s=30.0, phase="commit", side="client")
+        FaultSpec.parse(0, kind="stall", delay=30.0, phase="commit", side="client")
     )
     task = asyncio.create_task(client_read(wrapper(FakeLink(role="client"))))
     await asyncio.sleep(0.1)
@@ -1033,7 +1069,7 @@ async def test_client_heal_cuts_a_stall_short() -> None:
 
 async def test_client_decisions_are_seeded_per_consumer_stream() -> None:
     """Same consumer, same seed: the same firings; another consumer draws its own stream."""
-    spec = FaultSpec(index=0, kind="reset", phase="request", side="client", probability=0.5)
+    spec = FaultSpec.parse(0, kind="reset", phase="request", side="client", probability=0.5)
 
     async def firings(stream: str) -> list[bool]:
         wrapper, _ = client_wrapped(spec, stream=stream)

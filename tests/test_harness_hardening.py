@@ -114,7 +114,7 @@ def test_process_faults_never_signal_a_reused_pid() -> None:
         victim.proc._create_time = older  # type: ignore[attr-defined]
         victim.proc._ident = (victim.proc.pid, older)  # type: ignore[attr-defined]
         faults = ProcessFaults(
-            [FaultSpec(index=0, kind="kill", target="server")], {"server": victim}, 1, Events(), 0.0
+            [FaultSpec.parse(0, kind="kill", target="server")], {"server": victim}, 1, Events(), 0.0
         )
         assert faults.tick(time.time()) == [], "a process that is not the handle's is left alone"
         time.sleep(0.3)

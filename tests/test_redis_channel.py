@@ -113,8 +113,10 @@ def test_visibility_timeout_redelivers_a_stuck_consumers_entries(server: RedisSe
 def test_control_faults_add_the_entry_twice_and_late(server: RedisServer) -> None:
     now = time.time()
     specs = [
-        FaultSpec(index=0, kind="duplicate_descriptor", probability=1.0, window=(0.0, 1.0)),
-        FaultSpec(index=1, kind="delay_descriptor", probability=1.0, delay_s=0.5, window=(1.0, 2.0)),
+        FaultSpec.parse(0, kind="duplicate_descriptor", probability=1.0, window={"start": 0.0, "end": 1.0}),
+        FaultSpec.parse(
+            1, kind="delay_descriptor", probability=1.0, delay=0.5, window={"start": 1.0, "end": 2.0}
+        ),
     ]
     control = ControlFaults(specs, seed=1, events=NullSink(), run_start=now)
     queue = queue_for(server, control=control)

@@ -772,7 +772,7 @@ class SharedRing:
                 self._signal_freed()
                 return True
             self._bump(_LATE)
-            log.debug("ring %s: late legacy finalise ignored: slot %d is not READING", self.name, slot)
+            log.debug("ring %s: late single-chunk finalise ignored: slot %d is not READING", self.name, slot)
             return False
         finally:
             self._exit(slot)

@@ -45,14 +45,18 @@ def chaos_off_options() -> dict[str, object]:
     the price of the seam and the per-request draw when chaos is configured but quiet."""
     from chaos.faults.base import FaultSpec
 
-    kinds = {"reset": "payload", "truncate": "payload", "timeout": None, "stall": None, "evict": None}
-    faults = [
-        FaultSpec(index=i, kind=kind, probability=0.0, phase=phase, delay_s=1.0 if kind == "stall" else None)
-        for i, (kind, phase) in enumerate([*kinds.items(), ("drop_commit", None)])
+    kinds = [
+        {"kind": "reset", "phase": "payload"},
+        {"kind": "truncate", "phase": "payload"},
+        {"kind": "timeout"},
+        {"kind": "stall", "delay": 1.0},
+        {"kind": "evict"},
+        {"kind": "drop_commit"},
     ]
+    faults = [FaultSpec.parse(i, probability=0.0, **fields) for i, fields in enumerate(kinds)]
     return {
         "link_wrapper": "chaos.faults.transport:make_link_wrapper",
-        "link_wrapper_args": {"faults": faults, "seed": 0, "run_start": 0.0, "ports_by_index": True},
+        "link_wrapper_args": {"faults": faults, "seed": 0, "run_start": 0.0},
     }
 
 

@@ -1,29 +1,16 @@
 """Transport-, process- and control-layer faults, each a small type behind one seeded interface.
 
-The network layer (a Toxiproxy-compatible proxy per port) lives in `chaos.proxy`.
+What a fault is (its kind, fields, rules and layer) is its class in `chaos.scenario.model`; this package
+decides when it fires (`Trigger`) and makes it act. The network layer (a Toxiproxy-compatible proxy
+per port) lives in `chaos.proxy`, the kernel faults between simulated hosts in `chaos.hosts`.
 """
 
-from chaos.faults.base import (
-    CONTROL_KINDS,
-    NETWORK_KINDS,
-    PROCESS_KINDS,
-    TRANSPORT_KINDS,
-    FaultSpec,
-    HealSwitch,
-    Trigger,
-    derive_rng,
-    derive_seed,
-    layer_of,
-)
+from chaos.faults.base import FaultSpec, HealSwitch, Trigger, derive_rng, derive_seed
 from chaos.faults.control import ControlFaults, Handout
 from chaos.faults.process import ProcessFaults, ProcessHandle
 from chaos.faults.transport import ChaosLink, ChaosLinkWrapper, InjectedFaultError, make_link_wrapper
 
 __all__ = [
-    "CONTROL_KINDS",
-    "NETWORK_KINDS",
-    "PROCESS_KINDS",
-    "TRANSPORT_KINDS",
     "ChaosLink",
     "ChaosLinkWrapper",
     "ControlFaults",
@@ -36,6 +23,5 @@ __all__ = [
     "Trigger",
     "derive_rng",
     "derive_seed",
-    "layer_of",
     "make_link_wrapper",
 ]

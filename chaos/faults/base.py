@@ -1,4 +1,4 @@
-"""What every fault shares: a plain spec, a heal switch and seeded, reproducible firing decisions.
+"""What every fault shares: a view of its scenario model, a heal switch, seeded firing decisions.
 
 Modelled on Toxiproxy's toxics: each fault kind is a small type behind one interface, and *when* a
 fault fires is decided here, once, the same way for every layer. A decision comes from a
@@ -14,126 +14,91 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from transport.link import Phase
 
-TRANSPORT_KINDS = frozenset({"reset", "truncate", "corrupt", "timeout", "stall", "evict", "drop_commit"})
-PROCESS_KINDS = frozenset({"kill", "pause", "restart"})
-CONTROL_KINDS = frozenset({"duplicate_descriptor", "delay_descriptor"})
-# built by chaos.proxy and chaos.hosts, listed here only for routing
-KERNEL_KINDS = frozenset({"partition", "loss", "reject", "bandwidth", "flap"})
-NETWORK_KINDS = frozenset({"toxic", "down"}) | KERNEL_KINDS
+if TYPE_CHECKING:  # at run time only `parse` needs the model: every role imports this module
+    from pydantic import TypeAdapter
 
-RESET_PHASES = frozenset(
-    {Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.COMMITTED, Phase.RESOLVE}
-)
-TRUNCATE_PHASES = frozenset({Phase.STATUS, Phase.PAYLOAD})
-# Client-side faults act on the consumer's own link (chaos.faults.transport.ClientChaosLink): only the
-# kinds a client can do to itself. A client cannot truncate or corrupt what the server sends, evict its
-# own endpoint or drop a reply the server never sent; those stay server-side.
-CLIENT_KINDS = frozenset({"reset", "timeout", "stall"})
-CLIENT_RESET_PHASES = frozenset({Phase.REQUEST, Phase.STATUS, Phase.PAYLOAD, Phase.COMMIT, Phase.RESOLVE})
-# A client-side stall pauses the client before one of its own sends.
-CLIENT_STALL_PHASES = frozenset({Phase.REQUEST, Phase.COMMIT, Phase.RESOLVE})
+    from chaos.scenario.model import Fault
+
 SIDES = ("server", "client")
 
 Clock = Callable[[], float]
 
 
-def layer_of(kind: str) -> str:
-    """`transport`, `network`, `process` or `control`: which module runs a fault of this kind."""
-    for layer, kinds in (
-        ("transport", TRANSPORT_KINDS),
-        ("network", NETWORK_KINDS),
-        ("process", PROCESS_KINDS),
-        ("control", CONTROL_KINDS),
-    ):
-        if kind in kinds:
-            return layer
-    raise ValueError(f"unknown fault kind {kind!r}")
-
-
-@dataclass
+@dataclass(frozen=True)
 class FaultSpec:
-    """One configured fault, already parsed (seconds, real port numbers).
+    """One configured fault as the fault layers read it: its position and its fields, derived from its model.
 
-    `index` is the fault's position in the scenario (what `fault` events report). `ports` are real
-    port numbers, None = every port (indexes into the server's port list instead for a transport
-    wrapper built with `ports_by_index=True`). `window` is `(start_s, end_s)` and `at_s` a one-shot
-    time, both relative to the run start; at most one is set, neither = the whole fault phase.
-    `probability` is per request (transport), per descriptor (control) or per tick (process).
-    Kind fields: `phase` (reset: where; truncate and corrupt: `status` or `payload`, default `payload`;
-    a client-side stall: before which send), `delay_s` (timeout, stall, delay_descriptor),
-    `duration_s` (pause), `target` (process faults). `side` says whose link a transport fault acts
-    on: `server` (default) or `client` (the consumer's own link; reset, timeout and stall only).
+    A view, not a second definition: a spec is made only from a validated scenario model (`of`, or
+    `parse` for a fault's YAML fields), so nothing here can accept what a scenario refuses, and every
+    field and rule of a kind lives in its pydantic class (`chaos/scenario/model.py`). The fields are
+    the model's in the layers' units: `index` is the fault's position in the scenario (what `fault`
+    events report); `ports` are port indexes into the server's port list, None = every port; `window`
+    is `(start_s, end_s)` and `at_s` a one-shot time, both relative to the start of the fault phase
+    (at most one is set, neither = the whole fault phase); `phase` is a `Phase`. `fault` is the model
+    itself, for what only one layer reads (a toxic, a host link); it stays in this process: a pickled
+    spec (a server's or consumer's wrapper arguments) carries the derived fields only, so a role
+    process needs no pydantic to read it.
     """
 
     index: int
     kind: str
-    ports: list[int] | None = None
-    probability: float = 1.0
-    window: tuple[float, float] | None = None
-    at_s: float | None = None
-    phase: str | None = None
-    delay_s: float | None = None
-    duration_s: float | None = None
-    target: str | None = None
-    side: str = "server"
+    ports: tuple[int, ...] | None
+    probability: float
+    window: tuple[float, float] | None
+    at_s: float | None
+    phase: Phase | None
+    delay_s: float | None
+    duration_s: float | None
+    target: str | None
+    side: str
+    model: InitVar[Fault | None] = None
+    # `layer` and `fault` are attributes, not fields: `asdict` (the bench's JSON) keeps its keys.
+    if TYPE_CHECKING:
+        layer: str
+        fault: Fault | None
 
-    def __post_init__(self) -> None:
-        where = f"fault {self.index} ({self.kind})"
-        layer = layer_of(self.kind)
-        if layer == "network":
-            raise ValueError(f"{where}: network faults are run by chaos.proxy, not chaos.faults")
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError(f"{where}: probability {self.probability} not in [0, 1]")
-        if self.window is not None:
-            start, end = self.window
-            if not 0 <= start < end:
-                raise ValueError(f"{where}: window {self.window} needs 0 <= start < end")
-            self.window = (float(start), float(end))
-        if self.window is not None and self.at_s is not None:
-            raise ValueError(f"{where}: give either window or at, not both")
-        if self.at_s is not None and self.at_s < 0:
-            raise ValueError(f"{where}: at {self.at_s} is negative")
-        for name in ("delay_s", "duration_s"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{where}: {name} {value} is negative")
-        if self.side not in SIDES:
-            raise ValueError(f"{where}: side must be server or client, got {self.side!r}")
-        if self.side == "client" and self.kind not in CLIENT_KINDS:
-            raise ValueError(f"{where}: side client applies only to {sorted(CLIENT_KINDS)}")
-        if self.side == "client" and self.kind in ("reset", "stall"):
-            phases = CLIENT_RESET_PHASES if self.kind == "reset" else CLIENT_STALL_PHASES
-            if self.phase is None or self.phase not in phases:
-                raise ValueError(
-                    f"{where}: a client-side {self.kind} needs phase in {sorted(phases)}, got {self.phase!r}"
-                )
-            self.phase = Phase(self.phase)
-        elif self.kind == "reset":
-            if self.phase is None or self.phase not in RESET_PHASES:
-                raise ValueError(f"{where}: phase must be one of {sorted(RESET_PHASES)}, got {self.phase!r}")
-            self.phase = Phase(self.phase)
-        elif self.kind in ("truncate", "corrupt"):
-            self.phase = Phase(self.phase or Phase.PAYLOAD)
-            if self.phase not in TRUNCATE_PHASES:
-                raise ValueError(f"{where}: phase must be status or payload, got {self.phase!r}")
-        elif self.phase is not None:
-            raise ValueError(f"{where}: phase only applies to reset, truncate and corrupt")
-        if layer == "process" and not self.target:
-            raise ValueError(f"{where}: a process fault needs a target")
-        if layer != "process" and self.target is not None:
-            raise ValueError(f"{where}: target only applies to process faults")
-        if layer != "transport" and self.ports is not None:
-            raise ValueError(f"{where}: ports only apply to transport faults")
-        if self.kind == "delay_descriptor" and self.delay_s is None:
-            raise ValueError(f"{where}: delay_descriptor needs a delay")
+    def __post_init__(self, model: Fault | None) -> None:
+        if model is None:  # unpickling does not come here
+            raise TypeError("a FaultSpec is made from its scenario model: FaultSpec.of or FaultSpec.parse")
+        object.__setattr__(self, "fault", model)
+        object.__setattr__(self, "layer", type(model).layer)
 
-    @property
-    def layer(self) -> str:
-        return layer_of(self.kind)
+    @classmethod
+    def of(cls, index: int, fault: Fault) -> FaultSpec:
+        """The view of scenario fault number `index`."""
+        ports = getattr(fault, "ports", None)
+        window = getattr(fault, "window", None)
+        phase = getattr(fault, "phase", None)
+        return cls(
+            index=index,
+            kind=fault.kind,
+            ports=None if ports is None else tuple(ports),
+            probability=getattr(fault, "probability", 1.0),  # per request, descriptor or tick
+            window=None if window is None else (window.start, window.end),
+            at_s=getattr(fault, "at", None),
+            phase=None if phase is None else Phase(phase),
+            delay_s=getattr(fault, "delay", None),
+            duration_s=getattr(fault, "duration", None),
+            target=getattr(fault, "target", None),
+            side=getattr(fault, "side", "server"),
+            model=fault,
+        )
+
+    @classmethod
+    def parse(cls, index: int, **fields: Any) -> FaultSpec:
+        """A spec from a scenario's fault fields (`kind`, `phase`, `delay`, `window: {start, end}`, ...),
+        validated by the model; raises `ValueError` (pydantic's `ValidationError`) like a scenario would."""
+        return cls.of(index, _fault_adapter().validate_python(fields))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its model (see the class docstring)."""
+        return {**self.__dict__, "fault": None}
 
     @property
     def one_shot(self) -> bool:
@@ -149,6 +114,24 @@ class FaultSpec:
         if self.window is not None:
             return self.window[0] <= elapsed < self.window[1]
         return True
+
+    def span(self, duration: float) -> tuple[float, float]:
+        """When a scheduled (network) fault is on, in seconds of a fault phase of `duration`: its window,
+        from `at` to the end, or the whole phase; the same times `in_time` answers for."""
+        if self.window is not None:
+            return self.window
+        return (self.at_s if self.at_s is not None else 0.0), duration
+
+
+@cache
+def _fault_adapter() -> TypeAdapter[Fault]:
+    """The scenario's `Fault` union as a validator, built on first use (pydantic is the harness's
+    dependency: a role process that never parses a fault does not load it)."""
+    from pydantic import TypeAdapter
+
+    from chaos.scenario.model import Fault
+
+    return TypeAdapter(Fault)
 
 
 class HealSwitch:

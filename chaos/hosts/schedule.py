@@ -14,13 +14,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chaos.hosts import netns
 from chaos.hosts.fabric import Fabric
 from chaos.hosts.faults import KernelFault, KernelFaults
 from chaos.hosts.links import HostLinks, link_name
 from transport.events import EventSink
+
+if TYPE_CHECKING:
+    from chaos.faults.base import FaultSpec
 
 NO_REDIRECT_ENV = "SLOTWIRE_NO_REDIRECT"  # set to 1: toxics are configured but no TPROXY rule (self-test)
 
@@ -42,18 +45,12 @@ class _Item:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _span(fault: Any, duration: float) -> tuple[float, float]:
-    if fault.window is not None:
-        return fault.window.start, fault.window.end
-    return (fault.at if fault.at is not None else 0.0), duration
-
-
 class HostNetwork:
     def __init__(
         self,
         run_id: str,
         hosts: list[str],
-        faults: list[tuple[int, Any]],
+        faults: list[FaultSpec],
         duration: float,
         seed: int,
         events: EventSink,
@@ -76,7 +73,7 @@ class HostNetwork:
                 f"skipped: needs CAP_NET_ADMIN (cannot build network namespaces: {exc})"
             ) from exc
         try:
-            proxied = [f for _, f in self._faults if f.kind in ("toxic", "down")]
+            proxied = [s.fault for s in self._faults if not s.fault.by_kernel]
             if proxied:
                 pairs = [tuple(f.between) for f in proxied]
                 redirect = os.environ.get(NO_REDIRECT_ENV, "") not in ("1", "true", "yes")
@@ -84,10 +81,11 @@ class HostNetwork:
                     self.fabric, seed=self._seed, intercept=pairs, redirect=redirect
                 ).start()
             self.kernel = KernelFaults(self.fabric)
-            for index, fault in self._faults:
-                start, end = _span(fault, self._duration)
-                item = _Item(index, fault.kind, start, end, fault)
-                if fault.kind not in ("toxic", "down"):
+            for spec in self._faults:
+                start, end = spec.span(self._duration)
+                fault = spec.fault
+                item = _Item(spec.index, spec.kind, start, end, fault)
+                if fault.by_kernel:
                     item.kernel = self.kernel.make(
                         fault.kind,
                         between=fault.between,
@@ -95,7 +93,7 @@ class HostNetwork:
                         probability=getattr(fault, "probability", 1.0),
                         rate=getattr(fault, "rate", 0.0),
                         period=getattr(fault, "period", 1.0),
-                        tag=f"slotwire-fault{index}",
+                        tag=f"slotwire-fault{spec.index}",
                     )
                 self._items.append(item)
         except BaseException:

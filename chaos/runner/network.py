@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chaos.faults.base import FaultSpec
 from chaos.proxy.control import ProxyController
 from transport.events import EventSink
 
@@ -29,20 +30,19 @@ class _Scheduled:
 
 class NetworkFaults:
     def __init__(
-        self, faults: list[Any], duration: float, proxies: ProxyController, events: EventSink
+        self, faults: list[FaultSpec], duration: float, proxies: ProxyController, events: EventSink
     ) -> None:
+        """`faults`: the scenario's; the proxied network ones (not the kernel's) are scheduled here."""
         self.proxies = proxies
         self.events = events
         self._items: list[_Scheduled] = []
-        for index, fault in enumerate(faults):
-            if fault.kind not in ("toxic", "down"):
+        for spec in faults:
+            if spec.layer != "network" or spec.fault.by_kernel:
                 continue
-            if fault.window is not None:
-                start, end = fault.window.start, fault.window.end
-            else:
-                start, end = (fault.at if fault.at is not None else 0.0), duration
-            toxic = fault.toxic.model_dump() if fault.kind == "toxic" else None
-            self._items.append(_Scheduled(index, fault.kind, list(fault.ports), start, end, toxic))
+            start, end = spec.span(duration)
+            toxic = getattr(spec.fault, "toxic", None)
+            dumped = None if toxic is None else toxic.model_dump()
+            self._items.append(_Scheduled(spec.index, spec.kind, list(spec.ports or ()), start, end, dumped))
 
     def __bool__(self) -> bool:
         return bool(self._items)

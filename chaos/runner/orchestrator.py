@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from chaos.channel import ChannelFailedError, ChannelServer, DescriptorQueue, emit_published
 from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
-from chaos.faults.base import FaultSpec, layer_of
+from chaos.faults.base import FaultSpec
 from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults, process_handle
 from chaos.history import read_history
@@ -158,28 +158,15 @@ def resolve_target(target: str, consumers: int, seed: int) -> str:
 
 
 def fault_specs(scenario: Scenario, seed: int) -> list[FaultSpec]:
-    """Scenario faults -> chaos.faults specs (transport ports stay indexes: `ports_by_index=True`)."""
+    """Every scenario fault as the fault layers read it (each layer keeps its own), a `consumer`
+    target resolved to the consumer the run's seed picks. Ports stay indexes."""
     specs = []
     for index, fault in enumerate(scenario.faults):
-        if layer_of(fault.kind) == "network":
-            continue
-        window = getattr(fault, "window", None)
         target = getattr(fault, "target", None)
-        specs.append(
-            FaultSpec(
-                index=index,
-                kind=fault.kind,
-                ports=list(fault.ports) if layer_of(fault.kind) == "transport" else None,
-                probability=getattr(fault, "probability", 1.0),
-                window=(window.start, window.end) if window is not None else None,
-                at_s=getattr(fault, "at", None),
-                phase=getattr(fault, "phase", None),
-                delay_s=getattr(fault, "delay", None),
-                duration_s=getattr(fault, "duration", None),
-                target=resolve_target(target, scenario.consumers.count, seed) if target else None,
-                side=getattr(fault, "side", "server"),
-            )
-        )
+        if target is not None:
+            target = resolve_target(target, scenario.consumers.count, seed)
+            fault = fault.model_copy(update={"target": target})
+        specs.append(FaultSpec.of(index, fault))
     return specs
 
 
@@ -187,26 +174,24 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
     """The checker's view of a scenario; `port_numbers` are the ports descriptors advertise (the
     proxies' under network faults), which is what client events report."""
     faults = []
-    for index, fault in enumerate(scenario.faults):
-        window = getattr(fault, "window", None)
-        target = getattr(fault, "target", None)
-        ports = getattr(fault, "ports", None)
-        toxic = getattr(fault, "toxic", None)
+    for spec in fault_specs(scenario, seed):
+        toxic = getattr(spec.fault, "toxic", None)
         faults.append(
             FaultRef(
-                index=index,
-                kind=fault.kind,
-                ports=tuple(ports) if ports is not None else None,
-                target=resolve_target(target, scenario.consumers.count, seed) if target else None,
-                window=(window.start, window.end) if window is not None else None,
-                at_s=getattr(fault, "at", None),
-                delay_s=getattr(fault, "delay", None),
-                duration_s=getattr(fault, "duration", None),
+                index=spec.index,
+                kind=spec.kind,
+                layer=spec.layer,
+                ports=spec.ports,
+                target=spec.target,
+                window=spec.window,
+                at_s=spec.at_s,
+                delay_s=spec.delay_s,
+                duration_s=spec.duration_s,
                 toxic=toxic.type if toxic is not None else None,
                 policy=scenario.ring.policy,
-                host_link=bool(getattr(fault, "between", None) or getattr(fault, "isolate", None)),
-                side=getattr(fault, "side", "server"),
-                phase=getattr(fault, "phase", None),
+                host_link=bool(getattr(spec.fault, "between", None) or getattr(spec.fault, "isolate", None)),
+                side=spec.side,
+                phase=None if spec.phase is None else str(spec.phase),
             )
         )
     e = scenario.expect
@@ -250,10 +235,9 @@ def server_options(
         "events_path": str(events_path),
         "link_wrapper": "chaos.faults.transport:make_link_wrapper" if has_transport else None,
         "link_wrapper_args": {
-            "faults": specs,
+            "faults": [s for s in specs if s.layer == "transport" and s.side == "server"],
             "seed": seed,
             "run_start": run_start,
-            "ports_by_index": True,
             "read_timeout": sc.consumers.read_timeout,
             "heal_at": run_start + sc.duration,
         }
@@ -276,7 +260,6 @@ def client_link_wrapper_args(
         "seed": seed,
         "run_start": run_start,
         "port_index": {port: index for index, port in enumerate(advertised)},
-        "ports_by_index": True,
         "read_timeout": sc.consumers.read_timeout,
         "heal_at": run_start + sc.duration,
         "side": "client",
@@ -594,14 +577,15 @@ class ScenarioRun:
         if placement is None:
             return verdict
         refs = []
-        for i, f in enumerate(sc.faults):
-            if layer_of(f.kind) != "network":
+        for spec in fault_specs(sc, self.seed):
+            if spec.layer != "network":
                 continue
+            f = spec.fault
             toxic = getattr(f, "toxic", None)
             refs.append(
                 NetFaultRef(
-                    index=i,
-                    kind=f.kind,
+                    index=spec.index,
+                    kind=spec.kind,
                     affected=affected_consumers(placement, f.between, getattr(f, "isolate", None)),
                     toxic_type=toxic.type if toxic is not None else None,
                     attributes=toxic.attributes.model_dump() if toxic is not None else None,
@@ -645,15 +629,15 @@ class ScenarioRun:
         self._step("close the runner event log", events.close)
         self._check_entrypoint()
         # The simulated network first: building it takes a while, and must not eat the startup budget.
-        hostnet = self._start_hosts(events)
-        ring = self._create_ring()
         specs = fault_specs(sc, self.seed)
+        hostnet = self._start_hosts(events, specs)
+        ring = self._create_ring()
         run_start = time.time() + STARTUP_S
         server, server_ports, lease = self._start_server(ring, specs, run_start, hostnet)
         # Without transport or control faults nothing fixed the clock yet: it starts once every role
         # is up (below), so slow process starts on a loaded box do not eat the fault phase.
         movable_clock = not any(s.layer in ("transport", "control") for s in specs)
-        network, advertised = self._start_proxies(server_ports, events, hostnet)
+        network, advertised = self._start_proxies(server_ports, events, hostnet, specs)
         control = ControlFaults(specs, self.seed, events, run_start, heal_at=run_start + sc.duration)
         redis_server = self._start_redis() if sc.channel == "redis" else None
         channel = ChannelServer(self._queue(events, control)).start()
@@ -687,14 +671,14 @@ class ScenarioRun:
             except (ImportError, AttributeError, TypeError) as exc:
                 raise HarnessError(str(exc)) from exc
 
-    def _start_hosts(self, events: JsonlSink) -> HostNetwork | None:
+    def _start_hosts(self, events: JsonlSink, specs: list[FaultSpec]) -> HostNetwork | None:
         """The simulated hosts and their links (host mode only), with the kernel faults they carry."""
         sc = self.scenario
         if sc.placement() is None:
             return None
         from chaos.hosts.schedule import HostNetwork
 
-        net_faults = [(i, f) for i, f in enumerate(sc.faults) if layer_of(f.kind) == "network"]
+        net_faults = [s for s in specs if s.layer == "network"]
         run_id = f"{self.run_dir.parent.name}.{self.run_dir.name}"
         register_kind("netns", exists=netns.exists, remove=netns.remove)
         track = functools.partial(self.cleanup.track, "netns")
@@ -733,12 +717,12 @@ class ScenarioRun:
         return None if hostnet is None or placement is None else hostnet.fabric.host(placement[role])
 
     def _start_proxies(
-        self, server_ports: list[int], events: JsonlSink, hostnet: HostNetwork | None
+        self, server_ports: list[int], events: JsonlSink, hostnet: HostNetwork | None, specs: list[FaultSpec]
     ) -> tuple[NetworkFaults | None, list[int]]:
         """Port mode's network faults: a proxy in front of each server port. Returns the network fault
         driver (None without network faults or in host mode) and the ports consumers are given."""
         sc = self.scenario
-        if hostnet is not None or not any(layer_of(f.kind) == "network" for f in sc.faults):
+        if hostnet is not None or not any(s.layer == "network" for s in specs):
             return None, list(server_ports)
         from chaos.proxy.control import ProxyController
 
@@ -748,7 +732,7 @@ class ScenarioRun:
         if self.toxiproxy_url is None:  # our own listeners: verified closed at the end
             for port in (proxies.api_port, *advertised):
                 self.cleanup.track("port", port_id(port))
-        network = NetworkFaults(list(sc.faults), sc.duration, proxies, events)
+        network = NetworkFaults([s for s in specs if s.layer == "network"], sc.duration, proxies, events)
         self._step("heal network faults", network.heal)
         return network, advertised
 

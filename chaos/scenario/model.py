@@ -329,9 +329,18 @@ Toxic = Annotated[
 
 
 class _Fault(_Model):
-    """What every fault has: its `kind` and when it is active (`window`, `at`, or neither = always)."""
+    """What every fault has: its `kind` and when it is active (`window`, `at`, or neither = always).
+
+    The class is the one definition of a kind: its fields and rules here, its `layer` (which part of
+    the harness runs it: transport, network, process or control) as a class attribute read by the
+    runner, the fault layers and the reports through `layer_of`. `by_kernel` marks the network kinds the
+    simulated hosts' kernel runs (not a proxy); `client_side` the transport kinds a consumer can do to
+    its own link (`side: client`).
+    """
 
     layer: ClassVar[str]
+    by_kernel: ClassVar[bool] = False
+    client_side: ClassVar[bool] = False
     kind: str
 
     @model_validator(mode="after")
@@ -364,10 +373,18 @@ class _TransportFault(_PortFault):
     at: Duration | None = None
     side: Literal["server", "client"] = "server"
 
+    @model_validator(mode="after")
+    def _client_side(self) -> _TransportFault:
+        if self.side == "client" and not self.client_side:
+            kinds = "reset, timeout and stall"  # the kinds with client_side = True, in the docs' order
+            raise LocatedErrors([(("side",), f"side client applies to {kinds}, not {self.kind}")])
+        return self
+
 
 class ResetFault(_TransportFault):
     """Abort the endpoint at `phase`."""
 
+    client_side: ClassVar[bool] = True
     kind: Literal["reset"]
     phase: Literal["request", "status", "payload", "commit", "resolve"]
 
@@ -389,6 +406,7 @@ class CorruptFault(_TransportFault):
 class TimeoutFault(_TransportFault):
     """Reply only after `delay` seconds (filled in by `Scenario`: past the consumers' read timeout)."""
 
+    client_side: ClassVar[bool] = True
     kind: Literal["timeout"]
     delay: PositiveDuration | None = None
 
@@ -397,9 +415,20 @@ class StallFault(_TransportFault):
     """Server side: send the status, then hold the payload for `delay` seconds. Client side: hold the
     client before it sends at `phase` (request, commit or resolve), a paused consumer."""
 
+    client_side: ClassVar[bool] = True
     kind: Literal["stall"]
     delay: PositiveDuration
     phase: Literal["request", "commit", "resolve"] | None = None
+
+    @model_validator(mode="after")
+    def _phase_by_side(self) -> StallFault:
+        if self.side == "client" and self.phase is None:
+            raise LocatedErrors([(("phase",), "a client-side stall needs phase: request, commit or resolve")])
+        if self.side == "server" and self.phase is not None:
+            raise LocatedErrors(
+                [(("phase",), "a server-side stall holds the payload: phase needs side client")]
+            )
+        return self
 
 
 class EvictFault(_TransportFault):
@@ -440,6 +469,7 @@ class _KernelFault(_Fault):
     """A fault in the fabric's kernel, on every packet `between` two hosts or to and from `isolate`."""
 
     layer: ClassVar[str] = "network"
+    by_kernel: ClassVar[bool] = True
     window: Window | None = None
     at: Duration | None = None
     between: list[str] | None = Field(None, min_length=2, max_length=2)
@@ -558,6 +588,19 @@ FAULT_KINDS: dict[str, type[_Fault]] = {
     get_args(cls.model_fields["kind"].annotation)[0]: cls for cls in get_args(get_args(Fault)[0])
 }
 """Fault class per `kind`; `FAULT_KINDS[kind].layer` is transport, network, process or control."""
+
+
+def layer_of(kind: str) -> str:
+    """`transport`, `network`, `process` or `control`: the part of the harness that runs `kind`."""
+    cls = FAULT_KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown fault kind {kind!r}")
+    return cls.layer
+
+
+def kinds_of(layer: str) -> frozenset[str]:
+    """Every kind of one layer (see `layer_of`)."""
+    return frozenset(kind for kind, cls in FAULT_KINDS.items() if cls.layer == layer)
 
 
 def _faults_fired(value: Any) -> Any:
@@ -747,7 +790,6 @@ class Scenario(_Model):
                     problems.append(
                         (("ports", j), f"port index {port} out of range: server.ports is {self.server.ports}")
                     )
-        problems.extend(self._check_side(fault))
         window: Window | None = getattr(fault, "window", None)
         at: float | None = getattr(fault, "at", None)
         phase = f"the fault phase (duration {format_duration(self.duration)})"
@@ -786,20 +828,6 @@ class Scenario(_Model):
                     )
                 )
         return problems
-
-    @staticmethod
-    def _check_side(fault: _Fault) -> list[tuple[Loc, str]]:
-        """`side: client` only where the consumer can do it to its own link (reset, timeout, stall);
-        a client-side stall names the send it holds, a server-side one holds the payload (no phase)."""
-        side = getattr(fault, "side", "server")
-        if side == "client" and fault.kind not in ("reset", "timeout", "stall"):
-            return [(("side",), f"side client applies to reset, timeout and stall, not {fault.kind}")]
-        if isinstance(fault, StallFault):
-            if side == "client" and fault.phase is None:
-                return [(("phase",), "a client-side stall needs phase: request, commit or resolve")]
-            if side == "server" and fault.phase is not None:
-                return [(("phase",), "a server-side stall holds the payload: phase needs side client")]
-        return []
 
     @property
     def source(self) -> Path | None:

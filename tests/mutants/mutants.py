@@ -411,13 +411,13 @@ def reset_fault_inert() -> None:
     Breaks: a fault counts when it changed an outcome (DESIGN.md §3). The reset still "fires" (its
     `fault` events are all there) but is off the data path: `ineffective` names it.
     """
-    from chaos.faults.transport import ChaosLink
+    from chaos.faults.transport import Reset
 
-    def _reset(self: ChaosLink, spec: Any, phase: Any) -> None:
+    async def act(self: Reset, link: Any, step: Any, buf: Any) -> Any:
         ran()
-        self._fire(spec, phase)  # mutant: counted, not acted
+        return buf  # mutant: its `fault` event is recorded, the endpoint is not aborted
 
-    patch(ChaosLink, "_reset", _reset)
+    patch(Reset, "act", act)
 
 
 # -- checker (caught by its unit tests: a lax checker is invisible on a correct transport) -----------
