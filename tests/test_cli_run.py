@@ -80,6 +80,15 @@ def test_passing_run_writes_every_report_and_replays(tmp_path: Path) -> None:
     fired = {(f["index"], f["port"]) for f in sc["verdict"]["faults_fired"]}
     assert fired == {(0, 0), (0, 1)}, "the reset fired on both ports"
     assert "quick-pass" in done.stdout and "passed" in done.stdout
+    # The fault clock waited for the roles (on a loaded box they start late), and nothing fired before it.
+    run = out / "quick-pass"
+    start = float((run / "fault-start").read_text())
+    runner_events = [json.loads(line) for line in (run / "events" / "runner.jsonl").read_text().splitlines()]
+    [roles_up] = [e["t"] for e in runner_events if e["type"] == "roles_up"]
+    assert start >= roles_up + 0.9, (start, roles_up)
+    server_events = [json.loads(line) for line in (run / "events" / "server.jsonl").read_text().splitlines()]
+    fault_times = [e["t"] for e in server_events if e["type"] == "fault"]
+    assert fault_times and min(fault_times) >= start
 
     again = chaos("replay", str(out / "results.json"), "--out", str(tmp_path / "replay"))
     assert again.returncode == 0, again.stdout + again.stderr

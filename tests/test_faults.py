@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from chaos.faults import (
     derive_seed,
     make_link_wrapper,
 )
+from chaos.faults.base import read_start, write_start
 from chaos.faults.transport import CLIENT_KINDS, SERVER_KINDS, ChaosLinkWrapper
 from chaos.scenario.model import FAULT_KINDS, kinds_of, layer_of
 from transport.link import Phase, SteppedLink
@@ -1097,3 +1099,37 @@ def test_request_keys_decode_single_and_batch_requests() -> None:
     )
     assert request_keys(batch.request_message()) == ["1:4", "2:6"]
     assert request_keys(b"junk") == []
+
+
+def test_a_wrapper_without_a_start_fires_nothing_until_the_runner_writes_it(tmp_path: Path) -> None:
+    """The runner fixes the fault phase once every role is up; a server up before that must not fire,
+    must fire once the start file is there, and must heal `duration` after the written start."""
+    start_file = tmp_path / "fault-start"
+    now = [1000.0]
+    wrapper = make_link_wrapper(
+        [FaultSpec.parse(0, kind="reset", phase="request")],
+        1,
+        Events(),
+        None,
+        port_index={PORT: 0},
+        start_file=str(start_file),
+        duration=5.0,
+        clock=lambda: now[0],
+    )
+    assert wrapper.draw(PORT) == [] and wrapper.run_start is None  # no file yet: not started
+    write_start(start_file, 1010.0)
+    assert read_start(start_file) == 1010.0
+    now[0] = 1011.0
+    assert [f.kind for f in wrapper.draw(PORT)] == ["reset"]  # inside the phase: fires
+    now[0] = 1015.0
+    assert wrapper.draw(PORT) == [] and wrapper.healed  # start + duration: healed
+    with pytest.raises(ValueError, match="start_file and duration"):
+        make_link_wrapper([], 1, Events(), None)
+
+
+def test_control_faults_wait_for_their_start() -> None:
+    control = ControlFaults([FaultSpec.parse(0, kind="duplicate_descriptor")], 1, Events(), None)
+    assert control.decide("k", now=50.0).faults == ()  # not started: nothing fires
+    control.start(run_start=100.0, heal_at=110.0)
+    assert control.decide("k", now=101.0).faults == (0,)
+    assert control.decide("k", now=111.0).faults == ()

@@ -10,12 +10,14 @@ with the same seed, in every process.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transport.link import Phase
@@ -158,6 +160,23 @@ class HealSwitch:
         return False
 
 
+def write_start(path: str | os.PathLike[str], run_start: float) -> None:
+    """The runner fixes the fault phase's start once every role is up: written whole, then renamed, so a
+    reader in another process never sees half a number."""
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(repr(run_start))
+    os.replace(partial, target)
+
+
+def read_start(path: str | os.PathLike[str]) -> float | None:
+    """The start `write_start` wrote (None until it has)."""
+    try:
+        return float(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable 64-bit seed for one decision stream (independent of PYTHONHASHSEED and process)."""
     digest = hashlib.blake2b(repr((int(seed), *parts)).encode(), digest_size=8).digest()
@@ -182,9 +201,10 @@ class Trigger:
         seed: int,
         stream: object,
         role: str,
-        run_start: float,
+        run_start: float | None,
         switch: HealSwitch | None = None,
     ) -> None:
+        """`run_start` None: the fault phase has not started yet (nothing is active until it is set)."""
         self.spec = spec
         self.run_start = run_start
         self.switch = switch or HealSwitch()
@@ -193,7 +213,7 @@ class Trigger:
         self.hits = 0
 
     def active(self, now: float) -> bool:
-        if self.spent or self.switch.healed(now):
+        if self.run_start is None or self.spent or self.switch.healed(now):
             return False
         return self.spec.in_time(now - self.run_start)
 

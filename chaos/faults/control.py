@@ -43,17 +43,25 @@ class ControlFaults:
         faults: Iterable[FaultSpec],
         seed: int,
         events: EventSink,
-        run_start: float,
+        run_start: float | None,
         *,
         heal_at: float | None = None,
         clock: Clock = time.time,
     ) -> None:
+        """`run_start` None: nothing fires until `start` fixes the fault phase (the runner knows it only
+        once every role is up, after the channel is already serving)."""
         self.faults = [f for f in faults if f.layer == "control"]
         self.events = events
         self.clock = clock
         self.switch = HealSwitch(heal_at, clock)
         self.triggers = [Trigger(f, seed, "channel", "control", run_start, self.switch) for f in self.faults]
         self.fired: Counter[int] = Counter()
+
+    def start(self, run_start: float, heal_at: float) -> None:
+        """The fault phase runs from `run_start` to `heal_at` (wall clock)."""
+        self.switch.heal_at = heal_at
+        for trigger in self.triggers:
+            trigger.run_start = run_start
 
     def heal(self) -> None:
         self.switch.heal()

@@ -70,7 +70,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from chaos.faults.base import SIDES, Clock, FaultSpec, HealSwitch, Trigger
+from chaos.faults.base import SIDES, Clock, FaultSpec, HealSwitch, Trigger, read_start
 from transport import protocol as proto
 from transport.events import EventSink
 from transport.link import Link, Phase, SteppedLink
@@ -302,7 +302,9 @@ class ChaosLinkWrapper:
 
     `faults` may hold every layer's specs; only the transport faults of its `side` are used (the other
     side's links pass through unchanged). `run_start` and `heal_at` are `clock()` (wall-clock) times so
-    every process of a run agrees on the windows. `port_index` maps a real port to its index in the
+    every process of a run agrees on the windows; a runner that fixes the start only once every role is
+    up passes `run_start=None` with the `start_file` it will write and the phase's `duration` (nothing
+    fires before). `port_index` maps a real port to its index in the
     server's list (what events report, what `FaultSpec.ports` names and what keys the seeded streams;
     the real port if absent); `transport.serve` also sets it through `bind_ports` once the listeners
     are up. `stream` names the process in the RNG key: give a restarted server a new one (`server#2`)
@@ -317,7 +319,7 @@ class ChaosLinkWrapper:
         faults: Iterable[FaultSpec],
         seed: int,
         events: EventSink,
-        run_start: float,
+        run_start: float | None,
         *,
         port_index: dict[int, int] | None = None,
         read_timeout: float = 2.0,
@@ -325,6 +327,8 @@ class ChaosLinkWrapper:
         stream: str = "server",
         clock: Clock = time.time,
         side: str = "server",
+        start_file: str | None = None,
+        duration: float | None = None,
     ) -> None:
         if side not in SIDES:
             raise ValueError(f"side must be server or client, got {side!r}")
@@ -334,6 +338,10 @@ class ChaosLinkWrapper:
         self.seed = seed
         self.events = events
         self.run_start = run_start
+        if run_start is None and (start_file is None or duration is None):
+            raise ValueError("without run_start, give start_file and duration (the runner writes the start)")
+        self._start_file = start_file
+        self._duration = duration
         self.port_index = dict(port_index or {})
         from chaos.scenario.model import (
             TIMEOUT_DELAY_FACTOR,  # here: importing chaos.faults loads no pydantic
@@ -366,6 +374,8 @@ class ChaosLinkWrapper:
     def draw(self, port: int) -> list[TransportFault]:
         """The one firing decision: one draw per applicable fault for a request that just arrived on
         `port` (its window, one-shot time and probability); the kinds that hit act on the exchange."""
+        if self.run_start is None and not self._learn_start():
+            return []  # the fault phase has not started: the runner is still waiting for the roles
         now = self.clock()
         index = self.port_index.get(port, port)
         hits: list[TransportFault] = []
@@ -381,6 +391,17 @@ class ChaosLinkWrapper:
             if trigger.decide(now):
                 hits.append(fault)
         return hits
+
+    def _learn_start(self) -> bool:
+        """Read the fault phase's start from the runner's file, once it is there (a stat per request
+        until then); the heal time follows from the phase's duration."""
+        assert self._start_file is not None and self._duration is not None
+        start = read_start(self._start_file)
+        if start is None:
+            return False
+        self.switch.heal_at = start + self._duration
+        self.run_start = start
+        return True
 
     def record(self, spec: FaultSpec, port: int, phase: Phase | None, keys: list[str] | None = None) -> None:
         """One `fault` event per firing; a client firing also names the keys its exchange carried."""

@@ -1,7 +1,8 @@
 """Run one scenario: start the processes, inject faults, heal, drain, check, clean up.
 
-Timeline (wall clock, shared by every process): `run_start` is a little after launch so every process
-is up before the fault phase; faults act in `[run_start, run_start + duration)`; then the producer stops,
+Timeline (wall clock, shared by every process): `run_start` is one second after every role has started
+(at the earliest STARTUP_S after launch), written to `<run dir>/fault-start` for the fault wrappers in
+the server and consumers; faults act in `[run_start, run_start + duration)`; then the producer stops,
 every fault heals (a killed server is restarted) and consumers drain the channel for at most
 `drain_timeout`. A watchdog enforces the scenario's `deadline`: past it, every process's stacks are
 dumped into the run directory and the run is judged a harness error (exit 3).
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from chaos.channel import ChannelFailedError, ChannelServer, DescriptorQueue, emit_published
 from chaos.checker import CheckSpec, Expectations, FaultRef, Verdict, check
-from chaos.faults.base import FaultSpec
+from chaos.faults.base import FaultSpec, write_start
 from chaos.faults.control import ControlFaults
 from chaos.faults.process import ProcessFaults, process_handle
 from chaos.history import read_history
@@ -223,8 +224,18 @@ def check_spec(scenario: Scenario, seed: int, port_numbers: list[int]) -> CheckS
     )
 
 
+FaultStart = float | Path  # a fixed start time, or the file the runner writes it to once the roles are up
+
+
+def _clock_args(start: FaultStart, duration: float) -> dict[str, Any]:
+    """How a fault wrapper in another process learns the fault phase: a fixed time, or the start file."""
+    if isinstance(start, Path):
+        return {"run_start": None, "start_file": str(start), "duration": duration}
+    return {"run_start": start, "heal_at": start + duration}
+
+
 def server_options(
-    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: float, events_path: Path
+    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: FaultStart, events_path: Path
 ) -> dict[str, Any]:
     """`ServerConfig` fields for a scenario's server: timeouts, its event log and, when the scenario
     has transport faults, the fault wrapper on its links (active from `run_start` for `duration`)."""
@@ -237,9 +248,8 @@ def server_options(
         "link_wrapper_args": {
             "faults": [s for s in specs if s.layer == "transport" and s.side == "server"],
             "seed": seed,
-            "run_start": run_start,
             "read_timeout": sc.consumers.read_timeout,
-            "heal_at": run_start + sc.duration,
+            **_clock_args(run_start, sc.duration),
         }
         if has_transport
         else {},
@@ -247,7 +257,7 @@ def server_options(
 
 
 def client_link_wrapper_args(
-    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: float, advertised: list[int]
+    sc: Scenario, specs: list[FaultSpec], seed: int, run_start: FaultStart, advertised: list[int]
 ) -> dict[str, Any] | None:
     """`ChaosLinkWrapper` arguments for a consumer's own links when the scenario has client-side
     transport faults (None otherwise: no wrapper, no cost). Consumers see the advertised port numbers,
@@ -258,11 +268,10 @@ def client_link_wrapper_args(
     return {
         "faults": client,
         "seed": seed,
-        "run_start": run_start,
         "port_index": {port: index for index, port in enumerate(advertised)},
         "read_timeout": sc.consumers.read_timeout,
-        "heal_at": run_start + sc.duration,
         "side": "client",
+        **_clock_args(run_start, sc.duration),
     }
 
 
@@ -386,7 +395,7 @@ class _RoleWiring:
     channel: ChannelServer
     advertised: list[int]
     specs: list[FaultSpec]
-    run_start: float
+    run_start: FaultStart  # the start file: the clock starts once every role is up
     hostnet: HostNetwork | None
 
 
@@ -632,13 +641,14 @@ class ScenarioRun:
         specs = fault_specs(sc, self.seed)
         hostnet = self._start_hosts(events, specs)
         ring = self._create_ring()
-        run_start = time.time() + STARTUP_S
-        server, server_ports, lease = self._start_server(ring, specs, run_start, hostnet)
-        # Without transport or control faults nothing fixed the clock yet: it starts once every role
-        # is up (below), so slow process starts on a loaded box do not eat the fault phase.
-        movable_clock = not any(s.layer in ("transport", "control") for s in specs)
+        earliest = time.time() + STARTUP_S
+        # Every fault clock starts once every role is up (and not before STARTUP_S): processes in other
+        # processes read it from this file, the channel's control faults are told, the producer waits on
+        # a shared value. So a slow start on a loaded box delays the fault phase instead of eating it.
+        start_file = self.run_dir / "fault-start"
+        server, server_ports, lease = self._start_server(ring, specs, start_file, hostnet)
         network, advertised = self._start_proxies(server_ports, events, hostnet, specs)
-        control = ControlFaults(specs, self.seed, events, run_start, heal_at=run_start + sc.duration)
+        control = ControlFaults(specs, self.seed, events, None)
         redis_server = self._start_redis() if sc.channel == "redis" else None
         channel = ChannelServer(self._queue(events, control)).start()
         self._step("stop the channel", channel.stop)
@@ -646,16 +656,18 @@ class ScenarioRun:
         stop_consuming = SPAWN.Event()
         self._step("tell consumers to stop", stop_consuming.set)
         handles: dict[str, Any] = {"server": server}
-        roles = _RoleWiring(channel, advertised, specs, run_start, hostnet)
+        roles = _RoleWiring(channel, advertised, specs, start_file, hostnet)
         handles.update(self._consumer_handles(roles, lease, stop_consuming))
-        start_at = SPAWN.Value("d", 0.0 if movable_clock else run_start, lock=False)
+        start_at = SPAWN.Value("d", 0.0, lock=False)
         handles["producer"] = self._producer_handle(roles, ring, start_at, stop_producing)
         self._start_roles(handles, redis_server, specs)
-        if movable_clock:
-            up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
-            run_start = max(run_start, up + 1.0)
-            start_at.value = run_start
+        up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
+        events.emit("roles_up", waited_s=round(up - (earliest - STARTUP_S), 3))
+        run_start = max(earliest, up + 1.0)
         heal_at = run_start + sc.duration
+        write_start(start_file, run_start)
+        control.start(run_start, heal_at)
+        start_at.value = run_start
         process_faults = ProcessFaults(specs, handles, self.seed, events, run_start, heal_at=heal_at)
         self._step("close process faults", process_faults.close)
         return _Live(
@@ -695,7 +707,7 @@ class ScenarioRun:
         return ring
 
     def _start_server(
-        self, ring: SharedRing, specs: list[FaultSpec], run_start: float, hostnet: HostNetwork | None
+        self, ring: SharedRing, specs: list[FaultSpec], run_start: FaultStart, hostnet: HostNetwork | None
     ) -> tuple[ServerHandle, list[int], float]:
         """The producer's server process (in its host under host mode): its handle, ports and lease."""
         sc = self.scenario
