@@ -1,0 +1,203 @@
+"""`chaos explore` without UCX: the generator, the shrinker and the finding classification are pure."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chaos.explore.classify import finding_class, finding_kinds, reproduces
+from chaos.explore.generate import KERNEL_KINDS, SINGLE_HOST_KINDS, Space, scenarios
+from chaos.explore.shrink import Outcome, rerun, shrink
+from chaos.scenario.model import Scenario
+
+
+def _valid(data: dict[str, Any]) -> bool:
+    try:
+        Scenario.from_dict(data)
+    except Exception:
+        return False
+    return True
+
+
+# -- generator -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(min_value=0, max_value=2**32), protocol=st.sampled_from(["commit", "single-chunk"]))
+def test_every_generated_scenario_validates_with_the_validate_model(seed: int, protocol: str) -> None:
+    for data in itertools.islice(scenarios(seed, Space(protocol=protocol)), 3):
+        scenario = Scenario.from_dict(data)  # raises ScenarioError naming the field otherwise
+        assert scenario.protocol == protocol
+        assert scenario.hosts is None and not scenario.warnings()
+        assert 1 <= scenario.consumers.count <= 3
+        assert 5.0 <= scenario.duration <= 10.0
+        assert scenario.deadline is not None and scenario.deadline <= scenario.duration + 60.0
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**32))
+def test_host_mode_generates_valid_host_scenarios(seed: int) -> None:
+    for data in itertools.islice(scenarios(seed, Space(hosts=True)), 3):
+        assert Scenario.from_dict(data).hosts == "default"
+
+
+def test_same_seed_same_sequence_other_seed_other_sequence() -> None:
+    first = list(itertools.islice(scenarios(42), 20))
+    assert first == list(itertools.islice(scenarios(42), 20))
+    assert first != list(itertools.islice(scenarios(43), 20))
+    assert len({repr(s) for s in first}) == 20  # the sequence moves on
+
+
+def test_swarm_switches_random_subsets_of_kinds_on_per_run() -> None:
+    runs = list(itertools.islice(scenarios(1), 300))
+    kinds_per_run = [frozenset(f["kind"] for f in s["faults"]) for s in runs]
+    seen = Counter(k for kinds in kinds_per_run for k in kinds)
+    assert set(seen) == set(SINGLE_HOST_KINDS)  # every kind of the grammar is reached ...
+    assert not set(seen) & set(KERNEL_KINDS)  # ... but no kernel kind without --hosts
+    assert len(set(kinds_per_run)) > 100  # ... in many different combinations ...
+    assert max(len(k) for k in kinds_per_run) <= 5  # ... a few per run, never all at once
+    assert sum(1 for s in runs if s["faults"]) > 250
+    host_runs = itertools.islice(scenarios(1, Space(hosts=True)), 300)
+    host_kinds = {f["kind"] for s in host_runs for f in s["faults"]}
+    assert set(KERNEL_KINDS) <= host_kinds
+
+
+def test_parameters_vary_across_runs() -> None:
+    runs = list(itertools.islice(scenarios(5), 200))
+    for path in (("consumers", "count"), ("server", "ports"), ("ring", "policy"), ("consumers", "batch")):
+        values = {s[path[0]][path[1]] for s in runs}
+        assert len(values) > 1, path
+    assert len({s["producer"]["rate"] for s in runs}) > 20
+    assert {"window", "at"} <= {k for s in runs for f in s["faults"] for k in f}
+
+
+# -- shrinker --------------------------------------------------------------------------------------
+
+
+def _generated(min_faults: int) -> dict[str, Any]:
+    return next(s for s in scenarios(3) if len(s["faults"]) >= min_faults)
+
+
+class FakeJudge:
+    """Fails while every one of `needed` faults is in the candidate (unchanged); counts its calls."""
+
+    def __init__(self, needed: list[dict[str, Any]]) -> None:
+        self.needed = needed
+        self.calls = 0
+
+    def __call__(self, candidate: dict[str, Any]) -> Outcome:
+        self.calls += 1
+        assert _valid(candidate), "the shrinker judged a candidate the schema rejects"
+        present = all(f in candidate["faults"] for f in self.needed)
+        return "failed" if present else "passed"
+
+
+def test_shrinks_to_exactly_the_one_fault_that_fails() -> None:
+    original = _generated(4)
+    target = original["faults"][2]
+    judge = FakeJudge([target])
+    result = shrink(original, judge, valid=_valid)
+    assert result.scenario["faults"] == [target]
+    assert result.reproduced and not result.flaky and result.stopped is None
+    assert judge.calls == len(result.trail) > 2
+    assert result.trail[0].stage == "confirm" and result.trail[-1].kept is not None
+    assert _valid(result.scenario)
+
+
+def test_shrinks_to_exactly_the_two_faults_that_fail_together() -> None:
+    original = _generated(5)
+    pair = [original["faults"][0], original["faults"][3]]
+    result = shrink(original, FakeJudge(pair), valid=_valid)
+    assert result.scenario["faults"] == pair
+
+
+def test_fields_shrink_toward_the_simplest_value() -> None:
+    original = _generated(1)
+    original["consumers"]["count"] = 3
+    original["server"]["ports"] = 4
+    original["faults"] = [{"kind": "drop_commit", "ports": [1, 2, 3], "probability": 0.2}]
+    original["producer"]["rate"] = 300.0
+
+    def judge(candidate: dict[str, Any]) -> Outcome:  # the bug needs a drop_commit on port 2
+        hit = any(f["kind"] == "drop_commit" and 2 in f["ports"] for f in candidate["faults"])
+        return "failed" if hit else "passed"
+
+    result = shrink(original, judge, valid=_valid)
+    sc = result.scenario
+    assert sc["faults"] == [{"kind": "drop_commit", "ports": [2], "probability": 0.2}]
+    assert sc["server"]["ports"] == 3 and sc["consumers"]["count"] == 1 and sc["consumers"]["batch"] == 1
+    assert sc["producer"]["rate"] == 10.0 and sc["duration"] == 3.0
+    kept = [s.change for s in result.trail if s.kept and s.stage == "fields"]
+    assert any(c.startswith("fault 0: ports") for c in kept), kept
+
+
+def test_a_failure_that_needs_no_fault_shrinks_to_an_empty_schedule() -> None:
+    result = shrink(_generated(3), lambda c: "failed", valid=_valid)
+    assert result.scenario["faults"] == []
+
+
+def test_flaky_failure_is_reported_flaky() -> None:
+    """The judge reruns: a run that fails only every other time is `flaky`, and so is the result."""
+    original = _generated(3)
+    target = original["faults"][1]
+    calls = itertools.count()
+
+    def run_once(candidate: dict[str, Any]) -> bool:  # fails on odd calls only, with the fault
+        return target in candidate["faults"] and next(calls) % 2 == 1
+
+    result = shrink(original, rerun(run_once, 3), valid=_valid)
+    assert result.flaky and result.reproduced
+    assert result.scenario["faults"] == [target]
+    assert {s.outcome for s in result.trail} >= {"flaky"}
+
+
+def test_a_failure_that_does_not_reproduce_is_flaky_and_not_shrunk() -> None:
+    original = _generated(3)
+    result = shrink(original, rerun(lambda c: False, 2), valid=_valid)
+    assert not result.reproduced and result.flaky
+    assert result.scenario == original and len(result.trail) == 1
+
+
+def test_budget_stops_the_shrink_with_a_failing_scenario() -> None:
+    original = _generated(5)
+    judge = FakeJudge([original["faults"][0]])
+    result = shrink(original, judge, valid=_valid, stop=lambda: judge.calls >= 3)
+    assert result.stopped == "budget" and judge.calls == 3
+    assert original["faults"][0] in result.scenario["faults"]
+
+
+def test_rerun_semantics() -> None:
+    assert rerun(lambda c: True, 3)({}) == "failed"
+    assert rerun(lambda c: False, 3)({}) == "passed"
+    runs = iter([False, False, True])
+    assert rerun(lambda c: next(runs), 3)({}) == "flaky"
+    with pytest.raises(ValueError):
+        rerun(lambda c: True, 0)
+
+
+# -- classification --------------------------------------------------------------------------------
+
+LOST = "lost: 3 > 0 (slots 1:1)"
+SLOW = "recovery: fault 0 (kill) no delivery after 3.00s"
+INEFFECTIVE = "ineffective: fault 0 (reset) fired 3 times and changed nothing: x"
+
+
+def test_safety_is_a_finding_liveness_only_without_safety_only_coverage_never() -> None:
+    assert finding_class([LOST, SLOW], safety_only=False) == "safety"
+    assert finding_class([SLOW], safety_only=False) == "liveness"
+    assert finding_class([SLOW], safety_only=True) is None
+    assert finding_class([INEFFECTIVE, "vacuous: nothing was published"], safety_only=False) is None
+    assert finding_class([], safety_only=False) is None
+    assert finding_kinds([LOST, SLOW, "fencing: 2 > 0"], safety_only=False) == {"lost", "fencing"}
+
+
+def test_a_candidate_reproduces_only_the_same_kind() -> None:
+    kinds = finding_kinds([LOST], safety_only=True)
+    assert reproduces(kinds, ["lost: 1 > 0 (slots 2:1)"], safety_only=True)
+    assert not reproduces(kinds, ["duplicated: 1 > 0"], safety_only=True)
+    assert not reproduces(kinds, [SLOW], safety_only=False)
