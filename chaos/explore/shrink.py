@@ -35,6 +35,10 @@ MIN_RATE = 10.0
 MIN_PAYLOAD = 1024
 
 
+class Interrupted(Exception):
+    """Raised by a judge that was stopped mid-run (Ctrl-C): shrinking ends with the best so far."""
+
+
 def rerun(run_once: Callable[[dict[str, Any]], bool], times: int) -> Judge:
     """A judge from a single run (`True` = it failed): up to `times` runs, stopping at the first
     failure. Failed on the first run = `failed`; only on a later one = `flaky`; never = `passed`."""
@@ -76,8 +80,9 @@ class Step:
 class ShrinkResult:
     """The smallest failing scenario found, how it got there, and whether its failure is flaky.
 
-    `reproduced` False: the confirmation run passed, `scenario` is the original, `flaky` is True.
-    `stopped`: why shrinking ended early (the budget), None when it ran to completion.
+    `reproduced` False: the confirmation did not fail, `scenario` is the original, `flaky` is True
+    (unless it was never judged: stopped before or during the confirmation).
+    `stopped`: why shrinking ended early (`budget` or `interrupted`), None when it ran to completion.
     """
 
     scenario: dict[str, Any]
@@ -135,13 +140,21 @@ class _Search:
         self.trail: list[Step] = []
         self.last_outcome: Outcome = "failed"
         self._rejected: set[str] = set()  # candidates already judged passing: never run twice
+        self.interrupted = False
+
+    def stopped(self) -> bool:
+        return self.interrupted or self.stop()
 
     def try_(self, candidate: dict[str, Any], stage: Stage, change: str) -> bool:
         """Judge `candidate` (if the schema accepts it); True when it still fails."""
         key = json.dumps(candidate, sort_keys=True)
-        if key in self._rejected or not self.valid(candidate):
+        if self.stopped() or key in self._rejected or not self.valid(candidate):
             return False
-        outcome = self.judge(candidate)
+        try:
+            outcome = self.judge(candidate)
+        except Interrupted:
+            self.interrupted = True
+            return False
         kept = outcome in REPRODUCES
         if not kept:
             self._rejected.add(key)
@@ -162,16 +175,22 @@ def shrink(
     `stop` is asked before every candidate (True: the budget is spent, return the best so far)."""
     search = _Search(judge, valid, stop)
     if not search.try_(deepcopy(scenario), "confirm", "re-run the failing scenario"):
-        return ShrinkResult(deepcopy(scenario), search.trail, flaky=True, reproduced=False)
+        stopped = _why_stopped(search)
+        return ShrinkResult(
+            deepcopy(scenario), search.trail, flaky=stopped is None, reproduced=False, stopped=stopped
+        )
     current = _ddmin_faults(deepcopy(scenario), search)
-    if not stop():
+    if not search.stopped():
         current = _shrink_fields(current, search)
     return ShrinkResult(
-        current,
-        search.trail,
-        flaky=search.last_outcome == "flaky",
-        stopped="budget" if stop() else None,
+        current, search.trail, flaky=search.last_outcome == "flaky", stopped=_why_stopped(search)
     )
+
+
+def _why_stopped(search: _Search) -> str | None:
+    if search.interrupted:
+        return "interrupted"
+    return "budget" if search.stop() else None
 
 
 # -- faults: ddmin ---------------------------------------------------------------------------------
@@ -196,16 +215,16 @@ def _chunks(items: list[int], n: int) -> list[list[int]]:
 def _ddmin_faults(scenario: dict[str, Any], search: _Search) -> dict[str, Any]:
     faults = scenario.get("faults") or []
     keep = list(range(len(faults)))
-    if len(keep) >= 1 and not search.stop():
+    if len(keep) >= 1 and not search.stopped():
         # The empty schedule first: a failure that needs no fault at all is the smallest of all.
         if search.try_(_with_faults(scenario, []), "faults", "drop every fault"):
             return _with_faults(scenario, [])
     n = 2
-    while len(keep) >= 2 and not search.stop():
+    while len(keep) >= 2 and not search.stopped():
         reduced = False
         chunks = _chunks(keep, n)
         for subset, label in _subsets(chunks, n):
-            if search.stop():
+            if search.stopped():
                 break
             candidate = _with_faults(scenario, [faults[i] for i in subset])
             if search.try_(candidate, "faults", f"{label}: keep faults {subset} of {keep}"):
@@ -235,10 +254,10 @@ Edit = tuple[str, Callable[[dict[str, Any]], None]]
 def _shrink_fields(scenario: dict[str, Any], search: _Search) -> dict[str, Any]:
     current = scenario
     progress = True
-    while progress and not search.stop():
+    while progress and not search.stopped():
         progress = False
         for change, edit in _edits(current):
-            if search.stop():
+            if search.stopped():
                 break
             candidate = deepcopy(current)
             edit(candidate)

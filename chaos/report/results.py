@@ -188,6 +188,9 @@ class RunResults(_Model):
     host: Host
     versions: Versions
     scenarios: list[ScenarioResult]
+    # `chaos explore` only (docs/results-schema.md): seed, budget, the finding, the shrink trail and the
+    # minimal scenario. Left out of the file when None, so a `chaos run` file is what it always was.
+    explore: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> RunResults:
@@ -234,7 +237,8 @@ class RunResults(_Model):
         """Write as indented JSON (atomically: a reader never sees half a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_atomic(path, self.model_dump_json(indent=2) + "\n")
+        exclude = {"explore"} if self.explore is None else None
+        return write_atomic(path, self.model_dump_json(indent=2, exclude=exclude) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> RunResults:
