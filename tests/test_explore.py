@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chaos.cli import cli
 from chaos.explore.classify import finding_class, finding_kinds, reproduces
+from chaos.explore.cli import exit_code
 from chaos.explore.generate import KERNEL_KINDS, SINGLE_HOST_KINDS, Space, scenarios
+from chaos.explore.session import Explored, Finding, Options, explore_section, write_scenario
 from chaos.explore.shrink import Outcome, rerun, shrink
+from chaos.report import RunResults, ScenarioResult, write_reports
+from chaos.scenario import load_scenario
 from chaos.scenario.model import Scenario
 
 
@@ -201,3 +211,93 @@ def test_a_candidate_reproduces_only_the_same_kind() -> None:
     assert reproduces(kinds, ["lost: 1 > 0 (slots 2:1)"], safety_only=True)
     assert not reproduces(kinds, ["duplicated: 1 > 0"], safety_only=True)
     assert not reproduces(kinds, [SLOW], safety_only=False)
+
+
+# -- pytest entry ----------------------------------------------------------------------------------
+
+pytest_plugins = ["pytester"]
+
+
+def test_pytest_entry_adds_one_explore_item_and_refuses_a_bad_budget(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    listed = pytester.runpytest_subprocess("--chaos-explore=2m", "--collect-only", "-q")
+    assert listed.ret == 0
+    assert "chaos-explore" in listed.stdout.str() and "test_nothing" in listed.stdout.str()
+    plain = pytester.runpytest_subprocess("--collect-only", "-q")
+    assert "chaos-explore" not in plain.stdout.str()
+    bad = pytester.runpytest_subprocess("--chaos-explore=soon", "--collect-only", "-q")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--chaos-explore 'soon'" in bad.stderr.str()
+
+
+# -- session output: results.json, report.html, exit codes (no run needed) ------------------------
+
+STARTED = datetime(2026, 12, 2, 5, 0, tzinfo=UTC)
+FAILED_VERDICT = {
+    "passed": False,
+    "failures": ["lost: 3 > 0 (slots 1:1, 2:1, 3:1)"],
+    "counts": {},
+    "per_port": {},
+    "coverage": [],
+    "throughput": {},
+    "latency": {},
+    "anomalies": {},
+}
+
+
+def _result(data: dict[str, Any], status: str, verdict: dict[str, Any] | None) -> ScenarioResult:
+    scenario = Scenario.from_dict(data)
+    return ScenarioResult(
+        name=scenario.name,
+        file=f"scenarios/{scenario.name}.yaml",
+        status=status,  # type: ignore[arg-type]
+        seed=scenario.seed,
+        protocol=scenario.protocol,
+        config=scenario.to_dict(),
+        verdict=verdict,
+        error="worker died" if status == "error" else None,
+        reproduce=f"chaos run scenarios/{scenario.name}.yaml",
+        started=STARTED,
+        duration_s=20.0,
+        run_dir=scenario.name,
+    )
+
+
+def test_explore_section_in_results_json_and_report_html(tmp_path: Path) -> None:
+    data = _generated(3)
+    shrunk = shrink(data, FakeJudge([data["faults"][1]]), valid=_valid)
+    finding = Finding(_result(data, "failed", FAILED_VERDICT), data, "safety", frozenset({"lost"}), 3, 41.0)
+    minimal = write_scenario({**shrunk.scenario, "name": "m-min"}, tmp_path / "run" / "minimal.yaml", "h")
+    assert load_scenario(minimal).faults[0].kind == data["faults"][1]["kind"]  # what `chaos validate` reads
+    outcome = Explored(finding=finding, shrunk=shrunk, minimal=minimal, reproduce=f"chaos run {minimal}")
+    section = explore_section(Options(seed=1, budget_s=60.0, shrink_budget_s=60.0), outcome, STARTED)
+    results = RunResults.create([], started=STARTED, run_id="run").model_copy(update={"explore": section})
+    paths = write_reports(results, tmp_path / "run")
+    assert RunResults.load(paths.results_json).explore == json.loads(json.dumps(section))
+    html = paths.report_html.read_text()
+    assert "Exploration (chaos explore --seed 1)" in html and "Minimal scenario (1 fault" in html
+    assert "lost: 3 &gt; 0" in html and f"chaos run {minimal}" in html
+    assert all(escape(step.change) in html for step in shrunk.trail)
+    assert exit_code(outcome) == 1
+
+
+def test_chaos_run_results_have_no_explore_key(tmp_path: Path) -> None:
+    path = RunResults.create([], started=STARTED, run_id="plain").save(tmp_path / "results.json")
+    assert "explore" not in json.loads(path.read_text())
+
+
+def test_exit_codes() -> None:
+    data = _generated(1)
+    passed = _result(data, "passed", {**FAILED_VERDICT, "passed": True, "failures": []})
+    errored = _result(data, "error", None)
+    assert exit_code(Explored(results=[passed, errored])) == 0
+    assert exit_code(Explored(results=[errored])) == 3  # nothing could be judged
+    assert exit_code(Explored(results=[])) == 3
+    assert exit_code(Explored(results=[passed], interrupted=True)) == 3
+    assert exit_code(Explored(results=[passed], error="boom")) == 3
+
+
+@pytest.mark.parametrize("args", [["--budget", "soon"], ["--budget", "0s"], ["--reruns", "0"]])
+def test_bad_input_exits_2(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, ["explore", *args])
+    assert result.exit_code == 2, result.output

@@ -20,9 +20,10 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from chaos.checker import failures_line
 from chaos.explore.generate import Space
-from chaos.explore.session import Options, Outcome, Session, Status, explore_section
-from chaos.report import RunResults, write_reports
+from chaos.explore.session import Explored, Options, Session, Status, explore_section
+from chaos.report import RunResults, ScenarioResult, write_reports
 from chaos.runner.cleanup import SHIELDED_SIGNALS, shielded, sweep_stale
 from chaos.runner.cli import (
     EXIT_FAILED,
@@ -120,7 +121,7 @@ def run_explore(opts: Options, out: str | None) -> int:
         return _finish(opts, outcome, started, out_dir)
 
 
-def _session(opts: Options, out_dir: Path) -> Outcome:
+def _session(opts: Options, out_dir: Path) -> Explored:
     last = {"t": 0.0, "phase": ""}
     with console.status("explore starting") as live:
 
@@ -131,10 +132,19 @@ def _session(opts: Options, out_dir: Path) -> Outcome:
                 last.update(t=time.monotonic(), phase=status.phase)
                 console.print(_status_line(status), markup=True)
 
-        return Session(opts, out_dir, show).run()
+        return Session(opts, out_dir, show, _print_done).run()
 
 
-def _finish(opts: Options, outcome: Outcome, started: datetime, out_dir: Path) -> int:
+def _print_done(result: ScenarioResult) -> None:
+    """One line per finished run, so a CI log shows every run and what failed in it."""
+    style = {"passed": "green", "failed": "red", "error": "magenta"}[result.status]
+    failures = (result.verdict or {}).get("failures") or []
+    why = failures_line(failures) if failures else (result.error or "")
+    line = f"[{style}]{result.status.upper():6}[/] {escape(result.name)} ({result.duration_s:.0f}s)"
+    console.print(line + (f"  {escape(why)}" if why else ""))
+
+
+def _finish(opts: Options, outcome: Explored, started: datetime, out_dir: Path) -> int:
     results = RunResults.create(outcome.results, started=started, run_id=out_dir.name)
     results = results.model_copy(update={"explore": explore_section(opts, outcome, started)})
     paths = write_reports(results, out_dir)
@@ -155,7 +165,7 @@ def _finish(opts: Options, outcome: Outcome, started: datetime, out_dir: Path) -
     return exit_code(outcome)
 
 
-def exit_code(outcome: Outcome) -> int:
+def exit_code(outcome: Explored) -> int:
     """1 a finding; 3 the session failed, nothing was judged, or interrupted before a finding; else 0."""
     if outcome.finding is not None:
         return EXIT_FAILED

@@ -94,7 +94,7 @@ class Finding:
 
 
 @dataclass
-class Outcome:
+class Explored:
     results: list[ScenarioResult] = field(default_factory=list)
     finding: Finding | None = None
     shrunk: ShrinkResult | None = None
@@ -173,12 +173,19 @@ class Pool:
 class Session:
     """See the module docstring. `run()` returns what happened; the caller writes the report."""
 
-    def __init__(self, opts: Options, out_dir: Path, on_status: Callable[[Status], None]) -> None:
+    def __init__(
+        self,
+        opts: Options,
+        out_dir: Path,
+        on_status: Callable[[Status], None],
+        on_result: Callable[[ScenarioResult], None] = lambda _: None,
+    ) -> None:
         self.opts = opts
         self.out_dir = out_dir
         self.on_status = on_status
+        self.on_result = on_result
         self.status = Status()
-        self.outcome = Outcome()
+        self.outcome = Explored()
         self.pool = Pool(out_dir, opts.parallel, opts.servers)
         self.t0 = time.monotonic()
         self.explore_end = self.t0 + opts.budget_s
@@ -193,6 +200,7 @@ class Session:
         return Job(scenario, str(path), scenario.seed)
 
     def _record(self, result: ScenarioResult) -> None:
+        self.on_result(result)
         self.outcome.results.append(result)
         self.status.runs += 1
         self.status.errors += result.status == "error"
@@ -203,7 +211,7 @@ class Session:
 
     # -- exploring ------------------------------------------------------------------------------
 
-    def run(self) -> Outcome:
+    def run(self) -> Explored:
         try:
             self._explore(scenarios(self.opts.seed, self.opts.space))
             if self.outcome.finding is not None:
@@ -293,7 +301,7 @@ class Session:
         write_atomic(self.out_dir / REPRODUCE_SH, f"#!/bin/sh\n{self.outcome.reproduce}\n")
 
 
-def explore_section(opts: Options, outcome: Outcome, started: datetime) -> dict[str, Any]:
+def explore_section(opts: Options, outcome: Explored, started: datetime) -> dict[str, Any]:
     """The `explore` entry of results.json (docs/results-schema.md)."""
     shrunk = outcome.shrunk
     return {
