@@ -21,7 +21,7 @@ from chaos.explore.cli import exit_code
 from chaos.explore.generate import KERNEL_KINDS, SINGLE_HOST_KINDS, Space, scenarios
 from chaos.explore.session import Explored, Finding, Options, explore_section, write_scenario
 from chaos.explore.shrink import Outcome, rerun, shrink
-from chaos.report import RunResults, ScenarioResult, write_reports
+from chaos.report import ResultsError, RunResults, ScenarioResult, write_reports
 from chaos.scenario import load_scenario
 from chaos.scenario.model import Scenario
 
@@ -271,9 +271,10 @@ def test_explore_section_in_results_json_and_report_html(tmp_path: Path) -> None
     assert load_scenario(minimal).faults[0].kind == data["faults"][1]["kind"]  # what `chaos validate` reads
     outcome = Explored(finding=finding, shrunk=shrunk, minimal=minimal, reproduce=f"chaos run {minimal}")
     section = explore_section(Options(seed=1, budget_s=60.0, shrink_budget_s=60.0), outcome, STARTED)
-    results = RunResults.create([], started=STARTED, run_id="run").model_copy(update={"explore": section})
+    results = RunResults.create([], started=STARTED, run_id="run").with_explore(section)
     paths = write_reports(results, tmp_path / "run")
-    assert RunResults.load(paths.results_json).explore == json.loads(json.dumps(section))
+    loaded = RunResults.load(paths.results_json)
+    assert loaded.explore == json.loads(json.dumps(section)) and loaded.schema_version == "2"
     html = paths.report_html.read_text()
     assert "Exploration (chaos explore --seed 1)" in html and "Minimal scenario (1 fault" in html
     assert "lost: 3 &gt; 0" in html and f"chaos run {minimal}" in html
@@ -281,9 +282,12 @@ def test_explore_section_in_results_json_and_report_html(tmp_path: Path) -> None
     assert exit_code(outcome) == 1
 
 
-def test_chaos_run_results_have_no_explore_key(tmp_path: Path) -> None:
+def test_chaos_run_results_stay_version_1_without_an_explore_key(tmp_path: Path) -> None:
     path = RunResults.create([], started=STARTED, run_id="plain").save(tmp_path / "results.json")
-    assert "explore" not in json.loads(path.read_text())
+    data = json.loads(path.read_text())
+    assert "explore" not in data and data["schema_version"] == "1"
+    with pytest.raises(ResultsError, match="exactly the files with `explore`"):
+        RunResults.from_data({**data, "schema_version": "2"})
 
 
 def test_exit_codes() -> None:

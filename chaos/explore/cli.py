@@ -146,7 +146,7 @@ def _print_done(result: ScenarioResult) -> None:
 
 def _finish(opts: Options, outcome: Explored, started: datetime, out_dir: Path) -> int:
     results = RunResults.create(outcome.results, started=started, run_id=out_dir.name)
-    results = results.model_copy(update={"explore": explore_section(opts, outcome, started)})
+    results = results.with_explore(explore_section(opts, outcome, started))
     paths = write_reports(results, out_dir)
     finding, shrunk = outcome.finding, outcome.shrunk
     console.print(f"{len(outcome.results)} run(s); command: {shlex.join(['chaos', *sys.argv[1:]])}")
