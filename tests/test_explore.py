@@ -77,6 +77,15 @@ def test_swarm_switches_random_subsets_of_kinds_on_per_run() -> None:
     assert set(KERNEL_KINDS) <= host_kinds
 
 
+def test_a_kill_always_leaves_consumer_0_to_drain() -> None:
+    runs = list(itertools.islice(scenarios(2), 400))
+    kills = [f["target"] for s in runs for f in s["faults"] if f["kind"] == "kill"]
+    assert any(t.startswith("consumer-") for t in kills)  # consumers are killed ...
+    assert "consumer-0" not in kills and "consumer" not in kills  # ... never the last one standing
+    paused = {f["target"] for s in runs for f in s["faults"] if f["kind"] == "pause"}
+    assert "consumer-0" in paused  # a pause or restart may hit any of them: it comes back
+
+
 def test_parameters_vary_across_runs() -> None:
     runs = list(itertools.islice(scenarios(5), 200))
     for path in (("consumers", "count"), ("server", "ports"), ("ring", "policy"), ("consumers", "batch")):
