@@ -321,11 +321,13 @@ def test_bad_input_exits_2(args: list[str]) -> None:
 
 # -- acceptance: explore finds a planted bug with no hand-written scenario -------------------------
 
-# Seed 109's first generated scenario carries a drop_commit on port 1 (p 0.39) next to a corrupt fault:
-# the resolve_not_asked mutant (the client never asks RESOLVE when COMMITTED is lost) loses those
-# slots. The seed is fixed so the test is about the pipeline (find, shrink, write, replay), not luck.
-EXPLORE_MUTANT = "resolve_not_asked"
-EXPLORE_SEED = 109
+# generation_reused (a slot taken from FREE keeps its generation, so a rewritten slot republishes an old
+# key) is the mutant explore finds in any run that wraps the ring. Seed 1's first scenario has only
+# network faults, so its clock waits for slow process starts: measured, a scenario with transport or
+# control faults started its fault phase before its roles on this loaded box and published nothing
+# (vacuous), in 4 of 6 runs. The test is about the pipeline (find, shrink, write, replay), not luck.
+EXPLORE_MUTANT = "generation_reused"
+EXPLORE_SEED = 1
 RUN_TIMEOUT_S = 150  # one replay: a 5-10 s fault phase, start-up and drain on a loaded box
 
 
@@ -348,7 +350,7 @@ def test_explore_finds_a_mutant_shrinks_it_and_the_minimal_scenario_replays(tmp_
     ran = tmp_path / "ran"
     env = mutant_env(EXPLORE_MUTANT, ran)
     out = tmp_path / "explore"
-    args = ["explore", "--budget", "40s", "--shrink-budget", "100s", "--reruns", "1", "--seed"]
+    args = ["explore", "--budget", "30s", "--shrink-budget", "100s", "--reruns", "1", "--seed"]
     proc = _chaos([*args, str(EXPLORE_SEED), "--safety-only", "--out", str(out)], env, timeout=300)
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, log

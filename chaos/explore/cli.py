@@ -55,7 +55,8 @@ def _status_line(s: Status) -> str:
     left = s.time_left()
     line = (
         f"[bold]explore[/] {s.phase}: {s.runs} run(s) done, {s.running} running, "
-        f"{s.findings} finding(s), {s.errors} error(s), {int(left // 60)}:{int(left % 60):02d} left"
+        f"{s.findings} finding(s), {s.errors} error(s), {s.vacuous} vacuous, "
+        f"{int(left // 60)}:{int(left % 60):02d} left"
     )
     return line + (f"  step: {escape(s.shrink_step)}" if s.phase == "shrinking" else "")
 

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from chaos.atomic import write_atomic
+from chaos.checker import failure_kind
 from chaos.explore.classify import FindingClass, finding_class, finding_kinds, reproduces
 from chaos.explore.generate import Space, scenarios
 from chaos.explore.shrink import Interrupted, ShrinkResult, rerun, shrink, summary
@@ -63,6 +64,7 @@ class Status:
     running: int = 0
     findings: int = 0
     errors: int = 0
+    vacuous: int = 0  # runs that published nothing (on an overloaded box the fault phase can pass first)
     shrink_step: str = ""
     deadline: float = 0.0
 
@@ -110,6 +112,11 @@ def write_scenario(data: dict[str, Any], path: Path, header: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return write_atomic(path, comment + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+
+
+def is_vacuous(result: ScenarioResult) -> bool:
+    """The run checked nothing: explore counts these apart, they are budget spent on no evidence."""
+    return any(failure_kind(f) == "vacuous" for f in (result.verdict or {}).get("failures") or [])
 
 
 def valid(data: dict[str, Any]) -> bool:
@@ -204,6 +211,7 @@ class Session:
         self.outcome.results.append(result)
         self.status.runs += 1
         self.status.errors += result.status == "error"
+        self.status.vacuous += is_vacuous(result)
 
     def _tick(self) -> None:
         self.status.running = len(self.pool.running)
@@ -315,6 +323,7 @@ def explore_section(opts: Options, outcome: Explored, started: datetime) -> dict
         "jobs": opts.parallel,
         "runs": len(outcome.results),
         "errors": sum(1 for r in outcome.results if r.status == "error"),
+        "vacuous": sum(1 for r in outcome.results if is_vacuous(r)),
         "interrupted": outcome.interrupted,
         "error": outcome.error,
         "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
