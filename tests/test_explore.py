@@ -356,9 +356,8 @@ def test_explore_finds_a_mutant_shrinks_it_and_the_minimal_scenario_replays(tmp_
     assert proc.returncode == 1, log
     assert list(ran.glob(f"{EXPLORE_MUTANT}.*")), "the mutated branch never ran"
     explore = json.loads((out / "results.json").read_text())["explore"]
-    assert explore["finding"]["class"] == "safety" and "lost" in explore["finding"]["kinds"], explore[
-        "finding"
-    ]
+    finding = explore["finding"]
+    assert finding["class"] == "safety" and "republished" in finding["kinds"], finding
     assert explore["shrink"]["reproduced"] and len(explore["shrink"]["trail"]) >= 2
     minimal = out / "minimal.yaml"
     assert explore["minimal"]["reproduce"] == f"chaos run {minimal}"
