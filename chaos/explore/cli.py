@@ -119,7 +119,13 @@ def run_explore(opts: Options, out: str | None) -> int:
     with shielded():
         for sig in SHIELDED_SIGNALS if outcome.interrupted else ():
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not lose the report
-        return _finish(opts, outcome, started, out_dir)
+        try:
+            return _finish(opts, outcome, started, out_dir)
+        except Exception as exc:  # an uncaught exception would exit 1, which here means "finding"
+            console.print(
+                f"[magenta]harness error[/]: writing the report failed: {type(exc).__name__}: {exc}"
+            )
+            return EXIT_HARNESS
 
 
 def _session(opts: Options, out_dir: Path) -> Explored:
