@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing as mp
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from html import escape
@@ -370,3 +374,31 @@ def test_explore_finds_a_mutant_shrinks_it_and_the_minimal_scenario_replays(tmp_
         ["run", str(minimal), "--out", str(tmp_path / "control")], mutant_env(None), RUN_TIMEOUT_S
     )
     assert control.returncode == 0, control.stdout[-2000:] + control.stderr[-2000:]
+
+
+# -- found by explore: the runner hung on `stop.set()` after a kill of the producer ---------------
+
+
+def _pause_in_child(stop: Any, ready: Any) -> None:
+    from chaos.runner.roles import pause
+
+    ready.set()
+    pause(stop, 120.0)
+
+
+def test_stop_set_returns_after_a_pausing_producer_is_killed() -> None:
+    """Explore's `kill target=producer` hung `chaos run` at heal: the killed producer was inside
+    `stop.wait()`, and multiprocessing's Event.set() waits for every counted waiter to wake. The
+    producer now paces with `roles.pause`, which never waits on the Event."""
+    ctx = mp.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_pause_in_child, args=(stop, ready), daemon=True)
+    child.start()
+    assert ready.wait(120), "the child never reached pause()"
+    time.sleep(0.5)  # well inside its sleep
+    child.kill()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    done = threading.Event()
+    threading.Thread(target=lambda: (stop.set(), done.set()), daemon=True).start()
+    assert done.wait(10), "stop.set() blocked on the killed waiter"
