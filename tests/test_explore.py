@@ -181,6 +181,22 @@ def test_flaky_failure_is_reported_flaky() -> None:
     assert {s.outcome for s in result.trail} >= {"flaky"}
 
 
+def test_verification_reports_a_result_that_stops_failing_as_flaky() -> None:
+    original = _generated(3)
+    target = original["faults"][1]
+    steady = shrink(original, FakeJudge([target]), valid=_valid, verify=2)
+    assert not steady.flaky and [s.outcome for s in steady.trail if s.stage == "verify"] == ["failed"] * 2
+    judged = FakeJudge([target])
+    calls_before_verify = len(shrink(original, FakeJudge([target]), valid=_valid).trail)
+
+    def fading(candidate: dict[str, Any]) -> Outcome:  # deterministic while shrinking, then passes
+        return judged(candidate) if judged.calls < calls_before_verify else "passed"
+
+    faded = shrink(original, fading, valid=_valid, verify=2)
+    assert faded.flaky and faded.scenario["faults"] == [target]
+    assert [s.outcome for s in faded.trail if s.stage == "verify"] == ["passed", "passed"]
+
+
 def test_a_failure_that_does_not_reproduce_is_flaky_and_not_shrunk() -> None:
     original = _generated(3)
     result = shrink(original, rerun(lambda c: False, 2), valid=_valid)

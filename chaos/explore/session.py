@@ -37,6 +37,8 @@ from chaos.runner.orchestrator import STARTUP_BUDGET_S
 from chaos.scenario.model import Scenario
 
 POLL_S = 0.5
+VERIFY_RUNS = 2  # the shrunk result is judged this many more times: flaky unless every one fails
+VERIFY_RESERVE_S = 60.0  # shrink steps stop this long before the shrink deadline, to leave room for them
 MINIMAL_YAML = "minimal.yaml"
 REPRODUCE_SH = "reproduce.sh"
 
@@ -281,7 +283,8 @@ class Session:
             finding.scenario,
             rerun(run_once, self.opts.reruns),
             valid=valid,
-            stop=lambda: time.monotonic() >= self.shrink_end,
+            stop=lambda: time.monotonic() >= self.shrink_end - VERIFY_RESERVE_S,
+            verify=VERIFY_RUNS,
         )
         self.outcome.shrunk = shrunk
         self._write_minimal(finding, shrunk)
