@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from chaos.bench.cli import bench as bench_command
+from chaos.explore.cli import explore as explore_command
 from chaos.proxy.cli import proxy as proxy_command
 from chaos.report.cli import report as report_command
 from chaos.runner.cli import replay as replay_command
@@ -19,6 +20,7 @@ def cli() -> None:
 
 
 cli.add_command(bench_command)
+cli.add_command(explore_command)
 cli.add_command(proxy_command)
 cli.add_command(replay_command)
 cli.add_command(report_command)

@@ -9,6 +9,11 @@ Fixture `chaos_world` (for a trainer's own tests): a `chaos.testing.ChaosWorld` 
 by the test's `@pytest.mark.chaos_scenario("path.yaml")` (relative paths: from the test's directory,
 then the rootdir), or `--chaos-world-scenario`. The world is judged when the test ends; a failed
 verdict fails the test with the scenario's failures and the history's path.
+
+`--chaos-explore 2m` adds one test item, `chaos-explore`, that runs `chaos explore` for that budget
+(`--chaos-seed` as its seed, else a random one; `--chaos-explore-protocol`, `--chaos-explore-safety-only`)
+and fails with the finding's failures, the shrunk scenario and its reproduce command, so a team can put
+a bounded explore in its own CI. The item is the same on every xdist worker, so it runs once.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--chaos-redis", default=None, help="use this Redis server for `channel: redis` scenarios"
     )
+    group.addoption(
+        "--chaos-explore",
+        default=None,
+        metavar="BUDGET",
+        help="add a test item that runs `chaos explore --budget BUDGET` (e.g. 2m)",
+    )
+    group.addoption("--chaos-explore-protocol", default="commit", choices=("commit", "single-chunk"))
+    group.addoption("--chaos-explore-safety-only", action="store_true", help="ignore liveness failures")
     group.addoption(
         "--chaos-world-scenario",
         default=None,
@@ -100,6 +113,85 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"scenario {self.name}"
+
+
+EXPLORE_SHRINK_FRACTION = 1.0  # shrinking may take as long again as the exploring budget
+
+
+class ExploreItem(pytest.Item):
+    """`chaos explore` for `--chaos-explore BUDGET`: passes when nothing is found (exit 0)."""
+
+    def runtest(self) -> None:
+        import secrets
+
+        from chaos.explore.cli import run_explore
+        from chaos.explore.generate import Space
+        from chaos.explore.session import Options
+        from chaos.runner.cli import EXIT_OK, Servers
+        from chaos.scenario.units import parse_duration
+
+        config = self.config
+        budget = parse_duration(config.getoption("chaos_explore"))
+        seed = config.getoption("chaos_seed")
+        opts = Options(
+            seed=secrets.randbelow(2**31) if seed is None else seed,
+            budget_s=budget,
+            shrink_budget_s=budget * EXPLORE_SHRINK_FRACTION,
+            safety_only=config.getoption("chaos_explore_safety_only"),
+            space=Space(protocol=config.getoption("chaos_explore_protocol")),
+            servers=Servers(config.getoption("chaos_toxiproxy"), config.getoption("chaos_redis")),
+        )
+        out = config.getoption("chaos_out")
+        base = Path(out) if out else Path(config._tmp_path_factory.mktemp("chaos"))  # type: ignore[attr-defined]
+        out_dir = base / "explore"
+        code = run_explore(opts, str(out_dir))
+        self.user_properties.append(("seed", opts.seed))
+        self.user_properties.append(("run_dir", str(out_dir)))
+        if code != EXIT_OK:
+            raise ScenarioFailed(_explore_failure(out_dir, code, opts.seed))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ScenarioFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return Path("chaos-explore"), 0, f"chaos explore --budget {self.config.getoption('chaos_explore')}"
+
+
+def _explore_failure(out_dir: Path, code: int, seed: int) -> str:
+    """What the explore found (from its results.json): the failures, the minimal file, how to rerun."""
+    import json
+
+    lines = [f"chaos explore --seed {seed} exited {code}; run directory: {out_dir}"]
+    try:
+        explore = json.loads((out_dir / "results.json").read_text())["explore"]
+    except (OSError, ValueError, KeyError) as exc:
+        return "\n".join([*lines, f"no explore results: {exc}"])
+    finding, minimal = explore.get("finding"), explore.get("minimal")
+    if explore.get("error"):
+        lines.append(f"harness error: {explore['error']}")
+    if finding:
+        lines.append(f"{finding['class']} finding in {finding['scenario']}:")
+        lines += [f"  {f}" for f in finding["failures"]]
+    if minimal:
+        lines += [f"minimal scenario ({minimal['faults']} faults): {minimal['file']}", minimal["yaml"]]
+        lines.append(f"reproduce: {minimal['reproduce']}")
+    return "\n".join(lines)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
+    budget = config.getoption("chaos_explore")
+    if not budget:
+        return
+    from chaos.scenario.units import parse_duration
+
+    try:
+        if parse_duration(budget) <= 0:
+            raise ValueError("the budget must be above 0")
+    except ValueError as exc:
+        raise pytest.UsageError(f"--chaos-explore {budget!r}: {exc}") from None
+    items.append(ExploreItem.from_parent(session, name="chaos-explore"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,11 +25,22 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import psutil
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from chaos.atomic import write_atomic
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "1"  # what `chaos run` writes
+EXPLORE_SCHEMA_VERSION = "2"  # version 1 plus the `explore` section, written by `chaos explore` only
+SUPPORTED_VERSIONS = (SCHEMA_VERSION, EXPLORE_SCHEMA_VERSION)
 Status = Literal["passed", "failed", "error"]
 # The verdict keys the reports read; a verdict without them cannot be rendered.
 VERDICT_KEYS = ("passed", "failures", "counts", "per_port", "coverage", "throughput", "latency", "anomalies")
@@ -179,7 +190,7 @@ class ScenarioResult(_Model):
 class RunResults(_Model):
     """One `chaos run`: what ran, where, with which versions, and each scenario's result."""
 
-    schema_version: Literal["1"] = SCHEMA_VERSION
+    schema_version: Literal["1", "2"] = SCHEMA_VERSION
     run_id: str = Field(min_length=1)
     started: AwareDatetime
     finished: AwareDatetime
@@ -188,6 +199,29 @@ class RunResults(_Model):
     host: Host
     versions: Versions
     scenarios: list[ScenarioResult]
+    # `chaos explore` only, schema version 2 (docs/results-schema.md): seed, budget, the finding, the
+    # shrink trail and the minimal scenario. Left out when None: a `chaos run` file is still version 1.
+    explore: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _explore_is_version_2(self) -> RunResults:
+        if (self.explore is not None) != (self.schema_version == EXPLORE_SCHEMA_VERSION):
+            raise ValueError(f"schema_version {EXPLORE_SCHEMA_VERSION} is exactly the files with `explore`")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_explore(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A run without `explore` serialises exactly as version 1 did (no `explore: null`)."""
+        data: dict[str, Any] = handler(self)
+        if self.explore is None:
+            data.pop("explore", None)
+        return data
+
+    def with_explore(self, explore: dict[str, Any]) -> RunResults:
+        """This run as `chaos explore` records it: schema version 2 with its `explore` section."""
+        return self.model_validate(
+            {**self.model_dump(), "schema_version": EXPLORE_SCHEMA_VERSION, "explore": explore}
+        )
 
     @model_validator(mode="after")
     def _unique_names(self) -> RunResults:
@@ -262,10 +296,11 @@ class RunResults(_Model):
         version = data.get("schema_version")
         if version is None:
             raise ResultsError(f"{source}: no schema_version: not a chaos results.json")
-        if version != SCHEMA_VERSION:
+        if version not in SUPPORTED_VERSIONS:
+            readable = " or ".join(repr(v) for v in SUPPORTED_VERSIONS)
             raise ResultsError(
                 f"{source}: schema_version {version!r} is not supported (this chaos reads "
-                f"{SCHEMA_VERSION!r}); regenerate it with the chaos version that wrote it"
+                f"{readable}); regenerate it with the chaos version that wrote it"
             )
         try:
             return cls.model_validate(data)

@@ -67,6 +67,24 @@ class ProducerConfig:
     protocol: str = "commit"  # which capability descriptors carry
 
 
+PAUSE_STEP_S = 0.05  # how late a pausing producer may notice `stop`
+
+
+def pause(stop: Any, seconds: float) -> None:
+    """Sleep up to `seconds`, returning early (within PAUSE_STEP_S) once `stop` is set.
+
+    Never `stop.wait()`: a multiprocessing.Event waiter that is SIGKILLed (a `kill` fault on the
+    producer) stays counted as asleep in the Event's condition, and the runner's `stop.set()` then
+    blocks forever waiting for it to wake. `chaos explore` found this: a generated `kill producer`
+    hung the runner past its watchdog. `is_set()` holds the condition's lock only for a moment."""
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, PAUSE_STEP_S))
+
+
 def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> None:
     """Write payloads at `rate` until `stop` is set (or `count` is reached) and publish them."""
     setup_process(cfg.run_dir, "producer")
@@ -86,7 +104,7 @@ def producer_main(cfg: ProducerConfig, channel: ChannelClient, stop: Any) -> Non
         while not stop.is_set() and (cfg.count is None or seq < cfg.count):
             delay = next_at - time.monotonic()
             if delay > 0:
-                stop.wait(delay)
+                pause(stop, delay)
                 continue
             next_at = max(next_at + interval, time.monotonic() - 1.0)  # catch up at most 1 s
             nbytes = rng.randint(cfg.min_bytes, cfg.max_bytes)
@@ -142,7 +160,7 @@ def delayed_producer_main(
         delay = run_start - time.time()
         if run_start > 0 and delay <= 0:
             break
-        stop.wait(min(delay, 0.2) if run_start > 0 else 0.05)
+        pause(stop, min(delay, 0.2) if run_start > 0 else 0.05)
     else:
         return
     producer_main(cfg, channel, stop)
