@@ -635,3 +635,14 @@ def test_redis_channel_with_hosts_is_refused_naming_the_field() -> None:
     with pytest.raises(ScenarioError, match="channel: redis cannot be combined with `hosts:`") as caught:
         Scenario.from_dict(_hosted(channel="redis"))
     assert caught.value.problems[0].field == "channel", caught.value.problems
+
+
+def test_hold_works_on_any_transport_but_borrow_needs_local() -> None:
+    """A copying consumer holds its batch before the ack over UCX too (a kill then meets claimed
+    descriptors); a borrow is a view of the producer's segment, so only local reads can lend one."""
+    base = {"name": "h", "duration": "5s"}
+    held = Scenario.from_dict({**base, "consumers": {"hold": "100ms"}})
+    assert held.consumers.hold == 0.1 and held.consumers.transport == "ucx"
+    with pytest.raises(ScenarioError, match="borrow needs transport: local"):
+        Scenario.from_dict({**base, "consumers": {"borrow": True}})
+    assert Scenario.from_dict({**base, "consumers": {"borrow": True, "transport": "local"}}).consumers.borrow

@@ -202,7 +202,8 @@ class Consumers(_Model):
     `transport: local` reads every slot from the producer's shared segment (same host, no UCX); the
     consumer then `borrow`s each slot (a zero-copy view, checked in place) when `borrow` is true and
     holds it `hold` seconds before the commit (what a trainer's compute on the view looks like); a
-    copying consumer (`borrow: false`) holds each fetched batch `hold` seconds before its ack.
+    copying consumer (`borrow: false`, over UCX or local) holds each fetched batch `hold` seconds before
+    its ack, so a consumer killed mid-run holds claimed, un-acked descriptors.
     Local reads hold their slots under the server's lease (`server.lease`).
     """
 
@@ -219,8 +220,8 @@ class Consumers(_Model):
 
     @model_validator(mode="after")
     def _local_only(self) -> Consumers:
-        if self.transport != "local" and (self.borrow or self.hold):
-            raise ValueError("borrow and hold need transport: local")
+        if self.transport != "local" and self.borrow:
+            raise ValueError("borrow needs transport: local (a zero-copy view of the producer's segment)")
         return self
 
 
