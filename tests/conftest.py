@@ -21,6 +21,24 @@ TAG = f"t{os.getpid()}"
 os.environ["SLOTWIRE_SHM_TAG"] = TAG
 
 
+def _sweep_dead_workers() -> list[str]:
+    """Remove segments of test processes that no longer run.
+
+    The per-test guard below unlinks what a test leaves, but a worker killed outright (a hard timeout, a
+    SIGKILL from an impatient `timeout`) never reaches it; its `t<pid>` tag says whose they were.
+    """
+    removed = []
+    for path in SHM.glob("slotwire-t*-*"):
+        owner = path.name.split("-")[1][1:]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+_sweep_dead_workers()
+
+
 def _segments() -> set[str]:
     return {p.name for p in SHM.glob(f"slotwire-{TAG}-*")}
 
