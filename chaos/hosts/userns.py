@@ -20,7 +20,8 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+
+from chaos.hosts import netns
 
 EXIT_HARNESS_ERROR = 3  # as `chaos run`: the run could not start
 ENV = "SLOTWIRE_USERNS"  # set inside the namespace: the run is already in its own user namespace
@@ -41,10 +42,11 @@ def inside() -> bool:
 def can_make_namespaces() -> str | None:
     """None if a named network namespace can be made here (root, or inside our namespace), else why."""
     name = f"slotwire-probe-{os.getpid()}"
-    done = _run(["ip", "netns", "add", name])
-    if done is None or done.returncode != 0:
-        return "ip netns add failed: " + (done.stderr.strip() if done is not None else "no `ip` command")
-    _run(["ip", "netns", "delete", name])
+    try:
+        netns.create(name)
+        netns.remove(name)
+    except netns.NetnsError as exc:
+        return str(exc)
     return None
 
 
@@ -68,7 +70,7 @@ def reexec(argv: list[str]) -> None:
 
 def prepare() -> None:
     """Inside the new namespaces: a private /run/netns for `ip netns`, and a loopback that is up."""
-    target = Path("/run/netns") if Path("/run/netns").is_dir() else Path("/run")
+    target = netns.RUN_DIR if netns.RUN_DIR.is_dir() else netns.RUN_DIR.parent
     steps = [
         ["mount", "-t", "tmpfs", "-o", "mode=0755", "slotwire-userns", str(target)],
         ["ip", "link", "set", "lo", "up"],
