@@ -641,7 +641,7 @@ class ScenarioRun:
         specs = fault_specs(sc, self.seed)
         hostnet = self._start_hosts(events, specs)
         ring = self._create_ring()
-        earliest = time.time() + STARTUP_S
+        launched = time.time()
         # Every fault clock starts once every role is up (and not before STARTUP_S): processes in other
         # processes read it from this file, the channel's control faults are told, the producer waits on
         # a shared value. So a slow start on a loaded box delays the fault phase instead of eating it.
@@ -662,8 +662,8 @@ class ScenarioRun:
         handles["producer"] = self._producer_handle(roles, ring, start_at, stop_producing)
         self._start_roles(handles, redis_server, specs)
         up = self._wait_for_roles([n for n in handles if n != "server"], ROLE_READY_TIMEOUT_S)
-        events.emit("roles_up", waited_s=round(up - (earliest - STARTUP_S), 3))
-        run_start = max(earliest, up + 1.0)
+        events.emit("roles_up", waited_s=round(up - launched, 3))
+        run_start = max(launched + STARTUP_S, up + 1.0)
         heal_at = run_start + sc.duration
         write_start(start_file, run_start)
         control.start(run_start, heal_at)
