@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import json
+import os
 import struct
 from dataclasses import dataclass, replace
 from enum import IntEnum
@@ -385,6 +387,23 @@ def test_a_commit_must_carry_the_reads_capability() -> None:
 def test_new_token_is_a_nonzero_u64() -> None:
     tokens = {p.new_token() for _ in range(1000)}
     assert len(tokens) == 1000 and all(0 < t < 1 << 64 for t in tokens)
+
+
+def test_a_forked_child_draws_other_tokens_than_its_parent() -> None:
+    """Tokens come from a per-process PRNG: a forked child must not replay the parent's sequence
+    (two readers with one token would fence each other's reads as their own)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next tokens and leave at once
+        os.write(write, json.dumps([p.new_token() for _ in range(4)]).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child = json.loads(os.read(read, 4096))
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert len(child) == 4 and not set(child) & {p.new_token() for _ in range(4)}
 
 
 # -- hypothesis: decode never raises anything but ProtocolError ------------------------------------

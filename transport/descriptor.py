@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transport.errors import DescriptorError
@@ -46,9 +47,8 @@ class SlotDescriptor:
     boot_id: str = ""
 
     def __post_init__(self) -> None:
-        problems = _problems(self)
-        if problems:
-            raise DescriptorError("bad descriptor: " + "; ".join(problems))
+        if not _sound(self):  # the common case costs one expression; the naming pass only on failure
+            raise DescriptorError("bad descriptor: " + "; ".join(_problems(self)))
 
     @property
     def key(self) -> str:
@@ -56,17 +56,28 @@ class SlotDescriptor:
         return f"{self.slot}:{self.generation}"
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ports"] = list(self.ports)
-        return d
+        """Every field by name, `ports` as a list (JSON-ready). Spelled out: `dataclasses.asdict`
+        deep-copies each value and cost 15 us per descriptor, a third of a 4 KiB put (measured)."""
+        return {
+            "host": self.host,
+            "ports": list(self.ports),
+            "ring_id": self.ring_id,
+            "ring_slots": self.ring_slots,
+            "slot": self.slot,
+            "generation": self.generation,
+            "nbytes": self.nbytes,
+            "checksum": self.checksum,
+            "capability": self.capability,
+            "segment": self.segment,
+            "boot_id": self.boot_id,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SlotDescriptor:
         if not isinstance(data, dict):
             raise DescriptorError(f"bad descriptor: expected a mapping, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        missing = names - data.keys() - _OPTIONAL
-        unknown = data.keys() - names
+        missing = _NAMES - data.keys() - _OPTIONAL
+        unknown = data.keys() - _NAMES
         if missing or unknown:
             raise DescriptorError(
                 f"bad descriptor: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}"
@@ -77,37 +88,74 @@ class SlotDescriptor:
         return cls(**{**data, "ports": tuple(ports)})
 
 
+_NAMES = frozenset(f.name for f in fields(SlotDescriptor))
+
+
 def _int_in(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 
 
+def _ports_ok(ports: object) -> bool:
+    return (
+        isinstance(ports, tuple)
+        and 0 < len(ports) <= 1024
+        and all(type(p) is int and 1 <= p <= 65535 for p in ports)
+    )
+
+
+def _ports_problem(ports: object) -> str:
+    if not isinstance(ports, tuple) or not ports or len(ports) > 1024:
+        return f"ports={ports!r}: 1 to 1024 ports"
+    return f"ports={list(ports)!r}: every port in 1..65535"
+
+
+def _slot_problem(d: SlotDescriptor) -> str:
+    if not _int_in(d.slot, 0, _U32):
+        return f"slot={d.slot!r}: a u32"
+    return f"slot={d.slot}: past the ring's {d.ring_slots} slots"
+
+
+def _hex16(value: object) -> bool:
+    return isinstance(value, str) and _HEX16.fullmatch(value) is not None
+
+
+_Rule = tuple[Callable[[SlotDescriptor], bool], Callable[[SlotDescriptor], str]]
+# The one list of field rules: (holds?, what it asks for). `_sound` runs the checks alone (every
+# descriptor a producer makes or a consumer decodes), `_problems` names each one that fails.
+_RULES: tuple[_Rule, ...] = (
+    (
+        lambda d: isinstance(d.host, str) and 0 < len(d.host) <= 255,
+        lambda d: f"host={d.host!r}: a non-empty host name or address",
+    ),
+    (lambda d: _ports_ok(d.ports), lambda d: _ports_problem(d.ports)),
+    (lambda d: _hex16(d.ring_id), lambda d: f"ring_id={d.ring_id!r}: 32 lowercase hex digits"),
+    (lambda d: _int_in(d.ring_slots, 1, _U32 + 1), lambda d: f"ring_slots={d.ring_slots!r}: in 1..2**32"),
+    (
+        lambda d: (
+            _int_in(d.slot, 0, _U32) and not (_int_in(d.ring_slots, 1, _U32 + 1) and d.slot >= d.ring_slots)
+        ),
+        _slot_problem,
+    ),
+    (lambda d: _int_in(d.generation, 0, _U64), lambda d: f"generation={d.generation!r}: a u64"),
+    (lambda d: _int_in(d.nbytes, 0, MAX_PAYLOAD), lambda d: f"nbytes={d.nbytes!r}: in 0..{MAX_PAYLOAD}"),
+    (lambda d: _int_in(d.checksum, 0, _U64), lambda d: f"checksum={d.checksum!r}: a u64"),
+    (lambda d: _hex16(d.capability), lambda d: "capability: 32 lowercase hex digits (value not shown)"),
+    (
+        lambda d: isinstance(d.segment, str) and "/" not in d.segment and len(d.segment) <= 255,
+        lambda d: f"segment={d.segment!r}: a plain /dev/shm file name (or empty)",
+    ),
+    (
+        lambda d: isinstance(d.boot_id, str) and len(d.boot_id) <= 64,
+        lambda d: f"boot_id={d.boot_id!r}: a kernel boot id (or empty)",
+    ),
+)
+
+
+def _sound(d: SlotDescriptor) -> bool:
+    """Every rule holds (no messages built)."""
+    return all(holds(d) for holds, _ in _RULES)
+
+
 def _problems(d: SlotDescriptor) -> list[str]:
     """Every out-of-range or malformed field, named (empty when the descriptor is sound)."""
-    out: list[str] = []
-    if not isinstance(d.host, str) or not d.host or len(d.host) > 255:
-        out.append(f"host={d.host!r}: a non-empty host name or address")
-    if not isinstance(d.ports, tuple) or not d.ports or len(d.ports) > 1024:
-        out.append(f"ports={d.ports!r}: 1 to 1024 ports")
-    elif not all(_int_in(p, 1, 65535) for p in d.ports):
-        out.append(f"ports={list(d.ports)!r}: every port in 1..65535")
-    if not isinstance(d.ring_id, str) or not _HEX16.fullmatch(d.ring_id):
-        out.append(f"ring_id={d.ring_id!r}: 32 lowercase hex digits")
-    if not _int_in(d.ring_slots, 1, _U32 + 1):
-        out.append(f"ring_slots={d.ring_slots!r}: in 1..2**32")
-    if not _int_in(d.slot, 0, _U32):
-        out.append(f"slot={d.slot!r}: a u32")
-    elif _int_in(d.ring_slots, 1, _U32 + 1) and d.slot >= d.ring_slots:
-        out.append(f"slot={d.slot}: past the ring's {d.ring_slots} slots")
-    if not _int_in(d.generation, 0, _U64):
-        out.append(f"generation={d.generation!r}: a u64")
-    if not _int_in(d.nbytes, 0, MAX_PAYLOAD):
-        out.append(f"nbytes={d.nbytes!r}: in 0..{MAX_PAYLOAD}")
-    if not _int_in(d.checksum, 0, _U64):
-        out.append(f"checksum={d.checksum!r}: a u64")
-    if not isinstance(d.capability, str) or not _HEX16.fullmatch(d.capability):
-        out.append("capability: 32 lowercase hex digits (value not shown)")
-    if not isinstance(d.segment, str) or "/" in d.segment or len(d.segment) > 255:
-        out.append(f"segment={d.segment!r}: a plain /dev/shm file name (or empty)")
-    if not isinstance(d.boot_id, str) or len(d.boot_id) > 64:
-        out.append(f"boot_id={d.boot_id!r}: a kernel boot id (or empty)")
-    return out
+    return [problem(d) for holds, problem in _RULES if not holds(d)]
