@@ -99,3 +99,23 @@ def test_local_protocol_misuse_is_not_retried_and_quarantines_nothing(producer: 
         assert bytes(c.get(desc)) == b"payload", "every port still healthy"
     finally:
         c.close()
+
+
+def test_for_slot_equals_the_constructor_and_refuses_what_it_refuses() -> None:
+    """A producer's per-put shortcut builds the same value the constructor builds, and a bad
+    per-read field still fails with the constructor's named error."""
+    template = SlotDescriptor.from_dict(GOOD)
+    made = template.for_slot(5, 9, 4096, 77, "ef" * 16)
+    assert made == SlotDescriptor.from_dict(
+        {**GOOD, "slot": 5, "generation": 9, "nbytes": 4096, "checksum": 77, "capability": "ef" * 16}
+    )
+    assert type(made) is SlotDescriptor and made.ports == template.ports
+    for args, words in [
+        ((8, 9, 1, 1, "ef" * 16), "past the ring's 8 slots"),
+        ((-1, 9, 1, 1, "ef" * 16), "slot=-1"),
+        ((1, 1 << 64, 1, 1, "ef" * 16), "generation"),
+        ((1, 1, -1, 1, "ef" * 16), "nbytes"),
+        ((1, 1, 1, 1, "EF" * 16), "capability"),
+    ]:
+        with pytest.raises(DescriptorError, match=words):
+            template.for_slot(*args)

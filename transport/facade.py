@@ -9,6 +9,7 @@ to a single loop), driven by the calling thread itself (`transport.syncloop`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,21 @@ class Producer:
         self.ring = SharedRing.create(slots, slot_bytes, policy=policy, name=name)
         self._ring_key = RingKey(self.ring.secret, self.ring.ring_id)  # never leaves this process
         try:
+            # Every descriptor of this producer shares these fields: checked once, before a server
+            # starts (a bad host fails here), and each put fills in its read (`SlotDescriptor.for_slot`).
+            template = SlotDescriptor(
+                host=host,
+                ports=(1,),  # the server's ports, once it has bound them
+                ring_id=self.ring.ring_id,
+                ring_slots=self.ring.slots,
+                slot=0,
+                generation=0,
+                nbytes=0,
+                checksum=0,
+                capability="0" * 32,
+                segment=self.ring.name if same_host else "",
+                boot_id=boot_id() if same_host else "",
+            )
             config = ServerConfig(
                 ring_name=self.ring.name,
                 ports=port_list,
@@ -71,6 +87,7 @@ class Producer:
         except BaseException:
             self.ring.close()
             raise
+        self._template = replace(template, ports=tuple(self.ports))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -83,19 +100,8 @@ class Producer:
 
     def descriptor(self, slot: int, generation: int, nbytes: int, checksum: int) -> SlotDescriptor:
         """The descriptor of one written slot, with the capability that opens exactly that read."""
-        return SlotDescriptor(
-            host=self.host,
-            ports=tuple(self.ports),
-            ring_id=self.ring.ring_id,
-            ring_slots=self.ring.slots,
-            slot=slot,
-            generation=generation,
-            nbytes=nbytes,
-            checksum=checksum,
-            capability=self._ring_key.issue(slot, generation, self.protocol).hex(),
-            segment=self.ring.name if self.same_host else "",
-            boot_id=boot_id() if self.same_host else "",
-        )
+        capability = self._ring_key.issue(slot, generation, self.protocol).hex()
+        return self._template.for_slot(slot, generation, nbytes, checksum, capability)
 
     def close(self) -> None:
         try:
