@@ -13,7 +13,8 @@ unit test); `reset_fault_inert` breaks the harness's own fault, which only the c
 (`ineffective`) can see, and explore by design never counts coverage (a random fault need not change
 anything).
 
-    python -m tests.mutants.sweep --budget 5m --shrink-budget 2m --seed 1 --out DIR [--json F] [MUTANT...]
+    python -m tests.mutants.sweep --budget 5m --shrink-budget 2m --seed 1 --parallel 2 --out DIR \\
+        [--json F] [MUTANT...]
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -199,24 +202,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="5m")
     parser.add_argument("--shrink-budget", default="2m")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=1, help="Mutants explored at once.")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--json", type=Path, help="Rows as JSON (rewritten after each mutant).")
+    parser.add_argument(
+        "--json", type=Path, help="Rows as JSON, rewritten after each mutant; rows already in it are kept."
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.mutants) - set(TRANSPORT_MUTANTS))
     if unknown:
         parser.error(f"not a transport mutant: {', '.join(unknown)}")
-    rows: list[Row] = []
-    for mutant in args.mutants:
+    rows = _earlier_rows(args.json, args.seed) if args.json else []
+    todo = [m for m in args.mutants if m not in {r.mutant for r in rows}]
+    lock = threading.Lock()
+
+    def one(mutant: str) -> None:
         out = args.out / mutant
-        out.mkdir(parents=True, exist_ok=True)
-        rows.append(sweep_one(mutant, args.seed, args.budget, args.shrink_budget, out))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(_document(args, rows), indent=1) + "\n")
+        out.mkdir(parents=True, exist_ok=False)  # a directory left by another sweep: refuse, never mix
+        row = sweep_one(mutant, args.seed, args.budget, args.shrink_budget, out)
+        with lock:
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(_document(args, rows), indent=1) + "\n")
+
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        for done in [pool.submit(one, m) for m in todo]:
+            done.result()
+    rows.sort(key=lambda r: args.mutants.index(r.mutant) if r.mutant in args.mutants else len(args.mutants))
     print(table(rows))
     found = problems(rows, tuple(args.mutants))
     print("\n".join(found) or "acceptance met")
     return 1 if found else 0
+
+
+def _earlier_rows(path: Path, seed: int) -> list[Row]:
+    """Rows of an interrupted sweep with the same seed (so it can go on where it stopped)."""
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text())
+    if doc.get("seed") != seed:
+        raise SystemExit(f"{path}: rows of seed {doc.get('seed')}, not {seed}; use another --json")
+    return [Row(**r) for r in doc["rows"]]
 
 
 def _document(args: argparse.Namespace, rows: list[Row]) -> dict[str, Any]:
