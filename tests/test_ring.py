@@ -784,6 +784,29 @@ def test_full_ring_writer_is_woken_once_a_quarter_is_free(
         writer.close()
 
 
+def test_a_wake_up_spends_the_target_so_later_frees_make_no_syscall(
+    make_ring: Callable[..., SharedRing],
+) -> None:
+    """A writer registered as sleeping (waiters 1, target = the next free) but slow to wake: the
+    first free wakes it, the frees after it do not wake again until it sets a new target (each wake is
+    a futex syscall on the reader's path; they were a tenth of the live pipeline consumer's CPU)."""
+    ring = make_ring(4)
+    written = [ring.write(b"x") for _ in range(4)]
+    ring._add_waiter(1)  # what a writer does before its first sleep: target = the next free
+    try:
+        for token, w in enumerate(written, 1):
+            ring.begin_read(w.slot, w.generation, token, 10)
+            assert ring.commit_read(w.slot, w.generation, token)
+        assert ring.wait_stats["wakes"] == 1
+        ring._set_target(int(ring._wake[0]))  # back to sleep: wake me a quarter (1 slot) from now
+        w = ring.write(b"y")
+        ring.begin_read(w.slot, w.generation, 9, 10)
+        assert ring.commit_read(w.slot, w.generation, 9)
+        assert ring.wait_stats["wakes"] == 2
+    finally:
+        ring._add_waiter(-1)
+
+
 def test_full_ring_writer_polls_without_futexes(
     make_ring: Callable[..., SharedRing], monkeypatch: pytest.MonkeyPatch
 ) -> None:

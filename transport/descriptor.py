@@ -116,8 +116,9 @@ class SlotDescriptor:
     def from_dict(cls, data: dict[str, Any]) -> SlotDescriptor:
         if not isinstance(data, dict):
             raise DescriptorError(f"bad descriptor: expected a mapping, got {type(data).__name__}")
-        missing = _NAMES - data.keys() - _OPTIONAL
-        unknown = data.keys() - _NAMES
+        keys = data.keys()
+        missing = () if keys == _NAMES else _NAMES - keys - _OPTIONAL  # every field: the usual case
+        unknown = () if keys == _NAMES else keys - _NAMES
         if missing or unknown:
             raise DescriptorError(
                 f"bad descriptor: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}"

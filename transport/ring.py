@@ -142,6 +142,9 @@ _STAT_NAMES = _COUNTERS[1:]
 WAKE_FRACTION = 4
 _WAKE_OFFSET = 144
 _U32 = 0xFFFFFFFF
+# A spent target: the farthest word ahead in wrap-around order, so no freer wakes until a writer
+# that goes back to sleep sets its own target again.
+_NO_TARGET = (1 << 31) - 1
 
 
 class SlotState(enum.IntEnum):
@@ -538,8 +541,9 @@ class SharedRing:
                     self._add_waiter(1)
                     waiting = [0, 0.0]
                     continue
-                if waiting[1] == 0.0:  # once per wait: wake me when a batch of slots is free
-                    self._set_target(int(waiting[0]))
+                # Before every sleep: wake me when a batch of slots is free (a wake-up spends the
+                # target, see `_signal_freed`).
+                self._set_target(int(waiting[0]))
                 self._wait_freed(waiting, deadline)
         finally:
             if waiting is not None:
@@ -601,7 +605,7 @@ class SharedRing:
         """Sleep until the free word moves past `waiting[0]` (a slot was freed), the deadline, or the
         re-scan interval; without futexes, poll with a doubling sleep."""
         bound = FREE_WAIT_POLL_S if deadline is None else min(FREE_WAIT_POLL_S, deadline - time.monotonic())
-        waiting[1] = min(MAX_POLL_SLEEP, max(50e-6, waiting[1] * 2))  # also: "target set" for _reserve
+        waiting[1] = min(MAX_POLL_SLEEP, max(50e-6, waiting[1] * 2))  # the polling backoff
         if not futex.AVAILABLE:
             time.sleep(min(bound, waiting[1]))
             return
@@ -614,14 +618,28 @@ class SharedRing:
         """A slot became FREE or READY again: move the free word and wake writers sleeping on it.
 
         Called with the slot's lock held. Two freers of different slots may race on the word and lose an
-        increment; it still differs from what any sleeper saw, which is all a futex wait compares."""
+        increment; it still differs from what any sleeper saw, which is all a futex wait compares.
+        A wake-up spends the target (under the header lock, so it cannot undo a target a writer sets
+        meanwhile): the frees between it and the woken writer's next sleep make no syscall. Before,
+        every one of them woke again; measured in the live 4 KiB pipeline, those wakes were a tenth
+        of the consumer's CPU, the process that bounds the rate.
+        """
         w = self._wake
         word = (int(w[0]) + 1) & _U32
         w[0] = word
-        if w[1] and not _before(word, int(w[2])):
-            self.wait_stats["wakes"] += 1
-            if futex.AVAILABLE:
-                futex.wake(self._wake_addr)
+        if not w[1] or _before(word, int(w[2])):
+            return
+        fd = self._fd
+        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+        try:
+            if not w[1] or _before(word, int(w[2])):
+                return  # another freer spent it, or a writer asked for a later target meanwhile
+            w[2] = (word + _NO_TARGET) & _U32
+        finally:
+            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+        self.wait_stats["wakes"] += 1
+        if futex.AVAILABLE:
+            futex.wake(self._wake_addr)
 
     def _take(self, i: int, expect: int, old: WriteResult | None) -> int | None:
         """CAS `expect` -> WRITING on slot i; for a recycled READY slot, it must still be `old`."""
