@@ -92,6 +92,21 @@ def test_a_kill_always_leaves_consumer_0_to_drain() -> None:
     assert "consumer-0" in paused  # a pause or restart may hit any of them: it comes back
 
 
+def test_some_stalls_outlast_a_short_lease() -> None:
+    """Fencing is only tested when a read is reclaimed mid-read: the generator must make stalls
+    longer than the server's lease, and keep them under the server's 5 s step timeout."""
+    runs = list(itertools.islice(scenarios(3), 400))
+    past = [
+        (f["delay"], s["server"]["lease"])
+        for s in runs
+        if "lease" in s["server"]
+        for f in s["faults"]
+        if f["kind"] == "stall" and f["delay"] > s["server"]["lease"]
+    ]
+    assert len(past) > 10 and min(lease for _, lease in past) <= 0.25
+    assert max(f["delay"] for s in runs for f in s["faults"] if f["kind"] == "stall") < 5.0
+
+
 def test_parameters_vary_across_runs() -> None:
     runs = list(itertools.islice(scenarios(5), 200))
     for path in (("consumers", "count"), ("server", "ports"), ("ring", "policy"), ("consumers", "batch")):

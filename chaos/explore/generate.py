@@ -13,6 +13,9 @@ Bounds (why they are what they are):
 - at most `space.max_consumers` (3) consumers and 4 ports: producer, server and consumers share 2 cores;
 - a `kill` never targets consumer-0 (or the seed-chosen `consumer`): someone must be left to drain;
 - a timeout's delay stays below the server's 5 s step timeout (model docstring), read timeouts <= 2 s;
+- a server lease (30 % of runs) may be as short as 100 ms, and half the stalls of such a run outlast
+  it: a reclaimed slot served to another reader while the first still holds it is what fencing is for
+  (measured: with leases of 1-3 s and stalls drawn alone, 5 minutes never produced one);
 - single-host mode unless `space.hosts`: then `hosts: default` and the kernel-level kinds, which need
   root (the CLI refuses `--hosts` without it). In single-host mode a toxic is `reset_peer` only: a
   listener proxy reaches only UCX's connection setup, so data-shaping toxics would test nothing;
@@ -41,6 +44,7 @@ SLOT_BYTES = (16 * KiB, 64 * KiB, 256 * KiB, 1024 * KiB)
 SLOTS = (8, 16, 32, 64, 128)
 BATCHES = (1, 2, 4, 8, 16, 32)
 READ_TIMEOUTS = (0.5, 1.0, 2.0)
+LEASES = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
 STEP_TIMEOUT_S = 5.0  # the server's; a timeout or stall delay must stay below it
 DRAIN_S = 30.0
 DEADLINE_SLACK_S = 30.0
@@ -89,8 +93,8 @@ def generate(rng: random.Random, space: Space, name: str) -> dict[str, Any]:
         "consumers": _consumers(rng, space),
         "expect": {"faults_effective": "none", "max_recovery": duration + RECOVERY_SLACK_S},
     }
-    if rng.random() < 0.2:
-        base["server"]["lease"] = rng.choice((1.0, 2.0, 3.0))
+    if rng.random() < 0.3:  # short leases too: a stall past the lease is where fencing is tested
+        base["server"]["lease"] = rng.choice(LEASES)
     base["producer"] = _producer(rng, base["ring"]["slot_bytes"])
     if space.hosts:
         base["hosts"] = "default"
@@ -187,7 +191,11 @@ def _transport_fault(rng: random.Random, kind: str, sc: dict[str, Any]) -> dict[
     elif kind == "timeout":
         fault["delay"] = round(min(read_timeout * rng.uniform(1.2, 2.0), STEP_TIMEOUT_S - 0.5), 2)
     elif kind == "stall":
-        fault["delay"] = round(rng.uniform(0.05, 3.0), 2)
+        lease = sc["server"].get("lease")
+        if lease is not None and rng.random() < 0.5:  # past the lease: the slot is reclaimed mid-read
+            fault["delay"] = round(min(lease * rng.uniform(1.5, 10.0), STEP_TIMEOUT_S - 0.5), 2)
+        else:
+            fault["delay"] = round(rng.uniform(0.05, 3.0), 2)
         if client:
             fault["phase"] = rng.choice(("request", "commit", "resolve"))
     _when(rng, fault, sc["duration"])
