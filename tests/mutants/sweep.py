@@ -78,6 +78,7 @@ class Row:
     mutant_ran: bool
     seconds: float
     exit_code: int
+    commit: str = ""  # the tree explored (the generator changes what a seed draws)
 
 
 def mutant_env(mutant: str | None, ran_dir: Path | None = None) -> dict[str, str]:
@@ -146,7 +147,13 @@ def sweep_one(mutant: str, seed: int, budget: str, shrink_budget: str, out: Path
         )
         row.control_passed = control.returncode == 0
     row.seconds = round(time.monotonic() - started, 1)
+    row.commit = _head()
     return row
+
+
+def _head() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip()
 
 
 def _faults(summary: str) -> list[str]:
