@@ -109,7 +109,7 @@ def _kinds(results: Path) -> set[str]:
 
 def sweep_one(mutant: str, seed: int, budget: str, shrink_budget: str, out: Path) -> Row:
     """Explore with `mutant` on; replay the minimal scenario with and without it."""
-    started = time.monotonic()
+    started, commit = time.monotonic(), _head()  # the tree as it is when this mutant starts
     ran = out / "ran"
     env = mutant_env(mutant, ran)
     args = ["explore", "--budget", budget, "--shrink-budget", shrink_budget, "--seed", str(seed)]
@@ -147,7 +147,7 @@ def sweep_one(mutant: str, seed: int, budget: str, shrink_budget: str, out: Path
         )
         row.control_passed = control.returncode == 0
     row.seconds = round(time.monotonic() - started, 1)
-    row.commit = _head()
+    row.commit = commit
     return row
 
 
