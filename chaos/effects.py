@@ -247,7 +247,7 @@ def endpoint_replaced(fault: FaultView, fires: Sequence[Event], ix: Indexed) -> 
 
 
 # A client-side firing raises into (or holds) the very exchange it drew for; its failure shows within
-# a step bound or a RESOLVE (4x read timeout), never minutes later.
+# a step bound or a RESOLVE that cannot reach the server, never minutes later.
 CLIENT_HORIZON_S = 10.0
 
 
