@@ -111,14 +111,13 @@ class LocalReader:
         self, ring: SharedRing, desc: SlotDescriptor, out: np.ndarray | None = None
     ) -> tuple[int, np.ndarray]:
         """`read`, also returning the token that committed it (the history names a delivery by it)."""
-        token, view = self.begin(ring, desc)
+        token = self._begin(ring, desc)
         try:
             payload = np.empty(desc.nbytes, dtype=np.uint8) if out is None else _check_out(out, desc.nbytes)
-            payload[:] = view
+            payload.data[:] = ring.payload_view(desc.slot, desc.nbytes)  # one memcpy, no array view
         except BaseException:
             self.end(ring, desc, token, commit=False)
             raise
-        del view
         self.end(ring, desc, token, commit=True)
         return token, payload
 
@@ -142,6 +141,12 @@ class LocalReader:
     def begin(self, ring: SharedRing, desc: SlotDescriptor) -> tuple[int, np.ndarray]:
         """begin_read with a fresh token -> (token, read-only view of the payload); the caller owes
         exactly one `end` for it."""
+        token = self._begin(ring, desc)
+        # A read-only array straight from a read-only view (setting `flags.writeable` costs more).
+        return token, np.frombuffer(ring.payload_view(desc.slot, desc.nbytes).toreadonly(), dtype=np.uint8)
+
+    def _begin(self, ring: SharedRing, desc: SlotDescriptor) -> int:
+        """Check the capability, begin_read with a fresh token, check size and checksum: the token."""
         if not self._admits(ring, desc):
             raise UnauthorizedError(f"{desc.key}: capability does not open this slot of ring {ring.ring_id}")
         token = new_token()
@@ -159,8 +164,7 @@ class LocalReader:
                 f"{desc.key}: ring holds {info.nbytes} bytes / checksum {info.checksum:#x}, "
                 f"the descriptor {desc.nbytes} / {desc.checksum:#x}"
             )
-        # A read-only array straight from a read-only view (setting `flags.writeable` costs more).
-        return token, np.frombuffer(ring.payload_view(desc.slot, desc.nbytes).toreadonly(), dtype=np.uint8)
+        return token
 
     def end(self, ring: SharedRing, desc: SlotDescriptor, token: int, commit: bool) -> None:
         """commit_read (LeaseExpiredError if the token lost the slot meanwhile) or release_read."""
