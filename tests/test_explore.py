@@ -105,6 +105,20 @@ def test_some_stalls_outlast_a_short_lease() -> None:
     ]
     assert len(past) > 10 and min(lease for _, lease in past) <= 0.25
     assert max(f["delay"] for s in runs for f in s["faults"] if f["kind"] == "stall") < 5.0
+    # ... some short of the read timeout (the stalled reader commits late), and some with a second
+    # reader to take the reclaimed slot (a duplicated descriptor)
+    racing = [
+        s
+        for s in runs
+        if "lease" in s["server"]
+        and any(
+            f["kind"] == "stall" and s["server"]["lease"] < f["delay"] < s["consumers"]["read_timeout"]
+            for f in s["faults"]
+        )
+        and any(f["kind"] == "duplicate_descriptor" for f in s["faults"])
+    ]
+    assert len(racing) >= 3
+    assert {2, 4} <= {s["ring"]["slots"] for s in runs}  # rings small enough to wrap the commit history
 
 
 def test_parameters_vary_across_runs() -> None:

@@ -807,6 +807,30 @@ def test_a_wake_up_spends_the_target_so_later_frees_make_no_syscall(
         ring._add_waiter(-1)
 
 
+def test_a_writer_arming_after_its_target_was_reached_takes_it_over_and_wakes_the_others(
+    make_ring: Callable[..., SharedRing],
+) -> None:
+    """Two writers: a free (a release to READY) reaches writer A's target while writer B, which found
+    nothing FREE, arms. The freer may spend that target only after B has armed, and B's futex wait
+    would then sleep on a target nobody reaches (the review's lost wake-up). Arming over a reached
+    target replaces it and wakes the sleepers that asked for it, so nobody waits for the re-scan."""
+    ring = make_ring(8)  # batch: 2 frees
+    w = ring._wake
+    ring._add_waiter(1)
+    ring._add_waiter(1)  # A and B
+    try:
+        word = int(w[0])
+        w[2] = word  # A's target, just reached by the last free (not yet spent)
+        ring._set_target(word)  # B arms with what it saw
+        assert int(w[2]) == (word + 2) & 0xFFFFFFFF  # B's target replaces the reached one ...
+        assert ring.wait_stats["wakes"] == 1  # ... and A is woken to arm again
+        ring._set_target(word)  # arming again before anything moved: nothing reached, no wake
+        assert ring.wait_stats["wakes"] == 1
+    finally:
+        ring._add_waiter(-1)
+        ring._add_waiter(-1)
+
+
 def test_full_ring_writer_polls_without_futexes(
     make_ring: Callable[..., SharedRing], monkeypatch: pytest.MonkeyPatch
 ) -> None:

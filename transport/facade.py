@@ -87,7 +87,11 @@ class Producer:
         except BaseException:
             self.ring.close()
             raise
-        self._template = replace(template, ports=tuple(self.ports))
+        try:
+            self._template = replace(template, ports=tuple(self.ports))
+        except BaseException:  # e.g. more ports than a descriptor may name: nothing is left running
+            self.close()
+            raise
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

@@ -188,8 +188,11 @@ class LocalReader:
 
 
 def _check_out(out: np.ndarray, nbytes: int) -> np.ndarray:
-    if out.dtype != np.uint8 or out.ndim != 1 or out.nbytes < nbytes or not out.flags.c_contiguous:
+    flags = out.flags
+    if out.dtype != np.uint8 or out.ndim != 1 or out.nbytes < nbytes or not flags.c_contiguous:
         raise ConfigError(f"out: need a contiguous 1-d uint8 array of at least {nbytes} bytes")
+    if not flags.writeable:
+        raise ConfigError("out: the array is read-only")
     return out[:nbytes]
 
 

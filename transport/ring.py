@@ -578,28 +578,46 @@ class SharedRing:
             return None
 
     def _add_waiter(self, delta: int) -> None:
+        """Count a writer in (+1) or out (-1) of the sleepers. The thread lock too: OFD locks of one
+        open file description never exclude each other, so threads sharing this instance need it."""
         fd = self._fd
-        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
-        try:
-            waiters = int(self._wake[1])
-            if waiters == 0 and delta > 0:
-                self._wake[2] = self._wake[0]  # no target yet: wake at the first free
-            self._wake[1] = max(0, waiters + delta)
-        finally:
-            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+        with self._tlock:
+            _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+            try:
+                waiters = int(self._wake[1])
+                if waiters == 0 and delta > 0:
+                    self._wake[2] = self._wake[0]  # no target yet: wake at the first free
+                self._wake[1] = max(0, waiters + delta)
+            finally:
+                _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
 
     def _set_target(self, seen: int) -> None:
         """Ask freers to wake the sleepers `_wake_batch` frees after `seen`, unless another waiter's
-        target comes sooner (a writer woken early just sleeps again)."""
+        target comes sooner (a writer woken early just sleeps again).
+
+        A target the word has already reached is spent, or about to be (a freer that reached it may
+        be waiting for this lock to spend it and wake): it is replaced by ours, and the sleepers that
+        asked for it are woken here, since that freer will now find a target ahead and wake nobody.
+        Without this a second writer could sleep on a spent target and only wake at the re-scan
+        interval (found in review: two writers, a release to READY reaching the first one's target).
+        """
         fd = self._fd
-        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
-        try:
-            mine = (seen + self._wake_batch) & _U32
-            current = int(self._wake[2])
-            if int(self._wake[1]) <= 1 or _before(mine, current):
-                self._wake[2] = mine
-        finally:
-            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+        w = self._wake
+        with self._tlock:
+            _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+            try:
+                mine = (seen + self._wake_batch) & _U32
+                current = int(w[2])
+                reached = not _before(int(w[0]), current)
+                if int(w[1]) <= 1 or reached or _before(mine, current):
+                    w[2] = mine
+                wake_others = reached and int(w[1]) > 1
+            finally:
+                _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+        if wake_others:
+            self.wait_stats["wakes"] += 1
+            if futex.AVAILABLE:
+                futex.wake(self._wake_addr)
 
     def _wait_freed(self, waiting: list[float], deadline: float | None) -> None:
         """Sleep until the free word moves past `waiting[0]` (a slot was freed), the deadline, or the

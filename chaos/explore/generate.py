@@ -13,9 +13,13 @@ Bounds (why they are what they are):
 - at most `space.max_consumers` (3) consumers and 4 ports: producer, server and consumers share 2 cores;
 - a `kill` never targets consumer-0 (or the seed-chosen `consumer`): someone must be left to drain;
 - a timeout's delay stays below the server's 5 s step timeout (model docstring), read timeouts <= 2 s;
-- a server lease (30 % of runs) may be as short as 100 ms, and half the stalls of such a run outlast
+- a server lease (40 % of runs) may be as short as 100 ms, and most stalls of such a run outlast
   it: a reclaimed slot served to another reader while the first still holds it is what fencing is for
-  (measured: with leases of 1-3 s and stalls drawn alone, 5 minutes never produced one);
+  (measured: with leases of 1-3 s and stalls drawn alone, 5 minutes never produced one); such a
+  stall stays short of the read timeout where it can (the stalled reader then commits late) and
+  mostly brings a duplicated descriptor (a second reader to take the reclaimed slot);
+- rings as small as 2 slots: at 400/s a slot then moves past its 16-generation commit history in
+  tenths of a second, so a RESOLVE held back by a client stall asks about a generation that old;
 - single-host mode unless `space.hosts`: then `hosts: default` and the kernel-level kinds, which need
   root (the CLI refuses `--hosts` without it). In single-host mode a toxic is `reset_peer` only: a
   listener proxy reaches only UCX's connection setup, so data-shaping toxics would test nothing;
@@ -41,7 +45,7 @@ SINGLE_HOST_KINDS = TRANSPORT_KINDS + NETWORK_KINDS + PROCESS_KINDS + CONTROL_KI
 HOST_TOXICS = ("latency", "bandwidth", "slicer", "slow_close", "limit_data", "timeout", "reset_peer")
 KiB = 1024
 SLOT_BYTES = (16 * KiB, 64 * KiB, 256 * KiB, 1024 * KiB)
-SLOTS = (8, 16, 32, 64, 128)
+SLOTS = (2, 4, 8, 16, 32, 64, 128)
 BATCHES = (1, 2, 4, 8, 16, 32)
 READ_TIMEOUTS = (0.5, 1.0, 2.0)
 LEASES = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
@@ -93,7 +97,7 @@ def generate(rng: random.Random, space: Space, name: str) -> dict[str, Any]:
         "consumers": _consumers(rng, space),
         "expect": {"faults_effective": "none", "max_recovery": duration + RECOVERY_SLACK_S},
     }
-    if rng.random() < 0.3:  # short leases too: a stall past the lease is where fencing is tested
+    if rng.random() < 0.4:  # short leases too: a stall past the lease is where fencing is tested
         base["server"]["lease"] = rng.choice(LEASES)
     base["producer"] = _producer(rng, base["ring"]["slot_bytes"])
     if space.hosts:
@@ -101,7 +105,21 @@ def generate(rng: random.Random, space: Space, name: str) -> dict[str, Any]:
     swarm = [k for k in space.kinds() if rng.random() < 0.5] or [rng.choice(space.kinds())]
     count = rng.randint(0 if rng.random() < 0.05 else 1, space.max_faults)
     base["faults"] = [_fault(rng, rng.choice(swarm), base) for _ in range(count)]
+    _race_for_reclaimed_slots(rng, base, space)
     return base
+
+
+def _race_for_reclaimed_slots(rng: random.Random, sc: dict[str, Any], space: Space) -> None:
+    """A stall past the lease mostly gets a second reader (a duplicated descriptor), if there
+    is room for one more fault: a reclaimed slot is only served again when someone asks for it, and
+    only then does the stalled reader's late commit meet a slot it no longer holds. Drawn from the
+    same rng, so the sequence stays reproducible."""
+    lease = sc["server"].get("lease")
+    faults = sc["faults"]
+    stalled = lease is not None and any(f["kind"] == "stall" and f["delay"] > lease for f in faults)
+    racing = any(f["kind"] == "duplicate_descriptor" for f in faults)
+    if stalled and not racing and len(faults) < space.max_faults and rng.random() < 0.8:
+        faults.append({"kind": "duplicate_descriptor", "probability": round(rng.uniform(0.3, 1.0), 2)})
 
 
 def _round(value: float, step: float) -> float:
@@ -192,8 +210,12 @@ def _transport_fault(rng: random.Random, kind: str, sc: dict[str, Any]) -> dict[
         fault["delay"] = round(min(read_timeout * rng.uniform(1.2, 2.0), STEP_TIMEOUT_S - 0.5), 2)
     elif kind == "stall":
         lease = sc["server"].get("lease")
-        if lease is not None and rng.random() < 0.5:  # past the lease: the slot is reclaimed mid-read
-            fault["delay"] = round(min(lease * rng.uniform(1.5, 10.0), STEP_TIMEOUT_S - 0.5), 2)
+        if lease is not None and rng.random() < 0.7:  # past the lease: the slot is reclaimed mid-read
+            # ... and, where the read timeout allows, short of it: the stalled reader still commits
+            # (late, with a token that no longer holds the slot), which is the case fencing is for
+            low, high = lease * 1.5, min(read_timeout * 0.9, STEP_TIMEOUT_S - 0.5)
+            delay = rng.uniform(low, high) if low < high else min(low, STEP_TIMEOUT_S - 0.5)
+            fault["delay"] = round(delay, 2)
         else:
             fault["delay"] = round(rng.uniform(0.05, 3.0), 2)
         if client:
