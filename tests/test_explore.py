@@ -121,6 +121,19 @@ def test_some_stalls_outlast_a_short_lease() -> None:
     assert {2, 4} <= {s["ring"]["slots"] for s in runs}  # rings small enough to wrap the commit history
 
 
+def test_a_payload_phase_fault_always_has_payloads_past_the_inline_threshold() -> None:
+    """Payloads up to INLINE_MAX ride in the STATUS: a fault at phase `payload` over only such
+    payloads could never fire, so such runs get larger payloads (or the fault moves to the STATUS)."""
+    from transport.protocol import INLINE_MAX
+
+    runs = list(itertools.islice(scenarios(4), 400))
+    with_payload_faults = [s for s in runs if any(f.get("phase") == "payload" for f in s["faults"])]
+    assert len(with_payload_faults) > 20
+    assert all(s["producer"]["payload"]["max"] > INLINE_MAX for s in with_payload_faults)
+    small_slots = [s for s in runs if s["ring"]["slot_bytes"] <= INLINE_MAX]
+    assert any(f.get("phase") == "status" for s in small_slots for f in s["faults"])
+
+
 def test_parameters_vary_across_runs() -> None:
     runs = list(itertools.islice(scenarios(5), 200))
     for path in (("consumers", "count"), ("server", "ports"), ("ring", "policy"), ("consumers", "batch")):

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from transport.protocol import INLINE_MAX  # a payload up to this rides in the STATUS
+
 TRANSPORT_KINDS = ("reset", "truncate", "corrupt", "timeout", "stall", "evict", "drop_commit")
 CLIENT_SIDE_KINDS = frozenset({"reset", "timeout", "stall"})
 NETWORK_KINDS = ("toxic", "down")
@@ -106,7 +108,27 @@ def generate(rng: random.Random, space: Space, name: str) -> dict[str, Any]:
     count = rng.randint(0 if rng.random() < 0.05 else 1, space.max_faults)
     base["faults"] = [_fault(rng, rng.choice(swarm), base) for _ in range(count)]
     _race_for_reclaimed_slots(rng, base, space)
+    _payload_faults_reach_payloads(rng, base)
     return base
+
+
+def _payload_faults_reach_payloads(rng: random.Random, sc: dict[str, Any]) -> None:
+    """A fault at phase `payload` acts on the PAYLOAD message, which only payloads above the inline
+    threshold have (smaller ones ride in the STATUS): such a run gets payloads up to the slot size,
+    or, where the slot itself is inline-sized, the fault moves to the STATUS that carries them.
+    Measured: the sweep's runs drew `truncate@payload` over 4 KiB payloads, a fault that cannot fire,
+    and missed `finalise_on_send`, which a cut PAYLOAD shows at once."""
+    if not any(f.get("phase") == "payload" for f in sc["faults"]):
+        return
+    slot_bytes, payload = sc["ring"]["slot_bytes"], sc["producer"]["payload"]
+    if payload["max"] > INLINE_MAX:
+        return
+    if slot_bytes > INLINE_MAX:
+        payload["max"] = rng.choice([s for s in SLOT_BYTES if INLINE_MAX < s <= slot_bytes])
+        return
+    for fault in sc["faults"]:
+        if fault.get("phase") == "payload":
+            fault["phase"] = "status"
 
 
 def _race_for_reclaimed_slots(rng: random.Random, sc: dict[str, Any], space: Space) -> None:
