@@ -13,7 +13,7 @@ Bounds (why they are what they are):
 - at most `space.max_consumers` (3) consumers and 4 ports: producer, server and consumers share 2 cores;
 - a `kill` never targets consumer-0 (or the seed-chosen `consumer`): someone must be left to drain;
 - a timeout's delay stays below the server's 5 s step timeout (model docstring), read timeouts <= 2 s;
-- a server lease (40 % of runs) may be as short as 100 ms, and most stalls of such a run outlast
+- a server lease (half the runs) may be as short as 100 ms, and most stalls of such a run outlast
   it: a reclaimed slot served to another reader while the first still holds it is what fencing is for
   (measured: with leases of 1-3 s and stalls drawn alone, 5 minutes never produced one); such a
   stall stays short of the read timeout where it can (the stalled reader then commits late) and
@@ -51,6 +51,9 @@ SLOTS = (2, 4, 8, 16, 32, 64, 128)
 BATCHES = (1, 2, 4, 8, 16, 32)
 READ_TIMEOUTS = (0.5, 1.0, 2.0)
 LEASES = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0)
+# A reset at the commit is the one that leaves a read to RESOLVE (the COMMIT may or may not have
+# landed), the protocol's subtlest step: twice the weight of the others.
+RESET_PHASES = ("request", "status", "payload", "commit", "commit", "resolve")
 STEP_TIMEOUT_S = 5.0  # the server's; a timeout or stall delay must stay below it
 DRAIN_S = 30.0
 DEADLINE_SLACK_S = 30.0
@@ -99,7 +102,7 @@ def generate(rng: random.Random, space: Space, name: str) -> dict[str, Any]:
         "consumers": _consumers(rng, space),
         "expect": {"faults_effective": "none", "max_recovery": duration + RECOVERY_SLACK_S},
     }
-    if rng.random() < 0.4:  # short leases too: a stall past the lease is where fencing is tested
+    if rng.random() < 0.5:  # short leases too: a stall past the lease is where fencing is tested
         base["server"]["lease"] = rng.choice(LEASES)
     base["producer"] = _producer(rng, base["ring"]["slot_bytes"])
     if space.hosts:
@@ -225,7 +228,7 @@ def _transport_fault(rng: random.Random, kind: str, sc: dict[str, Any]) -> dict[
         fault["side"] = "client"
     read_timeout = sc["consumers"]["read_timeout"]
     if kind == "reset":
-        fault["phase"] = rng.choice(("request", "status", "payload", "commit", "resolve"))
+        fault["phase"] = rng.choice(RESET_PHASES)
     elif kind in ("truncate", "corrupt"):
         fault["phase"] = rng.choice(("status", "payload"))
     elif kind == "timeout":
