@@ -106,6 +106,25 @@ def test_stale_and_forged_descriptors_are_refused(producer: Producer, consumer: 
     assert bytes(consumer.get(desc)) == b"abc"
 
 
+def test_a_bad_out_array_is_refused_and_the_slot_stays_readable(
+    producer: Producer, consumer: Consumer
+) -> None:
+    desc = producer.put(_payload(4096, 2))
+    frozen = np.zeros(4096, dtype=np.uint8)
+    frozen.flags.writeable = False
+    for out, words in [
+        (frozen, "read-only"),
+        (np.zeros(4096, dtype=np.int32)[:1024], "uint8"),
+        (np.zeros(10, np.uint8), "4096"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            consumer.get(desc, out=out)
+        assert _state(producer, desc) == SlotState.READY, "a refused out leaves the slot to the next read"
+    out = np.zeros(8192, dtype=np.uint8)
+    got = consumer.get(desc, out=out)
+    assert np.array_equal(got, _payload(4096, 2)) and np.shares_memory(got, out)
+
+
 def test_borrow_commits_on_clean_exit_and_releases_on_error(producer: Producer, consumer: Consumer) -> None:
     data = _payload(4096, 1)
     desc = producer.put(data)
