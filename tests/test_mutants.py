@@ -53,7 +53,6 @@ as `ineffective`".
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from pathlib import Path
 import pytest
 
 from chaos.checker import failure_class, failure_kind
+from tests.mutants.sweep import mutant_env  # one definition: the sweep runs mutants the same way
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTANTS_DIR = ROOT / "tests" / "mutants"
@@ -119,20 +119,6 @@ CASES = [
 # Kinds a catch may be named by: every safety kind, and the one port-health coverage rule.
 CATCH_CLASSES = ("safety",)
 COVERAGE_CATCHES = frozenset({"ineffective"})
-
-
-def mutant_env(mutant: str | None, ran_dir: Path | None = None, broken: bool = False) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(MUTANTS_DIR), env.get("PYTHONPATH")) if p)
-    for name in ("SLOTWIRE_MUTANT", "SLOTWIRE_MUTANT_RAN", "SLOTWIRE_MUTANT_BREAK"):
-        env.pop(name, None)
-    if mutant is not None:
-        env["SLOTWIRE_MUTANT"] = mutant
-    if ran_dir is not None:
-        env["SLOTWIRE_MUTANT_RAN"] = str(ran_dir)
-    if broken:
-        env["SLOTWIRE_MUTANT_BREAK"] = "raise"
-    return env
 
 
 def _mutants_module():  # type: ignore[no-untyped-def]

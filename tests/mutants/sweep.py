@@ -81,8 +81,9 @@ class Row:
     commit: str = ""  # the tree explored (the generator changes what a seed draws)
 
 
-def mutant_env(mutant: str | None, ran_dir: Path | None = None) -> dict[str, str]:
-    """The environment of a run with `mutant` switched on in every process (tests/mutants/sitecustomize)."""
+def mutant_env(mutant: str | None, ran_dir: Path | None = None, broken: bool = False) -> dict[str, str]:
+    """The environment of a run with `mutant` switched on in every process (tests/mutants/sitecustomize);
+    `broken`: the mutant raises where it should mutate (the self-check of tests/test_mutants.py)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(MUTANTS_DIR), str(ROOT), env.get("PYTHONPATH")) if p)
     for name in ("SLOTWIRE_MUTANT", "SLOTWIRE_MUTANT_RAN", "SLOTWIRE_MUTANT_BREAK"):
@@ -91,6 +92,8 @@ def mutant_env(mutant: str | None, ran_dir: Path | None = None) -> dict[str, str
         env["SLOTWIRE_MUTANT"] = mutant
     if ran_dir is not None:
         env["SLOTWIRE_MUTANT_RAN"] = str(ran_dir)
+    if broken:
+        env["SLOTWIRE_MUTANT_BREAK"] = "raise"
     return env
 
 
