@@ -104,6 +104,13 @@ def _with_port(exc: TransportError, port: int) -> TransportError:
 RESOLVE_MIN_S = 15.0
 
 
+def default_resolve_timeout(read_timeout: float) -> float:
+    """How long RESOLVE keeps asking unless told otherwise: 4 read timeouts, at least RESOLVE_MIN_S.
+    RESOLVE is the one wait where giving up leaves an anomaly (the slot is in doubt) and waiting costs
+    one slot's latency: it must outlast a port that is down for a few seconds."""
+    return max(4 * read_timeout, RESOLVE_MIN_S)
+
+
 class SlotClient:
     """Async client; one instance per event loop. Use `transport.Consumer` from sync code."""
 
@@ -143,10 +150,8 @@ class SlotClient:
         self.connect_timeout = connect_timeout
         self.quarantine_s = quarantine
         self.max_age = max_age
-        # RESOLVE is the one wait where giving up leaves an anomaly (the slot is in doubt) and waiting
-        # costs one slot's latency: it must outlast a port that is down for a few seconds.
         self.resolve_timeout = (
-            resolve_timeout if resolve_timeout is not None else max(4 * read_timeout, RESOLVE_MIN_S)
+            resolve_timeout if resolve_timeout is not None else default_resolve_timeout(read_timeout)
         )
         self.protocol = protocol
         self.link_wrapper = link_wrapper or identity

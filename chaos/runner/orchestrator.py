@@ -52,7 +52,7 @@ from chaos.runner.roles import (
 )
 from chaos.scenario.model import Scenario
 from chaos.trainer import load_entrypoint
-from transport.client import RESOLVE_MIN_S
+from transport.client import default_resolve_timeout
 from transport.errors import TransportError
 from transport.events import JsonlSink
 from transport.ring import SHM_DIR, SharedRing, SlotState
@@ -605,8 +605,7 @@ class ScenarioRun:
         c = sc.consumers
         # A read that started under the fault may finish after every attempt of every round, and a
         # lost COMMITTED after its RESOLVE window too (the client's default, transport.client).
-        resolve_s = max(4 * c.read_timeout, RESOLVE_MIN_S)
-        settle_s = c.read_timeout * c.max_attempts * c.rounds + resolve_s
+        settle_s = c.read_timeout * c.max_attempts * c.rounds + default_resolve_timeout(c.read_timeout)
         problems = judge(refs, events, c.read_timeout, settle_s=settle_s)
         if not problems:
             return verdict
