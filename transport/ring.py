@@ -130,6 +130,7 @@ _FLOCK = struct.Struct("hhqqi4x")
 _pack = _FLOCK.pack
 _fcntl = fcntl.fcntl
 _SETLKW, _SETLK, _WRLCK, _UNLCK = fcntl.F_OFD_SETLKW, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, fcntl.F_UNLCK
+_HEADER_WRLCK, _HEADER_UNLCK = _pack(_WRLCK, 0, HEADER_LOCK, 1, 0), _pack(_UNLCK, 0, HEADER_LOCK, 1, 0)
 # Header counters, as indexes into a u64 view starting at the `seq` field (faster than field access).
 _COUNTERS = ("seq", "writes", "drops", "late_finalise", "reclaimed_reading", "reclaimed_writing")
 _SEQ, _WRITES, _DROPS, _LATE, _RECL_READING, _RECL_WRITING = range(len(_COUNTERS))
@@ -467,17 +468,24 @@ class SharedRing:
         finally:
             self._tlock.release()
 
+    def _lock_header(self) -> None:
+        """The header's OFD lock (global counters and the free-slot futex words). Within one instance
+        it excludes nothing: callers hold the thread lock (`_enter`, or `with self._tlock`)."""
+        _fcntl(self._fd, _SETLKW, _HEADER_WRLCK)
+
+    def _unlock_header(self) -> None:
+        _fcntl(self._fd, _SETLK, _HEADER_UNLCK)
+
     def _bump(self, *counters: int) -> int:
         """+1 on header counters under the header lock; only call inside `_enter`. Returns the seq."""
-        fd = self._fd
-        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+        self._lock_header()
         try:
             ctr = self._ctr
             for c in counters:
                 ctr[c] += 1
             return int(ctr[_SEQ])
         finally:
-            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+            self._unlock_header()
 
     def _check(self, slot: int) -> None:
         if self._closed:
@@ -580,16 +588,15 @@ class SharedRing:
     def _add_waiter(self, delta: int) -> None:
         """Count a writer in (+1) or out (-1) of the sleepers. The thread lock too: OFD locks of one
         open file description never exclude each other, so threads sharing this instance need it."""
-        fd = self._fd
         with self._tlock:
-            _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+            self._lock_header()
             try:
                 waiters = int(self._wake[1])
                 if waiters == 0 and delta > 0:
                     self._wake[2] = self._wake[0]  # no target yet: wake at the first free
                 self._wake[1] = max(0, waiters + delta)
             finally:
-                _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+                self._unlock_header()
 
     def _set_target(self, seen: int) -> None:
         """Ask freers to wake the sleepers `_wake_batch` frees after `seen`, unless another waiter's
@@ -601,10 +608,9 @@ class SharedRing:
         Without this a second writer could sleep on a spent target and only wake at the re-scan
         interval (found in review: two writers, a release to READY reaching the first one's target).
         """
-        fd = self._fd
         w = self._wake
         with self._tlock:
-            _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+            self._lock_header()
             try:
                 mine = (seen + self._wake_batch) & _U32
                 current = int(w[2])
@@ -613,7 +619,7 @@ class SharedRing:
                     w[2] = mine
                 wake_others = reached and int(w[1]) > 1
             finally:
-                _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+                self._unlock_header()
         if wake_others:
             self.wait_stats["wakes"] += 1
             if futex.AVAILABLE:
@@ -647,14 +653,13 @@ class SharedRing:
         w[0] = word
         if not w[1] or _before(word, int(w[2])):
             return
-        fd = self._fd
-        _fcntl(fd, _SETLKW, _pack(_WRLCK, 0, HEADER_LOCK, 1, 0))
+        self._lock_header()
         try:
             if not w[1] or _before(word, int(w[2])):
                 return  # another freer spent it, or a writer asked for a later target meanwhile
             w[2] = (word + _NO_TARGET) & _U32
         finally:
-            _fcntl(fd, _SETLK, _pack(_UNLCK, 0, HEADER_LOCK, 1, 0))
+            self._unlock_header()
         self.wait_stats["wakes"] += 1
         if futex.AVAILABLE:
             futex.wake(self._wake_addr)
