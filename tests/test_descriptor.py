@@ -110,12 +110,16 @@ def test_for_slot_equals_the_constructor_and_refuses_what_it_refuses() -> None:
         {**GOOD, "slot": 5, "generation": 9, "nbytes": 4096, "checksum": 77, "capability": "ef" * 16}
     )
     assert type(made) is SlotDescriptor and made.ports == template.ports
+    from transport.descriptor import _PER_READ, _PER_READ_CHECKS
+
+    assert len(_PER_READ_CHECKS) == len(_PER_READ) == 5  # every per-read field has its rule
     for args, words in [
         ((8, 9, 1, 1, "ef" * 16), "past the ring's 8 slots"),
         ((-1, 9, 1, 1, "ef" * 16), "slot=-1"),
         ((1, 1 << 64, 1, 1, "ef" * 16), "generation"),
         ((1, 1, -1, 1, "ef" * 16), "nbytes"),
         ((1, 1, 1, 1, "EF" * 16), "capability"),
+        ((1, 1, 1, 1 << 64, "ef" * 16), "checksum"),
     ]:
         with pytest.raises(DescriptorError, match=words):
             template.for_slot(*args)
