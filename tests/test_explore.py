@@ -6,8 +6,6 @@ import itertools
 import json
 import multiprocessing as mp
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -30,6 +28,7 @@ from chaos.explore.shrink import Outcome, rerun, shrink
 from chaos.report import ResultsError, RunResults, ScenarioResult, write_reports
 from chaos.scenario import load_scenario
 from chaos.scenario.model import Scenario
+from tests.mutants.sweep import failure_kinds_of, run_chaos
 
 
 def _valid(data: dict[str, Any]) -> bool:
@@ -289,7 +288,6 @@ def test_a_candidate_reproduces_only_the_same_kind() -> None:
 # -- pytest entry ----------------------------------------------------------------------------------
 
 pytest_plugins = ["pytester"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pytest_entry_adds_one_explore_item_and_refuses_a_bad_budget(pytester: pytest.Pytester) -> None:
@@ -393,17 +391,6 @@ EXPLORE_SEED = 1
 RUN_TIMEOUT_S = 150  # one replay: a 5-10 s fault phase, start-up and drain on a loaded box
 
 
-def _chaos(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "chaos.cli", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def _safety_kinds(results: Path) -> set[str]:
-    (scenario,) = json.loads(results.read_text())["scenarios"]
-    failures = (scenario.get("verdict") or {}).get("failures") or []
-    return set(finding_kinds(failures, safety_only=True))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_explore_finds_a_mutant_shrinks_it_and_the_minimal_scenario_replays(tmp_path: Path) -> None:
@@ -413,7 +400,7 @@ def test_explore_finds_a_mutant_shrinks_it_and_the_minimal_scenario_replays(tmp_
     env = mutant_env(EXPLORE_MUTANT, ran)
     out = tmp_path / "explore"
     args = ["explore", "--budget", "30s", "--shrink-budget", "100s", "--reruns", "1", "--seed"]
-    proc = _chaos([*args, str(EXPLORE_SEED), "--safety-only", "--out", str(out)], env, timeout=300)
+    proc = run_chaos([*args, str(EXPLORE_SEED), "--safety-only", "--out", str(out)], env, timeout=300)
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, log
     assert list(ran.glob(f"{EXPLORE_MUTANT}.*")), "the mutated branch never ran"
@@ -425,10 +412,11 @@ def test_explore_finds_a_mutant_shrinks_it_and_the_minimal_scenario_replays(tmp_
     assert explore["minimal"]["reproduce"] == f"chaos run {minimal}"
     assert len(load_scenario(minimal).faults) == explore["minimal"]["faults"] <= 3
 
-    caught = _chaos(["run", str(minimal), "--out", str(tmp_path / "replay")], env, RUN_TIMEOUT_S)
+    caught = run_chaos(["run", str(minimal), "--out", str(tmp_path / "replay")], env, RUN_TIMEOUT_S)
     assert caught.returncode == 1, caught.stdout[-2000:] + caught.stderr[-2000:]
-    assert _safety_kinds(tmp_path / "replay" / "results.json") & set(explore["finding"]["kinds"])
-    control = _chaos(
+    replayed = failure_kinds_of(tmp_path / "replay" / "results.json", safety_only=True)
+    assert replayed & set(explore["finding"]["kinds"])
+    control = run_chaos(
         ["run", str(minimal), "--out", str(tmp_path / "control")], mutant_env(None), RUN_TIMEOUT_S
     )
     assert control.returncode == 0, control.stdout[-2000:] + control.stderr[-2000:]

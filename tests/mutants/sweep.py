@@ -97,17 +97,19 @@ def mutant_env(mutant: str | None, ran_dir: Path | None = None, broken: bool = F
     return env
 
 
-def _chaos(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run_chaos(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m chaos.cli ARGS` from the project root, output captured, bounded by `timeout`."""
     cmd = [sys.executable, "-m", "chaos.cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def _kinds(results: Path) -> set[str]:
+def failure_kinds_of(results: Path, safety_only: bool = False) -> set[str]:
+    """The finding kinds of the one scenario in a `chaos run` results.json (as explore counts them)."""
     from chaos.explore.classify import finding_kinds
 
     (scenario,) = json.loads(results.read_text())["scenarios"]
     failures = (scenario.get("verdict") or {}).get("failures") or []
-    return set(finding_kinds(failures, safety_only=False))
+    return set(finding_kinds(failures, safety_only=safety_only))
 
 
 def sweep_one(mutant: str, seed: int, budget: str, shrink_budget: str, out: Path) -> Row:
@@ -117,7 +119,7 @@ def sweep_one(mutant: str, seed: int, budget: str, shrink_budget: str, out: Path
     env = mutant_env(mutant, ran)
     args = ["explore", "--budget", budget, "--shrink-budget", shrink_budget, "--seed", str(seed)]
     limit = _seconds(budget) + _seconds(shrink_budget) + 2 * REPLAY_TIMEOUT_S
-    proc = _chaos([*args, "--out", str(out / "explore")], env, limit)
+    proc = run_chaos([*args, "--out", str(out / "explore")], env, limit)
     (out / "explore.log").write_text(proc.stdout + proc.stderr)
     explore = json.loads((out / "explore" / "results.json").read_text())["explore"]
     finding, shrink, minimal = explore["finding"], explore["shrink"], explore["minimal"]
@@ -142,10 +144,10 @@ def sweep_one(mutant: str, seed: int, budget: str, shrink_budget: str, out: Path
     )
     if minimal:
         path = out / "explore" / minimal["file"]
-        replay = _chaos(["run", str(path), "--out", str(out / "replay")], env, REPLAY_TIMEOUT_S)
-        again = _kinds(out / "replay" / "results.json") if replay.returncode == 1 else set()
+        replay = run_chaos(["run", str(path), "--out", str(out / "replay")], env, REPLAY_TIMEOUT_S)
+        again = failure_kinds_of(out / "replay" / "results.json") if replay.returncode == 1 else set()
         row.replay_failed = bool(again & set(row.kinds))
-        control = _chaos(
+        control = run_chaos(
             ["run", str(path), "--out", str(out / "control")], mutant_env(None), REPLAY_TIMEOUT_S
         )
         row.control_passed = control.returncode == 0
